@@ -1,0 +1,4 @@
+"""Dataset loaders (host-side, NumPy)."""
+from . import mnist
+
+__all__ = ["mnist"]

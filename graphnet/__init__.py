@@ -1,0 +1,39 @@
+"""graphnet: define-then-run computational graphs for neural networks on NumPy or CuPy."""
+from __future__ import annotations
+
+from typing import Any
+
+from .backends import (Backend, BackendUnavailableError, available_backends, backend,
+                       backend_names, get_backend, set_backend, use_backend)
+from .backends.host import seed_host as _seed_host
+from .backends.host import to_numpy
+from .dtypes import default_dtype, get_default_dtype, set_default_dtype
+from .errors import FeedError, GraphError, NumericsError, RunError, ShapeError
+from .graph import Graph
+from .node import Constant, Input, Node, Parameter
+from .ops import (add, concat, div, dropout, exp, flatten, linear, log, log_softmax, matmul,
+                  mean, mse, mul, neg, power, relu, reshape, sigmoid, softmax,
+                  softmax_cross_entropy, sub, sum, tanh, transpose)
+
+__version__ = "0.1.0"
+
+
+def seed(n: int) -> None:
+    """Seed the host generator (initial weights) and the active backend's generator."""
+    _seed_host(n)
+    backend().seed(n)
+
+
+def asarray(x: Any, dtype: Any = None) -> Any:
+    """``x`` as an array of the active backend."""
+    return backend().asarray(x, dtype)
+
+
+__all__ = ["Backend", "BackendUnavailableError", "available_backends", "backend",
+           "backend_names", "get_backend", "set_backend", "use_backend", "to_numpy", "asarray",
+           "seed", "default_dtype", "get_default_dtype", "set_default_dtype", "FeedError",
+           "GraphError", "NumericsError", "RunError", "ShapeError", "Graph", "Constant", "Input",
+           "Node", "Parameter", "add", "concat", "div", "dropout", "exp", "flatten", "linear",
+           "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "power", "relu",
+           "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sub", "sum", "tanh",
+           "transpose"]

@@ -1,0 +1,147 @@
+"""The CuPy (CUDA GPU) backend. ``cupy`` is imported here and only here, lazily."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Backend, BackendUnavailableError
+
+
+def _import_cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the 'cupy' backend needs CuPy, which is not installed: "
+            "install it with `pip install graphnet[cuda12]` (CUDA 12) or "
+            "`pip install graphnet[cuda13]` (CUDA 13), or use GRAPHNET_BACKEND=numpy"
+        ) from exc
+    try:
+        available = cupy.cuda.is_available()
+    except Exception:  # the CUDA runtime itself may fail to load
+        available = False
+    if not available:
+        raise BackendUnavailableError(
+            f"the 'cupy' backend found CuPy {cupy.__version__} but no usable CUDA device "
+            "(no GPU, or the NVIDIA driver is missing or too old): run on a machine "
+            "with an NVIDIA GPU and driver, or use GRAPHNET_BACKEND=numpy"
+        )
+    return cupy
+
+
+class CupyBackend(Backend):
+    """Runs on the current CUDA device with CuPy, with fused elementwise kernels."""
+
+    name = "cupy"
+
+    def __init__(self) -> None:
+        self.xp = _import_cupy()
+        self._base_seed = 0
+        self._reseeds = 0
+        self._rs = self.xp.random.RandomState(0)
+        self._kernels: dict[str, Any] = {}
+
+    # --- arrays and transfers -------------------------------------------------
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> Any:
+        import numpy
+        if isinstance(x, self.xp.ndarray):
+            return self.xp.asnumpy(x)
+        return numpy.asarray(x)
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray)
+
+    # --- device ---------------------------------------------------------------
+    def synchronize(self) -> None:
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def device_name(self) -> str:
+        dev = self.xp.cuda.Device()
+        props = self.xp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        return f"cuda:{dev.id} ({name.decode() if isinstance(name, bytes) else name})"
+
+    def memory_info(self) -> dict[str, int]:
+        pool = self.xp.get_default_memory_pool()
+        free, total = self.xp.cuda.Device().mem_info
+        return {"pool_used_bytes": pool.used_bytes(), "pool_held_bytes": pool.total_bytes(),
+                "device_free_bytes": free, "device_total_bytes": total}
+
+    def versions(self) -> dict[str, str]:
+        out = super().versions()
+        out["cupy"] = self.xp.__version__
+        out["cuda_runtime"] = str(self.xp.cuda.runtime.runtimeGetVersion())
+        return out
+
+    # --- random numbers -------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        self._base_seed, self._reseeds = int(seed), 0
+        self._rs = self.xp.random.RandomState(int(seed))
+
+    def uniform(self, shape: tuple, dtype: Any) -> Any:
+        return self._rs.random_sample(shape, dtype=dtype)
+
+    def permutation(self, n: int) -> Any:
+        return self._rs.permutation(n)
+
+    def rng_state(self) -> Any:
+        # cuRAND state is not portable; a checkpoint records a reseed point instead.
+        self._reseeds += 1
+        self._rs = self.xp.random.RandomState(self._derived_seed())
+        return {"base_seed": self._base_seed, "reseeds": self._reseeds}
+
+    def set_rng_state(self, state: Any) -> None:
+        if not (isinstance(state, dict) and "reseeds" in state):
+            raise ValueError("this RNG state was not saved by the cupy backend")
+        self._base_seed, self._reseeds = int(state["base_seed"]), int(state["reseeds"])
+        self._rs = self.xp.random.RandomState(self._derived_seed())
+
+    def _derived_seed(self) -> int:
+        return (self._base_seed * 1_000_003 + self._reseeds) % (2**63)
+
+    # --- scatter-add ----------------------------------------------------------
+    def scatter_add(self, target: Any, index: Any, values: Any) -> None:
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+
+    # --- fused kernels ----------------------------------------------------------
+    def _elementwise(self, name: str, params: str, out: str, body: str) -> Any:
+        kern = self._kernels.get(name)
+        if kern is None:
+            kern = self.xp.ElementwiseKernel(params, out, body, f"graphnet_{name}")
+            self._kernels[name] = kern
+        return kern
+
+    def tanh_backward(self, y: Any, g: Any) -> Any:
+        return self._elementwise("tanh_bw", "T y, T g", "T out", "out = g * (1 - y * y)")(y, g)
+
+    def sigmoid_backward(self, y: Any, g: Any) -> Any:
+        return self._elementwise("sigmoid_bw", "T y, T g", "T out", "out = g * y * (1 - y)")(y, g)
+
+    def relu_backward(self, y: Any, g: Any) -> Any:
+        return self._elementwise("relu_bw", "T y, T g", "T out", "out = y > 0 ? g : (T)0")(y, g)
+
+    def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                   nesterov: bool, weight_decay: float) -> None:
+        decay = 1 - lr * weight_decay
+        if v is None:
+            self._elementwise("sgd", "T g, T lr, T decay", "T p",
+                              "p = p * decay - lr * g")(g, lr, decay, p)
+            return
+        body = ("v = momentum * v + g; "
+                + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
+        name = "sgd_nesterov" if nesterov else "sgd_momentum"
+        self._elementwise(name, "T g, T lr, T momentum, T decay", "T p, T v", body)(
+            g, lr, momentum, decay, p, v)
+
+    def adam_update(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                    beta2: float, eps: float, step: int, weight_decay: float) -> None:
+        c1 = 1 - beta1 ** step
+        c2 = 1 - beta2 ** step
+        body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
+                "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
+        self._elementwise("adam", "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay",
+                          "T p, T m, T v", body)(
+            g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay, p, m, v)

@@ -1,0 +1,235 @@
+"""Graph nodes: the base class with its operators, and the three kinds of leaf."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional, Sequence
+
+from . import dtypes
+from .backends import Backend, backend
+from .backends.host import dtype_of, is_floating
+from .errors import FeedError, GraphError
+from .shapes import Shape, fmt
+
+_ids = itertools.count()
+
+
+class Node:
+    """A vertex of a computational graph: an op applied to input nodes.
+
+    Subclasses define ``forward(ctx, *xs)`` and ``backward(ctx, g, xs, y)``; the
+    latter returns one gradient (or None) per input.
+    """
+
+    op = "node"
+    __array_ufunc__ = None  # make ``ndarray + node`` defer to Node.__radd__
+
+    def __init__(self, inputs: Sequence["Node"] = (), name: Optional[str] = None,
+                 shape: Shape = None, dtype: Any = None) -> None:
+        self.id = next(_ids)
+        self.inputs = tuple(inputs)
+        self.name = name or f"{self.op}_{self.id}"
+        self.shape = shape
+        self.dtype = dtype if dtype is not None else _infer_dtype(self.inputs)
+
+    def forward(self, ctx: Any, *xs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
+        raise NotImplementedError(f"{type(self).__name__} has no gradient")
+
+    @property
+    def ndim(self) -> Optional[int]:
+        return None if self.shape is None else len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {fmt(self.shape)}>"
+
+    __hash__ = object.__hash__
+
+    # --- operators (each builds a new node) ---------------------------------------
+    def __add__(self, other: Any) -> "Node":
+        return _ops().add(self, other)
+
+    def __radd__(self, other: Any) -> "Node":
+        return _ops().add(other, self)
+
+    def __sub__(self, other: Any) -> "Node":
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other: Any) -> "Node":
+        return _ops().sub(other, self)
+
+    def __mul__(self, other: Any) -> "Node":
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other: Any) -> "Node":
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other: Any) -> "Node":
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other: Any) -> "Node":
+        return _ops().div(other, self)
+
+    def __neg__(self) -> "Node":
+        return _ops().neg(self)
+
+    def __pow__(self, exponent: float) -> "Node":
+        return _ops().power(self, exponent)
+
+    def __matmul__(self, other: Any) -> "Node":
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> "Node":
+        return _ops().matmul(other, self)
+
+    def __getitem__(self, index: Any) -> "Node":
+        return _ops().getitem(self, index)
+
+    @property
+    def T(self) -> "Node":
+        return _ops().transpose(self)
+
+    def reshape(self, *shape: Any) -> "Node":
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops().reshape(self, shape)
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> "Node":
+        return _ops().sum(self, axis, keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> "Node":
+        return _ops().mean(self, axis, keepdims)
+
+
+def _ops() -> Any:
+    from . import ops
+    return ops
+
+
+def _infer_dtype(inputs: Sequence[Node]) -> Any:
+    for node in inputs:
+        if node.dtype is not None and is_floating(node.dtype):
+            return node.dtype
+    return None
+
+
+class Input(Node):
+    """A value fed at run time: ``graph.run({x: array})``.
+
+    ``shape`` may use None for sizes known only at run time (the batch);
+    ``dtype`` defaults to the default float dtype; integer inputs (labels) say so.
+    """
+
+    op = "input"
+
+    def __init__(self, name: Optional[str] = None, shape: Shape = None, dtype: Any = None) -> None:
+        super().__init__((), name, None if shape is None else tuple(shape),
+                         dtype_of(dtype) if dtype is not None else dtypes.get_default_dtype())
+
+    def check_feed(self, b: Backend, value: Any) -> Any:
+        """The fed value as an array of ``b`` with this input's dtype, or FeedError."""
+        if not b.is_array(value):
+            if _belongs_elsewhere(value):
+                raise FeedError(f"input {self.name!r} was fed a {type(value).__module__}.ndarray, "
+                                f"but the graph runs on the {b.name!r} backend: "
+                                f"convert it with gn.asarray(x) (or gn.to_numpy(x)) first")
+            value = b.asarray(value)
+        kind = value.dtype.kind
+        if is_floating(self.dtype):
+            if kind not in "f":
+                raise FeedError(f"input {self.name!r} needs floating values, got dtype {value.dtype}"
+                                + (" (scale or cast integer data, e.g. x.astype('float32') / 255)"
+                                   if kind in "iub" else ""))
+            if value.dtype != self.dtype:
+                value = value.astype(self.dtype)
+        elif kind not in "iu":
+            raise FeedError(f"input {self.name!r} needs integer values, got dtype {value.dtype}")
+        if self.shape is not None:
+            if value.ndim != len(self.shape):
+                raise FeedError(f"input {self.name!r} expects rank {len(self.shape)} "
+                                f"{fmt(self.shape)}, got shape {tuple(value.shape)}")
+            for axis, (want, got) in enumerate(zip(self.shape, value.shape)):
+                if want is not None and want != got:
+                    raise FeedError(f"input {self.name!r} expects size {want} on axis {axis} "
+                                    f"{fmt(self.shape)}, got shape {tuple(value.shape)}")
+        return value
+
+
+def _belongs_elsewhere(value: Any) -> bool:
+    return hasattr(value, "__array_namespace__") or type(value).__module__.split(".")[0] in (
+        "numpy", "cupy")
+
+
+class Parameter(Node):
+    """A trainable array, stored on the active backend; ``.value`` reads and sets it."""
+
+    op = "parameter"
+
+    def __init__(self, value: Any, name: Optional[str] = None, trainable: bool = True) -> None:
+        b = backend()
+        arr = _to_backend(b, value)
+        super().__init__((), name, tuple(arr.shape), arr.dtype)
+        self._value = arr
+        self.backend = b
+        self.trainable = trainable
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        arr = _to_backend(self.backend, new, self.dtype)
+        if tuple(arr.shape) != self.shape:
+            raise ValueError(f"parameter {self.name!r} has shape {self.shape}, "
+                             f"cannot set a value of shape {tuple(arr.shape)}")
+        self._value = arr
+
+    def to_backend(self, b: Backend) -> None:
+        """Move the value to backend ``b``."""
+        self._value = b.asarray(b.to_numpy(self._value) if b is not self.backend else self._value)
+        self.backend = b
+
+    def forward(self, ctx: Any) -> Any:
+        return self._value
+
+
+def _to_backend(b: Backend, value: Any, dtype: Any = None) -> Any:
+    """A fresh copy of ``value`` on ``b``; floating data gets ``dtype`` (default: the default dtype)."""
+    if not b.is_array(value) and type(value).__module__.split(".")[0] == "cupy":
+        from .backends.host import to_numpy
+        value = to_numpy(value)
+    arr = b.asarray(value)
+    if dtype is None:
+        dtype = dtypes.get_default_dtype() if is_floating(arr.dtype) or arr.dtype.kind in "iub" else arr.dtype
+    return arr.astype(dtype, copy=True)
+
+
+class Constant(Node):
+    """A fixed value: a Python scalar (kept weak, so it never promotes) or an array."""
+
+    op = "constant"
+
+    def __init__(self, value: Any, name: Optional[str] = None) -> None:
+        if isinstance(value, (bool, int, float)):
+            self.value = float(value)
+            super().__init__((), name or repr(value), (), None)
+        else:
+            arr = backend().asarray(value)
+            if is_floating(arr.dtype):
+                arr = arr.astype(dtypes.get_default_dtype(), copy=False)
+            self.value = arr
+            super().__init__((), name, tuple(arr.shape), arr.dtype)
+
+    def forward(self, ctx: Any) -> Any:
+        return self.value
+
+
+def as_node(x: Any) -> Node:
+    """``x`` itself if it is a node, else a Constant holding it."""
+    if isinstance(x, Node):
+        return x
+    if isinstance(x, (list, tuple)) or hasattr(x, "shape") or isinstance(x, (int, float)):
+        return Constant(x)
+    raise GraphError(f"cannot use a {type(x).__name__} as a graph node")

@@ -1,0 +1,12 @@
+"""All graph ops; each op's gradient is written beside its forward."""
+from .arith import add, div, mul, neg, power, sub
+from .dropout import dropout
+from .losses import log_softmax, mse, softmax, softmax_cross_entropy
+from .matrix import linear, matmul, transpose
+from .reduce import mean, sum
+from .shape_ops import concat, flatten, getitem, reshape
+from .unary import exp, log, relu, sigmoid, tanh
+
+__all__ = ["add", "sub", "mul", "div", "neg", "power", "dropout", "log_softmax", "mse",
+           "softmax", "softmax_cross_entropy", "linear", "matmul", "transpose", "mean", "sum",
+           "concat", "flatten", "getitem", "reshape", "exp", "log", "relu", "sigmoid", "tanh"]

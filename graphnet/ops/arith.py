@@ -1,0 +1,131 @@
+"""Elementwise arithmetic with NumPy broadcasting; gradients reduced back to each operand."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..node import Constant, Node, as_node
+from ..shapes import broadcast, sum_to
+
+
+class Binary(Node):
+    """An elementwise op of two broadcast operands."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        a, b = as_node(a), as_node(b)
+        super().__init__((a, b), shape=broadcast(self.op, a, b))
+
+
+def _reduce(g: Any, x: Any) -> Any:
+    """Reduce ``g`` to the operand's shape (Python scalars need no gradient)."""
+    return sum_to(g, x.shape) if hasattr(x, "shape") else None
+
+
+class Add(Binary):
+    op = "add"
+
+    def forward(self, ctx, a, b):
+        return a + b
+
+    def backward(self, ctx, g, xs, y):
+        return _reduce(g, xs[0]), _reduce(g, xs[1])
+
+
+class Sub(Binary):
+    op = "sub"
+
+    def forward(self, ctx, a, b):
+        return a - b
+
+    def backward(self, ctx, g, xs, y):
+        gb = _reduce(g, xs[1])
+        return _reduce(g, xs[0]), None if gb is None else -gb
+
+
+class Mul(Binary):
+    op = "mul"
+
+    def forward(self, ctx, a, b):
+        return a * b
+
+    def backward(self, ctx, g, xs, y):
+        a, b = xs
+        return _reduce(g * b, a), _reduce(g * a, b)
+
+
+class Div(Binary):
+    op = "div"
+
+    def forward(self, ctx, a, b):
+        return a / b
+
+    def backward(self, ctx, g, xs, y):
+        a, b = xs
+        ga = g / b
+        return _reduce(ga, a), _reduce(-ga * y, b)
+
+
+class Neg(Node):
+    op = "neg"
+
+    def __init__(self, x: Any) -> None:
+        x = as_node(x)
+        super().__init__((x,), shape=x.shape)
+
+    def forward(self, ctx, x):
+        return -x
+
+    def backward(self, ctx, g, xs, y):
+        return (-g,)
+
+
+class Power(Node):
+    """``x ** p`` for a fixed Python number ``p``."""
+
+    op = "pow"
+
+    def __init__(self, x: Any, exponent: float) -> None:
+        if isinstance(exponent, Node) or not isinstance(exponent, (int, float)):
+            raise TypeError(f"x ** p needs a Python number p, got {type(exponent).__name__}")
+        x = as_node(x)
+        self.exponent = exponent
+        super().__init__((x,), shape=x.shape)
+
+    def forward(self, ctx, x):
+        return x ** self.exponent
+
+    def backward(self, ctx, g, xs, y):
+        p = self.exponent
+        return (g * (p * xs[0] ** (p - 1)),)
+
+
+def add(a: Any, b: Any) -> Node:
+    """``a + b``."""
+    return Add(a, b)
+
+
+def sub(a: Any, b: Any) -> Node:
+    """``a - b``."""
+    return Sub(a, b)
+
+
+def mul(a: Any, b: Any) -> Node:
+    """``a * b``."""
+    return Mul(a, b)
+
+
+def div(a: Any, b: Any) -> Node:
+    """``a / b``."""
+    return Div(a, b)
+
+
+def neg(x: Any) -> Node:
+    """``-x``."""
+    return Neg(x)
+
+
+def power(x: Any, exponent: float) -> Node:
+    """``x ** exponent``."""
+    return Power(x, exponent)
+
+
+__all__ = ["add", "sub", "mul", "div", "neg", "power", "Constant"]

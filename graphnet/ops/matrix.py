@@ -1,0 +1,123 @@
+"""Matrix products, transposition and the fused affine map ``x @ W + b``."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..errors import ShapeError
+from ..node import Node, as_node
+from ..shapes import broadcast, describe, sum_to
+
+
+def _matmul_shape(a: Node, b: Node) -> Optional[tuple]:
+    sa, sb = a.shape, b.shape
+    if sa is None or sb is None:
+        return None
+    if len(sa) < 2 or len(sb) < 2:
+        raise ShapeError(f"matmul needs operands of rank 2 or more: {describe(a)} @ {describe(b)}"
+                         " (reshape vectors to (n, 1) or (1, n))")
+    k1, k2 = sa[-1], sb[-2]
+    if k1 is not None and k2 is not None and k1 != k2:
+        raise ShapeError(f"matmul: inner sizes differ: {describe(a)} @ {describe(b)} "
+                         f"({k1} != {k2})")
+    batch = broadcast("matmul", _Shaped(f"batch axes of {a.name}", sa[:-2]),
+                      _Shaped(f"batch axes of {b.name}", sb[:-2]))
+    return batch + (sa[-2], sb[-1])
+
+
+class _Shaped:
+    """A stand-in operand for shape checks on part of a node's shape."""
+
+    def __init__(self, name: str, shape: tuple) -> None:
+        self.name, self.shape = name, shape
+
+
+class MatMul(Node):
+    op = "matmul"
+
+    def __init__(self, a: Any, b: Any) -> None:
+        a, b = as_node(a), as_node(b)
+        super().__init__((a, b), shape=_matmul_shape(a, b))
+
+    def forward(self, ctx, a, b):
+        return a @ b
+
+    def backward(self, ctx, g, xs, y):
+        a, b = xs
+        xp = ctx.xp
+        if a.ndim == 2 and b.ndim == 2:
+            return g @ b.T, a.T @ g
+        ga = g @ xp.swapaxes(b, -1, -2)
+        gb = xp.swapaxes(a, -1, -2) @ g
+        return sum_to(ga, a.shape), sum_to(gb, b.shape)
+
+
+class Transpose(Node):
+    op = "transpose"
+
+    def __init__(self, x: Any, axes: Optional[tuple] = None) -> None:
+        x = as_node(x)
+        self.axes = None if axes is None else tuple(axes)
+        shape = None
+        if x.shape is not None:
+            order = self.axes or tuple(reversed(range(len(x.shape))))
+            if sorted(order) != list(range(len(x.shape))):
+                raise ShapeError(f"transpose axes {order} do not match {describe(x)}")
+            shape = tuple(x.shape[i] for i in order)
+        super().__init__((x,), shape=shape)
+
+    def forward(self, ctx, x):
+        return x.transpose(self.axes)
+
+    def backward(self, ctx, g, xs, y):
+        if self.axes is None:
+            return (g.transpose(),)
+        inverse = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return (g.transpose(inverse),)
+
+
+class Linear(Node):
+    """``x @ W + b`` for x (N, in), W (in, out), b (out,), as one node."""
+
+    op = "linear"
+
+    def __init__(self, x: Any, w: Any, b: Any = None) -> None:
+        x, w = as_node(x), as_node(w)
+        inputs = (x, w) if b is None else (x, w, as_node(b))
+        shape = _matmul_shape(x, w)
+        if shape is not None and len(shape) != 2:
+            raise ShapeError(f"linear needs 2-D x and W: {describe(x)}, {describe(w)}")
+        if b is not None:
+            shape = broadcast("linear bias", _Shaped(x.name + " @ " + w.name, shape), inputs[2]) \
+                if shape is not None else None
+        super().__init__(inputs, shape=shape)
+
+    def forward(self, ctx, x, w, b=None):
+        y = x @ w
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, ctx, g, xs, y):
+        x, w = xs[0], xs[1]
+        gx = g @ w.T
+        gw = x.T @ g
+        if len(xs) == 2:
+            return gx, gw
+        return gx, gw, sum_to(g, xs[2].shape)
+
+
+def matmul(a: Any, b: Any) -> Node:
+    """Matrix product ``a @ b`` (batched over leading axes)."""
+    return MatMul(a, b)
+
+
+def transpose(x: Any, axes: Optional[tuple] = None) -> Node:
+    """Permute axes (reverse them by default)."""
+    return Transpose(x, axes)
+
+
+def linear(x: Any, w: Any, b: Any = None) -> Node:
+    """The affine map ``x @ w + b`` as one fused node."""
+    return Linear(x, w, b)

@@ -1,0 +1,170 @@
+"""Shape manipulation: reshape, flatten, indexing by slice, concatenation."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..errors import ShapeError
+from ..node import Node, as_node
+from ..shapes import describe, known_size
+
+
+class Reshape(Node):
+    op = "reshape"
+
+    def __init__(self, x: Any, shape: Sequence[int]) -> None:
+        x = as_node(x)
+        self.target = tuple(int(d) for d in shape)
+        if sum(d == -1 for d in self.target) > 1:
+            raise ShapeError(f"reshape of {describe(x)}: only one size may be -1, got {self.target}")
+        n_in, n_out = known_size(x.shape), known_size(self.target)
+        if n_in is not None and n_out is not None and -1 not in self.target and n_in != n_out:
+            raise ShapeError(f"cannot reshape {describe(x)} ({n_in} elements) to {self.target}")
+        out = tuple(None if d == -1 else d for d in self.target)
+        if n_in is not None and -1 in self.target:
+            rest = -known_size(self.target)  # product of the others (the -1 counted once)
+            if rest == 0 or n_in % rest:
+                raise ShapeError(f"cannot reshape {describe(x)} ({n_in} elements) to {self.target}")
+            out = tuple(n_in // rest if d == -1 else d for d in self.target)
+        super().__init__((x,), shape=out)
+
+    def forward(self, ctx, x):
+        return x.reshape(self.target)
+
+    def backward(self, ctx, g, xs, y):
+        return (g.reshape(xs[0].shape),)
+
+
+class Flatten(Node):
+    """Keep the first axis, join the rest: (N, ...) -> (N, prod(...))."""
+
+    op = "flatten"
+
+    def __init__(self, x: Any) -> None:
+        x = as_node(x)
+        shape = None
+        if x.shape is not None:
+            if len(x.shape) < 2:
+                raise ShapeError(f"flatten needs rank 2 or more, got {describe(x)}")
+            shape = (x.shape[0], known_size(x.shape[1:]))
+        super().__init__((x,), shape=shape)
+
+    def forward(self, ctx, x):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, ctx, g, xs, y):
+        return (g.reshape(xs[0].shape),)
+
+
+class GetItem(Node):
+    """``x[index]`` for ints, slices, Ellipsis, None and integer index arrays."""
+
+    op = "getitem"
+
+    def __init__(self, x: Any, index: Any) -> None:
+        x = as_node(x)
+        self.index = index
+        self._basic = _is_basic(index)
+        super().__init__((x,), shape=_index_shape(x, index) if self._basic else None)
+
+    def forward(self, ctx, x):
+        return x[self.index]
+
+    def backward(self, ctx, g, xs, y):
+        out = ctx.xp.zeros(xs[0].shape, dtype=g.dtype)
+        if self._basic:
+            out[self.index] = g
+        else:
+            ctx.b.scatter_add(out, self.index, g)
+        return (out,)
+
+
+def _is_basic(index: Any) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
+
+
+def _index_shape(x: Node, index: Any) -> Any:
+    if x.shape is None:
+        return None
+    items = list(index) if isinstance(index, tuple) else [index]
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if n_real > len(x.shape):
+        raise ShapeError(f"too many indices ({n_real}) for {describe(x)}")
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items[k:k + 1] = [slice(None)] * (len(x.shape) - n_real)
+    items += [slice(None)] * (len(x.shape) - sum(1 for i in items if i is not None))
+    out, axis = [], 0
+    for it in items:
+        if it is None:
+            out.append(1)
+            continue
+        size = x.shape[axis]
+        axis += 1
+        if isinstance(it, slice):
+            out.append(None if size is None else len(range(*it.indices(size))))
+        elif size is not None and not -size <= it < size:
+            raise ShapeError(f"index {it} is out of range for axis {axis - 1} of {describe(x)}")
+    return tuple(out)
+
+
+class Concat(Node):
+    op = "concat"
+
+    def __init__(self, nodes: Sequence[Any], axis: int = 0) -> None:
+        nodes = [as_node(n) for n in nodes]
+        if not nodes:
+            raise ShapeError("concat needs at least one node")
+        self.axis = axis
+        super().__init__(nodes, shape=_concat_shape(nodes, axis))
+
+    def forward(self, ctx, *xs):
+        return ctx.xp.concatenate(xs, axis=self.axis)
+
+    def backward(self, ctx, g, xs, y):
+        bounds, start = [], 0
+        for x in xs[:-1]:
+            start += x.shape[self.axis]
+            bounds.append(start)
+        return tuple(ctx.xp.split(g, bounds, axis=self.axis))
+
+
+def _concat_shape(nodes: list, axis: int) -> Any:
+    shapes = [n.shape for n in nodes]
+    if any(s is None for s in shapes):
+        return None
+    rank = len(shapes[0])
+    if not -rank <= axis < rank:
+        raise ShapeError(f"concat axis {axis} is out of range for {describe(nodes[0])}")
+    ax = axis % rank
+    total = 0
+    for n in nodes:
+        if len(n.shape) != rank:
+            raise ShapeError(f"concat: {describe(n)} has rank {len(n.shape)}, "
+                             f"{describe(nodes[0])} has rank {rank}")
+        for i, (d0, d) in enumerate(zip(shapes[0], n.shape)):
+            if i != ax and d0 is not None and d is not None and d0 != d:
+                raise ShapeError(f"concat along axis {axis}: {describe(nodes[0])} and "
+                                 f"{describe(n)} differ on axis {i}")
+        total = None if total is None or n.shape[ax] is None else total + n.shape[ax]
+    return tuple(total if i == ax else d for i, d in enumerate(shapes[0]))
+
+
+def reshape(x: Any, shape: Sequence[int]) -> Node:
+    """``x`` with a new shape of the same size (one entry may be -1)."""
+    return Reshape(x, shape)
+
+
+def flatten(x: Any) -> Node:
+    """(N, ...) -> (N, prod(...))."""
+    return Flatten(x)
+
+
+def getitem(x: Any, index: Any) -> Node:
+    """``x[index]``."""
+    return GetItem(x, index)
+
+
+def concat(nodes: Sequence[Any], axis: int = 0) -> Node:
+    """Join nodes along an existing axis."""
+    return Concat(nodes, axis)
