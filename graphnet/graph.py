@@ -79,6 +79,7 @@ class Graph:
         self._args = [tuple(self._index[x.id] for x in node.inputs) for node in self.order]
         self.inputs = [n for n in self.order if isinstance(n, Input)]
         self._params = [n for n in self.order if isinstance(n, Parameter)]
+        self._plans: dict[tuple, list[int]] = {}
         self._run_plan = self._plan(outs)
         self._cost_plan = self._plan([cost]) if cost is not None else []
         self._check_names()
@@ -112,6 +113,18 @@ class Graph:
         values = self._forward(feed, training, self._run_plan)
         res = [values[self._index[o.id]] for o in self.outputs]
         return res[0] if self._single else res
+
+    def values(self, feed: Mapping[Any, Any], nodes: Sequence[Node], training: bool = False) -> list:
+        """Values of any ``nodes`` of this graph (the cost included) for ``feed``."""
+        key = tuple(n.id for n in nodes)
+        plan = self._plans.get(key)
+        if plan is None:
+            for n in nodes:
+                if n.id not in self._index:
+                    raise GraphError(f"{n!r} is not part of this graph")
+            plan = self._plans[key] = self._plan(nodes)
+        values = self._forward(feed, training, plan)
+        return [values[self._index[n.id]] for n in nodes]
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
                   training: bool = True, return_cost: bool = False) -> Any:

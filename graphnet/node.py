@@ -6,8 +6,8 @@ from typing import Any, Optional, Sequence
 
 from . import dtypes
 from .backends import Backend, backend
-from .backends.host import dtype_of, is_floating
-from .errors import FeedError, GraphError
+from .backends.host import dtype_of, is_floating, result_dtype
+from .errors import FeedError, GraphError, ShapeError
 from .shapes import Shape, fmt
 
 _ids = itertools.count()
@@ -108,10 +108,9 @@ def _ops() -> Any:
 
 
 def _infer_dtype(inputs: Sequence[Node]) -> Any:
-    for node in inputs:
-        if node.dtype is not None and is_floating(node.dtype):
-            return node.dtype
-    return None
+    """The promoted dtype of the inputs where any is floating (Python scalars stay weak)."""
+    known = [n.dtype for n in inputs if n.dtype is not None]
+    return result_dtype(*known) if any(is_floating(d) for d in known) else None
 
 
 class Input(Node):
@@ -130,8 +129,9 @@ class Input(Node):
     def check_feed(self, b: Backend, value: Any) -> Any:
         """The fed value as an array of ``b`` with this input's dtype, or FeedError."""
         if not b.is_array(value):
-            if _belongs_elsewhere(value):
-                raise FeedError(f"input {self.name!r} was fed a {type(value).__module__}.ndarray, "
+            if _belongs_elsewhere(value, b):
+                raise FeedError(f"input {self.name!r} was fed a {type(value).__module__}."
+                                f"{type(value).__name__}, "
                                 f"but the graph runs on the {b.name!r} backend: "
                                 f"convert it with gn.asarray(x) (or gn.to_numpy(x)) first")
             value = b.asarray(value)
@@ -156,9 +156,13 @@ class Input(Node):
         return value
 
 
-def _belongs_elsewhere(value: Any) -> bool:
-    return hasattr(value, "__array_namespace__") or type(value).__module__.split(".")[0] in (
-        "numpy", "cupy")
+def _belongs_elsewhere(value: Any, b: Backend) -> bool:
+    """Whether ``value`` is an array of another array library than ``b``'s (host scalars pass)."""
+    root = type(value).__module__.split(".")[0]
+    if root == "numpy" and getattr(value, "ndim", 0) == 0:
+        return False  # NumPy scalars and 0-d arrays are plain host numbers
+    return root != b.xp.__name__.split(".")[0] and (
+        root in ("numpy", "cupy") or hasattr(value, "__array_namespace__"))
 
 
 class Parameter(Node):
@@ -182,7 +186,7 @@ class Parameter(Node):
     def value(self, new: Any) -> None:
         arr = _to_backend(self.backend, new, self.dtype)
         if tuple(arr.shape) != self.shape:
-            raise ValueError(f"parameter {self.name!r} has shape {self.shape}, "
+            raise ShapeError(f"parameter {self.name!r} has shape {self.shape}, "
                              f"cannot set a value of shape {tuple(arr.shape)}")
         self._value = arr
 
@@ -226,10 +230,18 @@ class Constant(Node):
         return self.value
 
 
-def as_node(x: Any) -> Node:
-    """``x`` itself if it is a node, else a Constant holding it."""
+def as_node(x: Any, like: Optional[Node] = None) -> Node:
+    """``x`` itself if it is a node, else a Constant holding it.
+
+    With ``like`` (the other operand), a numeric array constant takes ``like``'s
+    floating dtype, so ``x32 * np.array([1, 2])`` stays float32.
+    """
     if isinstance(x, Node):
         return x
     if isinstance(x, (list, tuple)) or hasattr(x, "shape") or isinstance(x, (int, float)):
-        return Constant(x)
+        c = Constant(x)
+        if (like is not None and c.dtype is not None and c.dtype.kind in "iubf"
+                and like.dtype is not None and is_floating(like.dtype) and c.dtype != like.dtype):
+            c.value, c.dtype = c.value.astype(like.dtype), like.dtype
+        return c
     raise GraphError(f"cannot use a {type(x).__name__} as a graph node")

@@ -32,6 +32,36 @@ def is_floating(dtype: Any) -> bool:
     return np.dtype(dtype).kind == "f"
 
 
+def result_dtype(*dtypes: Any) -> np.dtype:
+    """The dtype NumPy (and CuPy) give an elementwise op of arrays with ``dtypes``."""
+    return np.result_type(*dtypes)
+
+
 def dtype_of(name: Any) -> np.dtype:
     """Normalise a dtype spec (``'float32'``, ``np.float64``, ...) to a NumPy dtype."""
     return np.dtype(name)
+
+
+def host_uniform(low: float, high: float, shape: tuple) -> np.ndarray:
+    """Uniform draws from the seeded host generator (float64, cast by the caller)."""
+    return _host_rng.uniform(low, high, size=shape)
+
+
+def host_normal(std: float, shape: tuple) -> np.ndarray:
+    """Normal draws with mean 0 from the seeded host generator."""
+    return _host_rng.normal(0.0, std, size=shape)
+
+
+def host_rng_state() -> dict:
+    """The host generator's state (JSON-serialisable)."""
+    return _host_rng.bit_generator.state
+
+
+def set_host_rng_state(state: dict) -> None:
+    """Restore the host generator's state."""
+    _host_rng.bit_generator.state = state
+
+
+def host_zeros(shape: tuple) -> np.ndarray:
+    """Zeros on the host (float64, cast by the caller)."""
+    return np.zeros(shape)

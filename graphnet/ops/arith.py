@@ -11,8 +11,16 @@ class Binary(Node):
     """An elementwise op of two broadcast operands."""
 
     def __init__(self, a: Any, b: Any) -> None:
-        a, b = as_node(a), as_node(b)
+        a, b = _pair(a, b)
         super().__init__((a, b), shape=broadcast(self.op, a, b))
+
+
+def _pair(a: Any, b: Any) -> tuple:
+    """Both operands as nodes; an array operand takes the node operand's float dtype."""
+    if isinstance(a, Node):
+        return a, as_node(b, like=a)
+    b = as_node(b)
+    return as_node(a, like=b), b
 
 
 def _reduce(g: Any, x: Any) -> Any:
@@ -95,6 +103,8 @@ class Power(Node):
 
     def backward(self, ctx, g, xs, y):
         p = self.exponent
+        if p == 0:
+            return (g * 0,)  # d/dx x**0 = 0 everywhere (x**-1 would give 0 * inf at x = 0)
         return (g * (p * xs[0] ** (p - 1)),)
 
 

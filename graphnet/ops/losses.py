@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ShapeError
+from ..errors import GraphError, ShapeError
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
 
@@ -68,12 +68,19 @@ def _check_labels(logits: Node, labels: Node) -> None:
     if logits.shape is None or labels.shape is None:
         return
     if len(labels.shape) == 1:
+        if labels.dtype is not None and labels.dtype.kind not in "iu":
+            raise GraphError(f"softmax_cross_entropy: class-index labels {describe(labels)} must "
+                             f"have an integer dtype, got {labels.dtype} "
+                             "(e.g. gn.Input('y', shape=(None,), dtype='int64'))")
         n, m = logits.shape[0], labels.shape[0]
         if n is not None and m is not None and n != m:
             raise ShapeError(f"softmax_cross_entropy: {describe(labels)} has {m} labels for "
                              f"{n} rows of {describe(logits)}")
     elif len(labels.shape) == 2:
-        broadcast("softmax_cross_entropy", logits, labels)
+        if any(a is not None and b is not None and a != b
+               for a, b in zip(logits.shape, labels.shape)):
+            raise ShapeError(f"softmax_cross_entropy: one-hot labels {describe(labels)} must have "
+                             f"the shape of the logits {describe(logits)}")
     else:
         raise ShapeError(f"labels must be class indices (N,) or one-hot (N, C), got {describe(labels)}")
 
@@ -84,7 +91,8 @@ class MSE(Node):
     op = "mse"
 
     def __init__(self, pred: Any, target: Any) -> None:
-        pred, target = as_node(pred), as_node(target)
+        pred = as_node(pred)
+        target = as_node(target, like=pred)
         shape = broadcast("mse", pred, target)
         if shape is not None and pred.shape is not None and shape != pred.shape:
             raise ShapeError(f"mse: target {describe(target)} would broadcast "

@@ -1,0 +1,221 @@
+"""Layers: objects that hold parameters and add nodes to a graph when called."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from .. import ops
+from ..backends.host import host_normal, host_uniform, host_zeros
+from ..node import Node, Parameter
+
+LAYERS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make a layer class loadable from a saved config by its class name."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
+class Layer:
+    """Base class: ``layer(x)`` returns the output node; parameters are created on first call."""
+
+    def __call__(self, x: Node) -> Node:
+        raise NotImplementedError
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Every array the layer holds (trainable or not), by name."""
+        return {}
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters."""
+        return [p for p in self.named_parameters().values() if p.trainable]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer (JSON-serialisable)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def from_config(cfg: dict[str, Any]) -> Layer:
+    """Rebuild a layer from ``{"type": name, **config}``."""
+    cfg = dict(cfg)
+    name = cfg.pop("type", None)
+    if name not in LAYERS:
+        raise ValueError(f"unknown layer type {name!r} in config (known: {', '.join(sorted(LAYERS))})")
+    return LAYERS[name](**cfg)
+
+
+@register
+class Linear(Layer):
+    """``x @ W + b`` with W of shape (in_features, out_features).
+
+    ``in_features=None`` takes the size from the input's last axis at the first call.
+    ``init``: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).
+    """
+
+    def __init__(self, in_features: Optional[int], out_features: int, bias: bool = True,
+                 init: str = "glorot") -> None:
+        if out_features is None or int(out_features) <= 0:
+            raise ValueError(f"Linear needs out_features > 0, got {out_features}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"Linear init must be 'glorot' or 'he', got {init!r}")
+        self.in_features = in_features
+        self.out_features = int(out_features)
+        self.bias = bias
+        self.init = init
+        self.W: Optional[Parameter] = None
+        self.b: Optional[Parameter] = None
+        if in_features is not None:
+            self._build(int(in_features))
+
+    def _build(self, n_in: int) -> None:
+        self.in_features = n_in
+        n_out = self.out_features
+        if self.init == "glorot":
+            limit = math.sqrt(6.0 / (n_in + n_out))
+            w = host_uniform(-limit, limit, (n_in, n_out))
+        else:
+            w = host_normal(math.sqrt(2.0 / n_in), (n_in, n_out))
+        self.W = Parameter(w, name=f"W{n_in}x{n_out}")
+        if self.bias:
+            self.b = Parameter(host_zeros((n_out,)), name=f"b{n_out}")
+
+    def __call__(self, x: Node) -> Node:
+        if self.W is None:
+            if x.shape is None or x.shape[-1] is None:
+                raise ValueError(f"Linear(None, {self.out_features}) cannot infer in_features: "
+                                 f"input {x.name!r} has an unknown last axis")
+            self._build(int(x.shape[-1]))
+        return ops.linear(x, self.W, self.b)
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        out = {}
+        if self.W is not None:
+            out["W"] = self.W
+        if self.b is not None:
+            out["b"] = self.b
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias, "init": self.init}
+
+
+class _Function(Layer):
+    """A parameter-free layer applying one op."""
+
+    fn: Callable[[Node], Node]
+
+    def __call__(self, x: Node) -> Node:
+        return type(self).fn(x)
+
+
+@register
+class Tanh(_Function):
+    fn = staticmethod(ops.tanh)
+
+
+@register
+class ReLU(_Function):
+    fn = staticmethod(ops.relu)
+
+
+@register
+class Sigmoid(_Function):
+    fn = staticmethod(ops.sigmoid)
+
+
+@register
+class Flatten(_Function):
+    fn = staticmethod(ops.flatten)
+
+
+ACTIVATIONS: dict[str, type] = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid}
+
+
+@register
+class Dropout(Layer):
+    """Inverted dropout with rate ``p`` (identity when the graph runs for evaluation)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def __call__(self, x: Node) -> Node:
+        return ops.dropout(x, self.p)
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+
+@register
+class Sequential(Layer):
+    """Layers applied in order. After a call, ``taps`` holds each layer's output node."""
+
+    def __init__(self, layers: Iterable[Any] = ()) -> None:
+        self.layers = [from_config(l) if isinstance(l, dict) else l for l in layers]
+        for l in self.layers:
+            if not isinstance(l, Layer):
+                raise TypeError(f"Sequential takes layers, got {type(l).__name__}")
+        self.taps: list[Node] = []
+
+    def __call__(self, x: Node) -> Node:
+        self.taps = []
+        for layer in self.layers:
+            x = layer(x)
+            self.taps.append(x)
+        return x
+
+    def features(self) -> Node:
+        """The node that feeds the last parametrised layer (the deep features)."""
+        if not self.taps:
+            raise RuntimeError("call the Sequential on an input before asking for its features")
+        last = max(i for i, l in enumerate(self.layers) if l.named_parameters())
+        if last == 0:
+            raise ValueError("the network has a single parametrised layer: no hidden features")
+        return self.taps[last - 1]
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters().items():
+                out[f"{i}.{name}"] = p
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"layers": [{"type": type(l).__name__, **l.config()} for l in self.layers]}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+
+def MLP(layers: Sequence[int], in_features: int = 784, activation: str = "tanh",
+        dropout: float = 0.0) -> Sequential:
+    """A fully connected network: ``layers`` are the sizes after the input (the last is the output).
+
+    Each hidden layer is Linear then the activation (then Dropout when ``dropout`` > 0).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+    sizes = [int(n) for n in layers]
+    if not sizes or any(n <= 0 for n in sizes):
+        raise ValueError(f"layer sizes must be positive integers, got {list(layers)}")
+    init = "he" if activation == "relu" else "glorot"
+    out: list[Layer] = []
+    n_in = in_features
+    for i, n in enumerate(sizes):
+        out.append(Linear(n_in, n, init=init))
+        if i < len(sizes) - 1:
+            out.append(ACTIVATIONS[activation]())
+            if dropout:
+                out.append(Dropout(dropout))
+        n_in = n
+    return Sequential(out)
