@@ -142,8 +142,18 @@ class Graph:
                                  "it is not part of this graph")
         ci = self._index[self.cost.id]
         values = self._forward(feed, training, self._cost_plan)
+        if tuple(getattr(values[ci], "shape", ())) != ():
+            raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
+                             f"{tuple(values[ci].shape)} at run time (reduce it, e.g. with .mean())")
         grads = self._backward(values, ci, {self._index[t.id] for t in targets})
-        out = {t: self._grad_or_zero(t, grads, values) for t in targets}
+        out: dict = {}
+        seen: set[int] = set()
+        for t in targets:  # each gradient a writable array of its own (no views, no sharing)
+            g = self._grad_or_zero(t, grads, values)
+            if getattr(g, "base", None) is not None or id(g) in seen:
+                g = g.copy()
+            seen.add(id(g))
+            out[t] = g
         return (values[ci], out) if return_cost else out
 
     def _grad_or_zero(self, node: Node, grads: list, values: list) -> Any:
@@ -152,10 +162,13 @@ class Graph:
         if g is not None:
             return g
         value = values[i] if values[i] is not None else getattr(node, "value", None)
-        if value is None or not hasattr(value, "shape"):
-            raise GraphError(f"the cost {self.cost.name!r} does not depend on {node.name!r}, "
-                             "so it has no gradient")
-        return self.backend.xp.zeros(value.shape, dtype=value.dtype)
+        if hasattr(value, "shape"):
+            return self.backend.xp.zeros(value.shape, dtype=value.dtype)
+        if node.shape is not None and None not in node.shape and node.dtype is not None:
+            return self.backend.xp.zeros(node.shape, dtype=node.dtype)
+        raise GraphError(f"the cost {self.cost.name!r} does not depend on {node.name!r}, "
+                         f"whose shape {fmt(node.shape)} is not fully known, so it has no "
+                         "zero gradient to give")
 
     # --- internals --------------------------------------------------------------------
     def _resolve_feed(self, feed: Mapping[Any, Any]) -> dict[int, Any]:
@@ -166,7 +179,8 @@ class Graph:
             node = by_name.get(key) if isinstance(key, str) else key
             if not isinstance(node, Input) or node.id not in self._index:
                 label = key if isinstance(key, str) else getattr(key, "name", repr(key))
-                raise FeedError(f"feed names {label!r}, which is not an input of this graph "
+                other = " (a different Input of the same name)" if label in by_name else ""
+                raise FeedError(f"feed names {label!r}{other}, which is not an input of this graph "
                                 f"(inputs: {', '.join(repr(n.name) for n in self.inputs)})")
             fed[node.id] = node.check_feed(b, value)
         return fed
@@ -223,6 +237,9 @@ class Graph:
             for j, gj in zip(self._args[i], gin):
                 if gj is None or not needs[j]:
                     continue
+                dt = getattr(values[j], "dtype", None)
+                if dt is not None and dt.kind == "f" and gj.dtype != dt:
+                    gj = gj.astype(dt)  # a gradient keeps its node's dtype (no silent float64)
                 grads[j] = gj if grads[j] is None else grads[j] + gj
         return grads
 

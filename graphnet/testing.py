@@ -24,17 +24,19 @@ def assert_close(actual: Any, expected: Any, rtol: float = 1e-5, atol: float = 1
     if a.size == 0:
         return
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    both_nan = np.isnan(a64) & np.isnan(e64)
-    err = np.abs(a64 - e64)
-    err[both_nan] = 0
-    excess = err - (atol + rtol * np.abs(e64))
+    same = (np.isnan(a64) & np.isnan(e64)) | (a64 == e64)  # NaN vs NaN, equal infinities
+    with np.errstate(invalid="ignore"):
+        err = np.asarray(np.abs(a64 - e64))  # 0-d stays an array (writable)
+        excess = np.asarray(err - (atol + rtol * np.abs(e64)))
+    err[same] = 0
     excess[np.isnan(excess)] = np.inf
+    excess[same] = -np.inf
     worst = np.unravel_index(int(np.argmax(excess)), a.shape) if a.ndim else ()
     if excess[worst] > 0:
         bad = int(np.count_nonzero(excess > 0))
         raise AssertionError(
             f"{what}: {bad} of {a.size} elements differ (rtol={rtol}, atol={atol}); worst at "
-            f"index {tuple(int(i) for i in worst)}: got {a64[worst]!r}, expected {e64[worst]!r}, "
+            f"index {tuple(int(i) for i in worst)}: got {float(a64[worst])!r}, expected {float(e64[worst])!r}, "
             f"|diff| = {err[worst]:.3g}")
 
 
@@ -89,7 +91,7 @@ def check_gradients(build: Callable[..., Any], inputs: Sequence[np.ndarray],
         r_node = Input("upstream", shape=np.shape(y))
         cost = gsum(out * r_node)
         graph = Graph(out, cost=cost)
-        grads = graph.gradients({**feed(), r_node: b.asarray(r)}, wrt=nodes)
+        grads = graph.gradients({**feed(), r_node: b.asarray(r)}, wrt=nodes, training=False)
 
         def f() -> float:
             return float(np.sum(to_numpy(probe.run(feed())) * r))

@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference's two published set-ups: tanh, softmax, cross-entropy, batch 128, plain SGD.
-    "seed-10": dict(layers=[10], activation="tanh", epochs=1, optimizer="sgd", lr=0.1),
+    "seed-10": dict(layers=[10], activation="tanh", epochs=1, optimizer="sgd", lr=0.5),
     "seed-128-64-10": dict(layers=[128, 64, 10], activation="tanh", epochs=10, optimizer="sgd",
-                           lr=0.1),
+                           lr=0.5),
     # Best fully connected network that trains in about two minutes on two CPU cores.
     "fast": dict(layers=[512, 256, 10], activation="relu", epochs=12, optimizer="sgd", lr=0.05,
                  momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine"),

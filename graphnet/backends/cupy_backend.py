@@ -10,6 +10,11 @@ def _import_cupy() -> Any:
     try:
         import cupy
     except ImportError as exc:
+        if exc.name != "cupy":  # installed, but a library it needs failed to load
+            raise BackendUnavailableError(
+                f"the 'cupy' backend found CuPy installed but it failed to import ({exc}): "
+                "check that the cupy-cuda12x/cupy-cuda13x wheel matches the CUDA driver, "
+                "or use GRAPHNET_BACKEND=numpy") from exc
         raise BackendUnavailableError(
             "the 'cupy' backend needs CuPy, which is not installed: "
             "install it with `pip install graphnet[cuda12]` (CUDA 12) or "

@@ -64,13 +64,18 @@ class NumpyBackend(Backend):
         np.add.at(target, index, values)
 
     # Fused kernels: the same maths as the base class with fewer temporaries.
+    # NumPy ufuncs give 0-d operands back as scalars, which cannot be written in place.
     def tanh_backward(self, y: Any, g: Any) -> Any:
+        if np.ndim(y) == 0 or np.shape(g) != np.shape(y):
+            return super().tanh_backward(y, g)
         out = np.multiply(y, y)
         np.subtract(1, out, out=out)
         out *= g
         return out
 
     def relu_backward(self, y: Any, g: Any) -> Any:
-        out = g.copy()
+        if np.ndim(y) == 0 or np.shape(g) != np.shape(y):
+            return super().relu_backward(y, g)
+        out = np.array(g, copy=True)
         out[y <= 0] = 0
         return out

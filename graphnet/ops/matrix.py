@@ -6,6 +6,7 @@ from typing import Any, Optional
 from ..errors import ShapeError
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
+from .arith import _pair
 
 
 def _matmul_shape(a: Node, b: Node) -> Optional[tuple]:
@@ -35,7 +36,7 @@ class MatMul(Node):
     op = "matmul"
 
     def __init__(self, a: Any, b: Any) -> None:
-        a, b = as_node(a), as_node(b)
+        a, b = _pair(a, b)
         super().__init__((a, b), shape=_matmul_shape(a, b))
 
     def forward(self, ctx, a, b):
@@ -56,12 +57,16 @@ class Transpose(Node):
 
     def __init__(self, x: Any, axes: Optional[tuple] = None) -> None:
         x = as_node(x)
-        self.axes = None if axes is None else tuple(axes)
+        self.axes = None if axes is None else tuple(int(a) for a in axes)
         shape = None
         if x.shape is not None:
-            order = self.axes or tuple(reversed(range(len(x.shape))))
-            if sorted(order) != list(range(len(x.shape))):
+            n = len(x.shape)
+            order = self.axes if self.axes is not None else tuple(reversed(range(n)))
+            if len(order) != n or any(not -n <= a < n for a in order) \
+                    or sorted(a % n for a in order) != list(range(n)):
                 raise ShapeError(f"transpose axes {order} do not match {describe(x)}")
+            if self.axes is not None:
+                self.axes = tuple(a % n for a in order)
             shape = tuple(x.shape[i] for i in order)
         super().__init__((x,), shape=shape)
 
@@ -73,7 +78,7 @@ class Transpose(Node):
             return (g.transpose(),)
         inverse = [0] * len(self.axes)
         for i, a in enumerate(self.axes):
-            inverse[a] = i
+            inverse[a % len(self.axes)] = i
         return (g.transpose(inverse),)
 
 
@@ -83,8 +88,9 @@ class Linear(Node):
     op = "linear"
 
     def __init__(self, x: Any, w: Any, b: Any = None) -> None:
-        x, w = as_node(x), as_node(w)
-        inputs = (x, w) if b is None else (x, w, as_node(b))
+        x = as_node(x)
+        w = as_node(w, like=x)
+        inputs = (x, w) if b is None else (x, w, as_node(b, like=x))
         shape = _matmul_shape(x, w)
         if shape is not None and len(shape) != 2:
             raise ShapeError(f"linear needs 2-D x and W: {describe(x)}, {describe(w)}")
@@ -105,7 +111,7 @@ class Linear(Node):
         gw = x.T @ g
         if len(xs) == 2:
             return gx, gw
-        return gx, gw, sum_to(g, xs[2].shape)
+        return gx, gw, sum_to(g, xs[2].shape) if hasattr(xs[2], "shape") else None
 
 
 def matmul(a: Any, b: Any) -> Node:

@@ -14,6 +14,9 @@ class Reshape(Node):
     def __init__(self, x: Any, shape: Sequence[int]) -> None:
         x = as_node(x)
         self.target = tuple(int(d) for d in shape)
+        if any(d < -1 for d in self.target):
+            raise ShapeError(f"reshape of {describe(x)}: sizes must be >= 0 (or one -1), "
+                             f"got {self.target}")
         if sum(d == -1 for d in self.target) > 1:
             raise ShapeError(f"reshape of {describe(x)}: only one size may be -1, got {self.target}")
         n_in, n_out = known_size(x.shape), known_size(self.target)
@@ -87,6 +90,9 @@ def _index_shape(x: Node, index: Any) -> Any:
     if x.shape is None:
         return None
     items = list(index) if isinstance(index, tuple) else [index]
+    if sum(1 for i in items if i is Ellipsis) > 1:
+        raise ShapeError(f"an index can only have one Ellipsis (...), got {index!r} "
+                         f"for {describe(x)}")
     n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
     if n_real > len(x.shape):
         raise ShapeError(f"too many indices ({n_real}) for {describe(x)}")

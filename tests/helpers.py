@@ -1,0 +1,25 @@
+"""Small synthetic data and models shared by the training tests."""
+from __future__ import annotations
+
+import numpy as np
+
+import graphnet as gn
+from graphnet import nn
+
+
+def blobs(n: int = 512, pixels: int = 784, classes: int = 10, seed: int = 0):
+    """Separable fake 'images' (uint8, shape (n, 28, 28) when pixels=784) and labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 255, size=(classes, pixels))
+    y = rng.integers(0, classes, size=n)
+    x = np.clip(centres[y] + rng.normal(0, 40, size=(n, pixels)), 0, 255).astype(np.uint8)
+    side = int(round(pixels ** 0.5))
+    if side * side == pixels:
+        x = x.reshape(n, side, side)
+    return x, y
+
+
+def tiny_model(layers=(16, 10), activation: str = "tanh", dropout: float = 0.0, seed: int = 0,
+               pixels: int = 784) -> nn.Classifier:
+    gn.seed(seed)
+    return nn.Classifier(nn.MLP(list(layers), pixels, activation, dropout), input_shape=(pixels,))
