@@ -144,7 +144,8 @@ class Graph:
         values = self._forward(feed, training, self._cost_plan)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
-                             f"{tuple(values[ci].shape)} at run time (reduce it, e.g. with .mean())")
+                             f"{tuple(values[ci].shape)} at run time "
+                             "(reduce it, e.g. with .mean())")
         grads = self._backward(values, ci, {self._index[t.id] for t in targets})
         out: dict = {}
         seen: set[int] = set()

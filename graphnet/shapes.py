@@ -56,7 +56,7 @@ def normalize_axes(axis: Any, ndim: int, who: Any) -> tuple:
     """Axis argument as a sorted tuple of non-negative ints, checked against ``ndim``."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (int(axis),) if hasattr(axis, "__index__") else tuple(int(a) for a in axis)
     out = []
     for a in axes:
         if not -ndim <= a < ndim:

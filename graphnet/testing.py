@@ -36,7 +36,8 @@ def assert_close(actual: Any, expected: Any, rtol: float = 1e-5, atol: float = 1
         bad = int(np.count_nonzero(excess > 0))
         raise AssertionError(
             f"{what}: {bad} of {a.size} elements differ (rtol={rtol}, atol={atol}); worst at "
-            f"index {tuple(int(i) for i in worst)}: got {float(a64[worst])!r}, expected {float(e64[worst])!r}, "
+            f"index {tuple(int(i) for i in worst)}: got {float(a64[worst])!r}, "
+            f"expected {float(e64[worst])!r}, "
             f"|diff| = {err[worst]:.3g}")
 
 

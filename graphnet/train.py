@@ -24,6 +24,10 @@ class DivergenceError(FloatingPointError):
     """The training loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class OutOfMemory(MemoryError):
+    """The device ran out of memory during training; the message says what to change."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the current batch finished and a checkpoint was saved."""
 
@@ -111,8 +115,18 @@ class Trainer:
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"{X.shape[0]} training images but {Y.shape[0]} labels")
         with _sigint_finishes_batch(self):
-            while self.state.epoch < epochs:
-                self._run_epoch(X, Y, Xt, Yt)
+            try:
+                while self.state.epoch < epochs:
+                    self._run_epoch(X, Y, Xt, Yt)
+            except Exception as exc:
+                if type(exc).__name__ != "OutOfMemoryError" and not isinstance(exc, MemoryError):
+                    raise
+                raise OutOfMemory(
+                    f"out of memory on {self.model.backend.device_name()} with batch size "
+                    f"{self.batch_size} (epoch {self.state.epoch + 1}, batch {self.state.batch + 1}): "
+                    f"{exc}. Try a smaller batch size or a smaller network"
+                    + ("; the last complete epoch is in the checkpoint" if self.checkpoint_dir else "")
+                ) from exc
         return self.history
 
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
@@ -309,5 +323,5 @@ def fit(model: Classifier, optimizer: Optimizer, x_train: Any, y_train: Any, x_t
     return Trainer(model, optimizer, **kwargs).fit(x_train, y_train, x_test, y_test, epochs)
 
 
-__all__ = ["Trainer", "History", "fit", "DivergenceError", "TrainingInterrupted", "CHECKPOINT",
+__all__ = ["Trainer", "History", "fit", "DivergenceError", "OutOfMemory", "TrainingInterrupted", "CHECKPOINT",
            "resume_model", "backend"]

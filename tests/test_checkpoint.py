@@ -215,3 +215,17 @@ def test_interrupted_write_leaves_previous_file(tmp_path, monkeypatch):
         atomic_write_npz(path, {"a": np.ones(2)}, {})
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
+    class OutOfMemoryError(Exception):  # what cupy raises, by name
+        pass
+
+    def fail(self, xb, yb):
+        raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes")
+    trainer = _trainer(tmp_path)
+    monkeypatch.setattr(Trainer, "_step", fail)
+    from graphnet.train import OutOfMemory
+    x, y = blobs(64)
+    with pytest.raises(OutOfMemory, match=r"batch size 32.*smaller batch size"):
+        trainer.fit(x, y, epochs=1)

@@ -187,6 +187,8 @@ CASES = [
          lambda r, a: reduce_vjp(r, a, (0, 2), True, False)),
     Case("sum_all_keepdims", lambda x: ops.sum(x, keepdims=True), [(2, 3)],
          lambda a: a.sum(keepdims=True), lambda r, a: reduce_vjp(r, a, None, True, False)),
+    Case("sum_numpy_int_axes", lambda x: ops.sum(x, [np.int64(0), np.int64(-1)]), [(2, 3, 4)],
+         lambda a: a.sum((0, 2)), lambda r, a: reduce_vjp(r, a, (0, 2), False, False)),
     Case("mean_all", ops.mean, [(2, 3, 4)], np.mean,
          lambda r, a: reduce_vjp(r, a, None, False, True)),
     Case("mean_negative_axis", lambda x: ops.mean(x, -1), [(2, 3, 4)], lambda a: a.mean(-1),
@@ -372,7 +374,8 @@ def test_every_gradient_has_its_parameters_dtype(backend, dtype):
     x = gn.Input("x", shape=(None, 3), dtype="float32")
     y = gn.Input("y", shape=(None, 2), dtype="float64")  # a float64 target mixes dtypes
     cost = gn.mse(gn.tanh(gn.linear(x, w, b)) * s, y) + 0.1 * (w ** 2).sum()
-    grads = gn.Graph(cost, cost=cost).gradients({x: np.ones((4, 3)), y: np.zeros((4, 2))})
+    feed = {x: backend.asarray(np.ones((4, 3))), y: backend.asarray(np.zeros((4, 2)))}
+    grads = gn.Graph(cost, cost=cost).gradients(feed)
     for p in (w, b, s):
         assert grads[p].dtype == np.dtype(dtype), f"{p.name}: {grads[p].dtype}"
         assert grads[p].shape == p.shape

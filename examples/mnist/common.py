@@ -13,7 +13,8 @@ import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
 from graphnet.io import CheckpointError
-from graphnet.train import CHECKPOINT, DivergenceError, Trainer, TrainingInterrupted
+from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
+                            TrainingInterrupted)
 
 EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET, EXIT_INTERRUPTED = 2, 3, 1, 130
 
@@ -87,11 +88,8 @@ def run_training(args: argparse.Namespace) -> int:
     except DivergenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
-    except Exception as exc:  # GPU out of memory gets advice, not a raw traceback
-        if type(exc).__name__ != "OutOfMemoryError" and not isinstance(exc, MemoryError):
-            raise
-        print(f"error: out of memory with batch size {cfg['batch_size']} on {b.device_name()}: "
-              f"{exc}\nTry a smaller --batch-size or a smaller network.", file=sys.stderr)
+    except OutOfMemory as exc:
+        print(f"error: {exc} (--batch-size)", file=sys.stderr)
         return EXIT_BAD_SETUP
     metrics = final_metrics(model, history, cfg, b, x_train, y_train, x_test, y_test)
     model.save(out / "model.npz")

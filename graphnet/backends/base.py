@@ -81,6 +81,40 @@ class Backend(ABC):
         """A read-only view of sliding windows over ``axis``."""
         return self.xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
 
+    def im2col(self, x: Any, kernel: tuple, stride: tuple, out: Any = None) -> Any:
+        """The patches of an (already padded) NCHW ``x`` as one ``(C*kh*kw, N*OH*OW)`` matrix.
+
+        Rows are ordered (c, i, j) like a weight ``w.reshape(C_out, C*kh*kw)``; columns
+        (n, oh, ow). One strided copy from a sliding-window view (written into ``out``,
+        a buffer of at least that size, when given).
+        """
+        kh, kw = kernel
+        sh, sw = stride
+        v = self.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+        n, c, oh, ow = v.shape[:4]
+        shape6 = (c, kh, kw, n, oh, ow)
+        size = c * kh * kw * n * oh * ow
+        buf = (self.xp.empty(shape6, dtype=x.dtype) if out is None
+               else out.reshape(-1)[:size].reshape(shape6))
+        self.xp.copyto(buf, v.transpose(1, 4, 5, 0, 2, 3))
+        return buf.reshape(c * kh * kw, n * oh * ow)
+
+    def col2im(self, cols: Any, out: Any, kernel: tuple, stride: tuple) -> None:
+        """Add ``cols`` (the layout of :meth:`im2col`) back into the padded NCHW ``out``, in place.
+
+        The adjoint of im2col: a scatter-add where overlapping windows accumulate. Here one
+        strided slice-add per kernel offset (kh*kw array ops, no ``add.at``).
+        """
+        kh, kw = kernel
+        sh, sw = stride
+        n, c, h, w = out.shape
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        c6 = cols.reshape(c, kh, kw, n, oh, ow)
+        target = out.transpose(1, 0, 2, 3)  # (C, N, H, W) view, matching c6's (c, n) order
+        for i in range(kh):
+            for j in range(kw):
+                target[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, i, j]
+
     # --- fused kernels (hot paths) --------------------------------------------
     def softmax_cross_entropy(self, logits: Any, labels: Any) -> tuple[Any, Any]:
         """Mean cross-entropy of ``softmax(logits)`` and the probabilities.

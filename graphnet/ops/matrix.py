@@ -20,8 +20,12 @@ def _matmul_shape(a: Node, b: Node) -> Optional[tuple]:
     if k1 is not None and k2 is not None and k1 != k2:
         raise ShapeError(f"matmul: inner sizes differ: {describe(a)} @ {describe(b)} "
                          f"({k1} != {k2})")
-    batch = broadcast("matmul", _Shaped(f"batch axes of {a.name}", sa[:-2]),
-                      _Shaped(f"batch axes of {b.name}", sb[:-2]))
+    try:
+        batch = broadcast("matmul", _Shaped(f"batch axes of {a.name}", sa[:-2]),
+                          _Shaped(f"batch axes of {b.name}", sb[:-2]))
+    except ShapeError as exc:
+        raise ShapeError(f"matmul: batch axes differ: {describe(a)} @ {describe(b)} "
+                         f"({exc})") from None
     return batch + (sa[-2], sb[-1])
 
 

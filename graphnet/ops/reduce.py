@@ -12,7 +12,8 @@ class Sum(Node):
 
     def __init__(self, x: Any, axis: Any = None, keepdims: bool = False) -> None:
         x = as_node(x)
-        self.axis = axis if axis is None or isinstance(axis, int) else tuple(axis)
+        self.axis = None if axis is None else int(axis) if hasattr(axis, "__index__") \
+            else tuple(int(a) for a in axis)
         self.keepdims = keepdims
         super().__init__((x,), shape=reduce_shape(x.shape, self.axis, keepdims, x))
 

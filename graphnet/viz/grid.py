@@ -67,6 +67,8 @@ def image_grid(images: Any, titles: Optional[Sequence[str]] = None, *,
         vmin, vmax = float(np.nanmin(imgs)), float(np.nanmax(imgs))
     cmap = cmap or "gray"
     if fig is None:
+        if titles is None:
+            cell = min(cell, 9.0 / cols)  # a mosaic of many units stays about 9 inches wide
         lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
         title_h = 0.1 + 0.14 * lines * fontsize / 8 if titles is not None else 0.0
         width = cols * cell * (w / max(h, w) if titles is None else 1.0)
@@ -104,6 +106,12 @@ def _mosaic(fig: Any, imgs: np.ndarray, rows: int, cols: int, cmap: str, vmin: A
     cm = _colormap(cmap)
     im = ax.imshow(np.ma.masked_invalid(canvas), cmap=cm, vmin=vmin, vmax=vmax,
                    interpolation="nearest")
+    if n < rows * cols:  # blank out the unused cells of the last row
+        from matplotlib.patches import Rectangle
+        c0 = n - (rows - 1) * cols
+        ax.add_patch(Rectangle((c0 * (w + gap) - gap - 0.5, (rows - 1) * (h + gap) - gap - 0.5),
+                               canvas.shape[1] + 1, h + gap + 1, facecolor="white",
+                               edgecolor="none"))
     ax.set_axis_off()
     return im
 
