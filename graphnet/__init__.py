@@ -14,6 +14,9 @@ from .node import Constant, Input, Node, Parameter
 from .ops import (add, concat, div, dropout, exp, flatten, linear, log, log_softmax, matmul,
                   mean, mse, mul, neg, power, relu, reshape, sigmoid, softmax,
                   softmax_cross_entropy, sub, sum, tanh, transpose)
+from .ops import avg_pool2d, batch_norm, conv2d, max_pool2d
+
+from . import nn, optim  # noqa: E402  (after the engine they build on)
 
 __version__ = "0.1.0"
 
@@ -33,7 +36,7 @@ __all__ = ["Backend", "BackendUnavailableError", "available_backends", "backend"
            "backend_names", "get_backend", "set_backend", "use_backend", "to_numpy", "asarray",
            "seed", "default_dtype", "get_default_dtype", "set_default_dtype", "FeedError",
            "GraphError", "NumericsError", "RunError", "ShapeError", "Graph", "Constant", "Input",
-           "Node", "Parameter", "add", "concat", "div", "dropout", "exp", "flatten", "linear",
+           "Node", "Parameter", "nn", "optim", "add", "concat", "div", "dropout", "exp", "flatten", "linear",
            "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "power", "relu",
            "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sub", "sum", "tanh",
-           "transpose"]
+           "transpose", "conv2d", "max_pool2d", "avg_pool2d", "batch_norm"]

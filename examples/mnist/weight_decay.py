@@ -1,13 +1,14 @@
 """Weight decay smooths the weights: two one-layer networks, trained the same way but for the decay.
 
-    python examples/mnist/weight_decay.py --out runs/weight_decay       # ~5 s on two CPU cores
+    python examples/mnist/weight_decay.py --out runs/weight_decay       # seconds on two CPU cores
     python examples/mnist/weight_decay.py --epochs 1 --lam 0.01 --backend cupy
 
 The reference's update rule is theta <- (1 - lambda) theta - eta dJ/dtheta with
 lambda = 0.01 per step. graphnet's SGD decay is decoupled, p *= 1 - lr * weight_decay
-per step, so the same rule is ``weight_decay = lambda / lr`` (0.1 at lr 0.1). Both
-models use the seed-10 settings (784 -> 10, softmax, plain SGD at lr 0.1, batch 128)
-and the same seed, so they start from the same weights and see the same batches.
+per step, so the same rule is ``weight_decay = lambda / lr``. Both models use the
+seed-10 preset of train.py (784 -> 10, softmax, plain SGD at the preset's lr, batch
+128) for ``--epochs`` epochs with the same seed, so they start from the same weights
+and see the same batches.
 
 Writes OUT/weight_decay.png and OUT/{no_decay,decay}/model.npz. ``visualize.py``
 calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
@@ -100,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.backend:
         gn.set_backend(args.backend)
-    path = write(args.out, mnist.load(args.data), args.epochs, args.lam, args.seed, progress=True)
+    path = write(args.out, mnist.load(args.data), args.epochs, args.lam, args.seed)
     print(f"wrote {path}")
     return 0
 

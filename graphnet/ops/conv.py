@@ -266,7 +266,7 @@ class MaxPool2d(_Pool2d):
                 continue
             better = v > y  # strict: ties keep the first maximum
             xp.copyto(y, v, where=better)
-            idx[better] = k
+            xp.copyto(idx, k, where=better)
         self._argmax = (x, idx)
         return y
 
@@ -301,7 +301,10 @@ class AvgPool2d(_Pool2d):
     def forward(self, ctx, x):
         y = None
         for _, sl in self._offsets(x):
-            y = x[sl].copy() if y is None else y + x[sl] if False else _acc(y, x[sl])
+            if y is None:
+                y = x[sl].copy()
+            else:
+                y += x[sl]
         y *= 1.0 / (self.size[0] * self.size[1])
         return y
 
@@ -312,11 +315,6 @@ class AvgPool2d(_Pool2d):
         for _, sl in self._offsets(x):
             gx[sl] += gk
         return (gx,)
-
-
-def _acc(y: Any, v: Any) -> Any:
-    y += v
-    return y
 
 
 def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0) -> Node:

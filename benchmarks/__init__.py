@@ -1,0 +1,1 @@
+"""graphnet benchmarks: run them with ``python benchmarks/run.py`` (see BENCHMARKS.md)."""
