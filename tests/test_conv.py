@@ -154,10 +154,11 @@ def test_conv2d_chunked_batch_matches_whole(backend, monkeypatch):
     build = lambda a, b_, c: gn.conv2d(a, b_, c, 1, 1)  # noqa: E731
     whole_y, whole_g = run_with_grads(build, [x, w, bvec], g)
     per_image = 2 * 9 * 36 * 4
-    monkeypatch.setattr(conv_mod, "IM2COL_LIMIT_BYTES", 2 * per_image)  # 2 images per chunk
-    assert conv_mod._chunks(5, per_image) == [(0, 2), (2, 4), (4, 5)]
-    for training in (True, False):
-        y, grads = run_with_grads(build, [x, w, bvec], g, training=training)
+    for limit, want in ((2 * per_image, [(0, 2), (2, 4), (4, 5)]),  # 2 images per chunk
+                        (1, [(i, i + 1) for i in range(5)])):  # an image over the limit runs alone
+        monkeypatch.setattr(conv_mod, "IM2COL_LIMIT_BYTES", limit)
+        assert conv_mod._chunks(5, per_image, backend) == want
+        y, grads = run_with_grads(build, [x, w, bvec], g)
         assert_close(y, whole_y, rtol=1e-5, atol=1e-5, what="chunked forward")
         for a, e in zip(grads, whole_g):
             assert_close(a, e, rtol=1e-5, atol=1e-5, what="chunked gradient")

@@ -181,7 +181,7 @@ def write_index(out: Path, model_path: Path, model: Any, metrics: dict[str, Any]
         if ent["file"] is None:
             figs.append(f"<p class=note>{e(ent['caption'])}</p>")
             continue
-        figs.append(f"<figure id=\"{e(Path(ent['file']).stem)}\"><img src=\"{e(ent['file'])}\" "
+        figs.append(f"<figure id=\"{e(ent['file'].replace('.', '-'))}\"><img src=\"{e(ent['file'])}\" "
                     f"alt=\"{e(ent['file'])}\"><figcaption><b>{e(ent['file'])}</b> "
                     f"{e(ent['caption'])} <span class=t>({ent['seconds']:.1f} s)</span>"
                     "</figcaption></figure>")

@@ -19,6 +19,8 @@ class Backend(ABC):
 
     name: str
     xp: Any
+    #: conv2d works through the batch in chunks whose im2col buffer is at most this big
+    im2col_chunk_bytes: int = 256 * 2**20
 
     # --- arrays and transfers -------------------------------------------------
     @abstractmethod

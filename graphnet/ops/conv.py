@@ -10,21 +10,23 @@ Convolution is im2col plus one matrix product per chunk of the batch:
   im2col, done by the backend (:meth:`Backend.col2im`: kh*kw strided slice-adds on NumPy,
   one gather kernel on CuPy).
 
-Memory. The im2col buffer of a batch of N images takes ``N * C_in*kh*kw * OH*OW *
-itemsize`` bytes (the weight-gradient needs the same). The batch is cut into chunks so
-that no such buffer exceeds :data:`IM2COL_LIMIT_BYTES` (128 MiB by default, see
-:func:`set_im2col_limit`); a single image larger than that still runs, alone. Peak
-extra memory, beyond the output and the gradients themselves:
+Memory and speed. The im2col buffer of a whole batch would take ``N * C_in*kh*kw *
+OH*OW * itemsize`` bytes: 85 MB for the MNIST "cnn" network's conv 32->64, 3x3 on 26x26
+at batch 128 (128 * 288 * 576 * 4 B). Instead the batch is processed in chunks of images
+whose cols buffer stays under the backend's ``im2col_chunk_bytes`` (NumPy: 4 MiB, so
+that im2col, the product and col2im work in cache, which measured about 2x faster than
+whole-batch buffers on 2 cores; CuPy: 256 MiB, big products for the GPU), and never over
+:data:`IM2COL_LIMIT_BYTES` (256 MiB, see :func:`set_im2col_limit`). A single image whose
+cols exceed the chunk size runs alone. Backward rebuilds each chunk's cols (cheaper than
+keeping a whole-batch buffer alive between forward and backward). Peak extra memory,
+beyond the output and the gradients themselves, with ``B`` the chunk size in bytes:
 
-* forward: one cols buffer (<= the limit) plus its product ``(C_out, n*OH*OW)``;
-* backward: cols and dcols (each <= the limit, so <= 2x the limit together), the
-  upstream chunk as ``(C_out, n*OH*OW)`` and the padded input gradient.
+* forward: the padded input (if ``padding``), one cols chunk (<= B) and its product
+  ``(C_out, n*OH*OW)`` (<= B * C_out / (C_in*kh*kw));
+* backward: cols and dcols chunks (<= 2B), the upstream chunk as ``(C_out, n*OH*OW)``,
+  the padded input and the padded input gradient.
 
-In training, when the whole batch fits one chunk, forward keeps its cols buffer (per
-conv node, reused from step to step) for backward instead of rebuilding it; the dcols
-buffer is a scratch array shared by every conv node of the backend. For the MNIST "cnn"
-network at batch 128 the largest buffer is conv 32->64, 3x3 on 26x26: 128 * 288 * 576 *
-4 B = 85 MB, so forward holds 85 MB of cols and backward 170 MB (cols + dcols).
+So at most about 3 * 256 MiB on CuPy and about 12 MiB on NumPy, whatever the batch.
 
 Pooling loops over the kh*kw kernel offsets with strided slices (no im2col, no copies
 of windows); max pooling sends each gradient to the first maximum of its window.
@@ -37,32 +39,17 @@ from ..errors import ShapeError
 from ..node import Node, as_node
 from ..shapes import describe
 
-IM2COL_LIMIT_BYTES = 128 * 2**20
-
-_scratch: dict[tuple, Any] = {}
+IM2COL_LIMIT_BYTES = 256 * 2**20
+DEFAULT_CHUNK_BYTES = 256 * 2**20  # for backends without an ``im2col_chunk_bytes``
 
 
 def set_im2col_limit(nbytes: int) -> int:
-    """Set the largest im2col buffer (bytes) conv2d allocates at once; return the old limit."""
+    """Set the largest im2col chunk (bytes) conv2d allocates at once; return the old limit."""
     global IM2COL_LIMIT_BYTES
     if int(nbytes) <= 0:
         raise ValueError(f"the im2col limit must be a positive number of bytes, got {nbytes}")
     old, IM2COL_LIMIT_BYTES = IM2COL_LIMIT_BYTES, int(nbytes)
     return old
-
-
-def _buffer(xp: Any, holder: Optional[Any], size: int, dtype: Any) -> Any:
-    """A flat array of at least ``size`` elements: ``holder`` when big enough, else a new one."""
-    if holder is not None and holder.dtype == dtype and holder.size >= size:
-        return holder
-    return xp.empty((size,), dtype=dtype)
-
-
-def _shared_scratch(b: Any, tag: str, size: int, dtype: Any) -> Any:
-    key = (b.name, tag, str(dtype))
-    buf = _buffer(b.xp, _scratch.get(key), size, dtype)
-    _scratch[key] = buf
-    return buf
 
 
 def _pair(v: Any, what: str) -> tuple:
@@ -79,8 +66,10 @@ def _out_size(n: Optional[int], k: int, s: int, p: int) -> Optional[int]:
     return None if n is None else (n + 2 * p - k) // s + 1
 
 
-def _chunks(n: int, per_item_bytes: int) -> list[tuple[int, int]]:
-    step = max(1, min(n, IM2COL_LIMIT_BYTES // max(per_item_bytes, 1)))
+def _chunks(n: int, per_item_bytes: int, backend: Any = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive images whose cols fit the chunk size."""
+    limit = min(IM2COL_LIMIT_BYTES, getattr(backend, "im2col_chunk_bytes", DEFAULT_CHUNK_BYTES))
+    step = max(1, min(n, limit // max(per_item_bytes, 1)))
     return [(i, min(n, i + step)) for i in range(0, n, step)] or [(0, 0)]
 
 
@@ -98,8 +87,6 @@ class Conv2d(Node):
         if min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"conv2d needs stride >= 1 and padding >= 0, "
                              f"got stride={stride!r}, padding={padding!r}")
-        self._saved: Optional[tuple] = None  # (x, cols) kept from a training forward
-        self._cols_buf: Any = None
         super().__init__(inputs, shape=self._infer(x, w, inputs[2] if b is not None else None))
 
     def _infer(self, x: Node, w: Node, b: Optional[Node]) -> Any:
@@ -150,28 +137,19 @@ class Conv2d(Node):
         xp, be = ctx.xp, ctx.b
         n, c, co, kh, kw, oh, ow = self._geometry(x, w)
         k, ohw = c * kh * kw, oh * ow
-        dtype = xp.result_type(x.dtype, w.dtype)
         xpad = self._padded(xp, x)
         w2 = w.reshape(co, k)
-        out = xp.empty((n, co, ohw), dtype=dtype)
-        chunks = _chunks(n, k * ohw * x.dtype.itemsize)
-        keep = ctx.training and len(chunks) == 1
-        self._saved = None
-        buf = _buffer(xp, self._cols_buf if keep else None, min(n, chunks[0][1]) * k * ohw, x.dtype)
-        if keep:
-            self._cols_buf = buf
+        out = xp.empty((n, co, ohw), dtype=xp.result_type(x.dtype, w.dtype))
+        chunks = _chunks(n, k * ohw * x.dtype.itemsize, be)
+        buf = xp.empty(((chunks[0][1] - chunks[0][0]) * k * ohw,), dtype=x.dtype)
         bias = None if b is None else b.reshape(1, co, 1)
         for n0, n1 in chunks:
-            m = n1 - n0
             cols = be.im2col(xpad[n0:n1], (kh, kw), self.stride, out=buf)
-            y = w2 @ cols  # (C_out, m*OH*OW)
-            y3 = y.reshape(co, m, ohw).transpose(1, 0, 2)
+            y3 = (w2 @ cols).reshape(co, n1 - n0, ohw).transpose(1, 0, 2)
             if bias is None:
                 out[n0:n1] = y3
             else:
                 xp.add(y3, bias, out=out[n0:n1])
-            if keep:
-                self._saved = (x, cols)
         return out.reshape(n, co, oh, ow)
 
     def backward(self, ctx, g, xs, y):
@@ -179,34 +157,29 @@ class Conv2d(Node):
         xp, be = ctx.xp, ctx.b
         n, c, co, kh, kw, oh, ow = self._geometry(x, w)
         k, ohw = c * kh * kw, oh * ow
-        (ph, pw) = self.padding
-        w2 = w.reshape(co, k)
-        w2t = w2.T
+        ph, pw = self.padding
+        xpad = self._padded(xp, x)
+        w2t = w.reshape(co, k).T
         g3 = g.reshape(n, co, ohw)
-        gw = xp.zeros((co, k), dtype=w.dtype)
-        gx = xp.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), dtype=x.dtype)
-        saved, self._saved = self._saved, None
-        chunks = _chunks(n, k * ohw * x.dtype.itemsize)
-        xpad = None
+        gw = xp.zeros((co, k), dtype=xp.result_type(w.dtype, g.dtype))
+        gx = xp.zeros(xpad.shape, dtype=xp.result_type(x.dtype, g.dtype))
+        chunks = _chunks(n, k * ohw * x.dtype.itemsize, be)
+        size = (chunks[0][1] - chunks[0][0]) * k * ohw
+        buf = xp.empty((size,), dtype=x.dtype)
+        dbuf = xp.empty((size,), dtype=gx.dtype)
         for n0, n1 in chunks:
-            m = n1 - n0
-            if saved is not None and saved[0] is x and len(chunks) == 1:
-                cols = saved[1]
-            else:
-                if xpad is None:
-                    xpad = self._padded(xp, x)
-                    buf = xp.empty((min(n, chunks[0][1]) * k * ohw,), dtype=x.dtype)
-                cols = be.im2col(xpad[n0:n1], (kh, kw), self.stride, out=buf)
-            g2 = xp.ascontiguousarray(g3[n0:n1].transpose(1, 0, 2)).reshape(co, m * ohw)
+            m = (n1 - n0) * ohw
+            cols = be.im2col(xpad[n0:n1], (kh, kw), self.stride, out=buf)
+            g2 = xp.ascontiguousarray(g3[n0:n1].transpose(1, 0, 2)).reshape(co, m)
             gw += g2 @ cols.T
-            dcols = _shared_scratch(be, "conv2d_dcols", k * m * ohw, g2.dtype)[:k * m * ohw]
-            xp.matmul(w2t, g2, out=dcols.reshape(k, m * ohw))
-            be.col2im(dcols.reshape(k, m * ohw), gx[n0:n1], (kh, kw), self.stride)
+            dcols = dbuf[:k * m].reshape(k, m)
+            xp.matmul(w2t, g2, out=dcols)
+            be.col2im(dcols, gx[n0:n1], (kh, kw), self.stride)
         if ph or pw:
             gx = gx[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
         grads = (gx, gw.reshape(w.shape))
         if len(xs) == 3:
-            grads += (g3.sum(axis=(0, 2)).astype(xs[2].dtype) if hasattr(xs[2], "shape") else None,)
+            grads += (g3.sum(axis=(0, 2)) if hasattr(xs[2], "shape") else None,)
         return grads
 
 

@@ -47,7 +47,7 @@ def save(fig: Figure, path: str | os.PathLike, dpi: Optional[int] = None) -> Pat
 def pixel_size(fig: Figure, dpi: Optional[int] = None) -> tuple[int, int]:
     """``(width, height)`` in pixels that :func:`save` will write for ``fig``."""
     w, h = fig.get_size_inches() * (dpi or fig.dpi)
-    return int(round(w)), int(round(h))
+    return int(w + 1e-8), int(h + 1e-8)  # truncated, as matplotlib's canvas does
 
 
 def png_size(path: str | os.PathLike) -> tuple[int, int]:

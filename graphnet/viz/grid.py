@@ -96,6 +96,9 @@ def image_grid(images: Any, titles: Optional[Sequence[str]] = None, *,
 def _mosaic(fig: Any, imgs: np.ndarray, rows: int, cols: int, cmap: str, vmin: Any,
             vmax: Any) -> Any:
     """One image of all tiles separated by one-pixel gaps (shown as the background)."""
+    scale = max(1, 12 // min(imgs.shape[1:]))  # tiny tiles (3x3 filters): thinner gaps
+    if scale > 1:
+        imgs = imgs.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w = imgs.shape
     gap = 1
     canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
@@ -142,6 +145,5 @@ def _subplots(fig: Any, imgs: np.ndarray, rows: int, cols: int, titles: Sequence
 
 def _colormap(name: str) -> Any:
     import matplotlib
-    cm = matplotlib.colormaps[name].copy()
-    cm.set_bad("0.55")  # the gaps: mid grey, visible on black digits and on white zeros
-    return cm
+    # the gaps: mid grey, visible on black digits and on white zeros
+    return matplotlib.colormaps[name].with_extremes(bad="0.55")
