@@ -80,6 +80,9 @@ class Graph:
         self.inputs = [n for n in self.order if isinstance(n, Input)]
         self._params = [n for n in self.order if isinstance(n, Parameter)]
         self._plans: dict[tuple, list[int]] = {}
+        self._target_cache: dict[Optional[tuple], tuple] = {}
+        self._needs_cache: dict[tuple, list[bool]] = {}
+        self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
         self._run_plan = self._plan(outs)
         self._cost_plan = self._plan([cost]) if cost is not None else []
         self._check_names()
@@ -135,18 +138,14 @@ class Graph:
         """
         if self.cost is None:
             raise GraphError("this graph has no cost: build it as gn.Graph(outputs, cost=loss)")
-        targets = self.parameters() if wrt is None else list(wrt)
-        for t in targets:
-            if not isinstance(t, Node) or t.id not in self._index:
-                raise GraphError(f"cannot take a gradient with respect to {t!r}: "
-                                 "it is not part of this graph")
+        targets = self._targets(wrt)
         ci = self._index[self.cost.id]
         values = self._forward(feed, training, self._cost_plan)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
                              f"{tuple(values[ci].shape)} at run time "
                              "(reduce it, e.g. with .mean())")
-        grads = self._backward(values, ci, {self._index[t.id] for t in targets})
+        grads = self._backward(values, ci, targets)
         out: dict = {}
         seen: set[int] = set()
         for t in targets:  # each gradient a writable array of its own (no views, no sharing)
@@ -156,6 +155,20 @@ class Graph:
             seen.add(id(g))
             out[t] = g
         return (values[ci], out) if return_cost else out
+
+    def _targets(self, wrt: Optional[Iterable[Node]]) -> tuple:
+        """The nodes to differentiate, checked once per distinct ``wrt``."""
+        key = None if wrt is None else tuple(wrt)
+        hit = self._target_cache.get(key)
+        if hit is not None:
+            return hit
+        targets = tuple(self.parameters()) if key is None else key
+        for t in targets:
+            if not isinstance(t, Node) or t.id not in self._index:
+                raise GraphError(f"cannot take a gradient with respect to {t!r}: "
+                                 "it is not part of this graph")
+        self._target_cache[key] = targets
+        return targets
 
     def _grad_or_zero(self, node: Node, grads: list, values: list) -> Any:
         i = self._index[node.id]
@@ -174,7 +187,7 @@ class Graph:
     # --- internals --------------------------------------------------------------------
     def _resolve_feed(self, feed: Mapping[Any, Any]) -> dict[int, Any]:
         b = self.backend
-        by_name = {n.name: n for n in self.inputs}
+        by_name = self._by_name
         fed: dict[int, Any] = {}
         for key, value in feed.items():
             node = by_name.get(key) if isinstance(key, str) else key
@@ -219,8 +232,12 @@ class Graph:
                              f"but this graph runs on {self.backend.name!r}: move the model first")
         return node.forward(None)
 
-    def _backward(self, values: list, ci: int, wanted: set[int]) -> list:
-        needs = self._needs_grad(ci, wanted)
+    def _backward(self, values: list, ci: int, targets: tuple) -> list:
+        key = tuple(t.id for t in targets)
+        needs = self._needs_cache.get(key)
+        if needs is None:
+            needs = self._needs_cache[key] = self._needs_grad(
+                ci, {self._index[t.id] for t in targets})
         grads: list = [None] * (ci + 1)
         xp = self.backend.xp
         cost = values[ci]

@@ -67,13 +67,16 @@ def normalize_axes(axis: Any, ndim: int, who: Any) -> tuple:
 
 def sum_to(g: Any, shape: Sequence[int]) -> Any:
     """Sum ``g`` over the axes that broadcasting added, so it gets ``shape``."""
-    if g.shape == tuple(shape):
+    shape = tuple(shape)
+    if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1)
-    out = g.sum(axis=axes, keepdims=True)
-    return out.reshape(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    kept = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    if kept:
+        g = g.sum(axis=kept, keepdims=True)
+    return g
 
 
 def known_size(shape: Shape) -> Optional[int]:
