@@ -62,8 +62,8 @@ def run(cfg: Config) -> dict:
     xv = rng.standard_normal((SIZE, SIZE), dtype=np.float32)
     graph, x, n_ops = build_graphnet(params)
     feed = {x: xv}
-    iters = cfg.pick(2000, 150)
-    rounds, warmup = cfg.pick(5, 3), 1
+    iters = cfg.pick(200, 50)  # short turns, many rounds: robust to bursts of load
+    rounds, warmup = cfg.pick(15, 4), 1
 
     def loop(fn: Any) -> Any:
         def go() -> None:

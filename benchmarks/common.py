@@ -177,6 +177,50 @@ def interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warmup: i
     return times
 
 
+def interleaved_steps(runners: dict[str, Callable[[int, int], Any]], steps: int, chunk: int,
+                      rounds: int, warmup: int = 1,
+                      sync: Optional[dict[str, Callable[[], None]]] = None,
+                      extra: Optional[Callable[[], Any]] = None, extra_every: int = 0
+                      ) -> tuple[dict[str, list[float]], list[float]]:
+    """Like :func:`interleaved`, but each round's epoch is cut into chunks of ``chunk`` steps
+    and the contenders take turns chunk by chunk (the order rotating each turn).
+
+    ``runners[name](start, stop)`` runs steps ``start..stop-1``. A contender's time for a
+    round is the sum of its chunks' times, so every figure is still one whole epoch, but a
+    burst of load on a shared machine now hits all contenders instead of whichever epoch
+    happened to be running. ``extra`` (e.g. a reference matrix product) is timed on its own
+    every ``extra_every`` turns, under the same conditions. Returns ``(times, extra_times)``.
+    """
+    names = list(runners)
+    sync = sync or {}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    extra_times: list[float] = []
+    turn = 0
+    for r in range(warmup + rounds):
+        acc = dict.fromkeys(names, 0.0)
+        for k, start in enumerate(range(0, steps, chunk)):
+            stop = min(steps, start + chunk)
+            j = turn % len(names)
+            for name in names[j:] + names[:j]:
+                s = sync.get(name)
+                if s:
+                    s()
+                t0 = time.perf_counter()
+                runners[name](start, stop)
+                if s:
+                    s()
+                acc[name] += time.perf_counter() - t0
+            if extra is not None and extra_every and k % extra_every == 0 and r >= warmup:
+                t0 = time.perf_counter()
+                extra()
+                extra_times.append(time.perf_counter() - t0)
+            turn += 1
+        if r >= warmup:
+            for name in names:
+                times[name].append(acc[name])
+    return times, extra_times
+
+
 def stats(ts: Sequence[float]) -> dict:
     ts = list(ts)
     if not ts:

@@ -24,8 +24,12 @@ class Contender:
 
     def epoch(self, steps: int) -> None:
         """``steps`` SGD steps over contiguous slices (``steps = ceil(n / batch)`` is one epoch)."""
+        self.run_steps(0, steps)
+
+    def run_steps(self, start: int, stop: int) -> None:
+        """Steps ``start`` .. ``stop - 1`` of the epoch (batch i is rows i*batch .. (i+1)*batch)."""
         X, Y, b, losses, step = self.X, self.Y, self.batch, self.losses, self.step
-        for i in range(steps):
+        for i in range(start, stop):
             s = i * b
             losses[i] = step(X[s:s + b], Y[s:s + b])
 
@@ -72,6 +76,27 @@ class GraphnetMLP(Contender):
 
     def sync(self) -> None:
         self.backend.synchronize()
+
+    def computes_image_gradient(self) -> bool:
+        """Whether graphnet's backward pass computes d loss / d images (which nobody needs).
+
+        Probed by watching the first layer's node during one ``gradients`` call (no update).
+        """
+        first = next(n for n in self.graph.order if self.images in n.inputs)
+        seen: list = []
+        orig = first.backward
+
+        def spy(ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
+            out = orig(ctx, g, xs, y)
+            seen.append(out[0] is not None)
+            return out
+        first.backward = spy
+        try:
+            n = min(self.batch, self.X.shape[0])
+            self.graph.gradients({self.images: self.X[:n], self.labels: self.Y[:n]})
+        finally:
+            del first.backward
+        return bool(seen and seen[0])
 
 
 # --- hand-written loop (NumPy, or CuPy with xp=cupy) ------------------------------------------

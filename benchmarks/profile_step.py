@@ -179,14 +179,14 @@ def summary(r: dict) -> list[list[str]]:
     for case, c in r["cases"].items():
         cp = c["cprofile"]
         top = cp["top_tottime"][:3]
-        rows.append(["profile " + case, f"step {cp['step_ms_unprofiled']:.2f} ms",
-                     "top: " + ", ".join(f"{t['function'].split('(')[-1][:-1]} {t['share_of_step']:.0%}"
-                                         for t in top), "", "", ""])
+        rows.append(["profile " + case, "cProfile", f"{cp['step_ms_unprofiled']:.2f} ms /step", "", "",
+                     "own time: " + ", ".join(f"{t['function'].split('/')[-1]} {t['share_of_step']:.0%}"
+                                              for t in top)])
         spy = c["pyspy"]
         if "by_category" in spy:
-            rows.append(["profile " + case, "py-spy",
-                         ", ".join(f"{x['what'].split(' (')[0]} {x['share']:.0%}" for x in spy["by_category"][:4]),
-                         "", "", ""])
+            rows.append(["profile " + case, "py-spy", f"{spy['samples']} samples", "", "",
+                         ", ".join(f"{x['what'].split(' (')[0]} {x['share']:.0%}"
+                                   for x in spy["by_category"][:4])])
     return rows
 
 

@@ -116,6 +116,8 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, bias)
     ((1, 1, 5, 5), (2, 1, 5, 5), (1, 1), (0, 0), False),
     ((3, 2, 4, 6), (2, 2, 1, 1), (2, 3), (0, 1), True),
     ((2, 2, 5, 5), (3, 2, 3, 3), (2, 2), (2, 2), False),
+    ((2, 2, 5, 4), (3, 2, 3, 2), (1, 1), (1, 2), True),
+    ((1, 3, 4, 4), (2, 3, 2, 2), (1, 2), (0, 1), True),
 ]
 
 
@@ -393,3 +395,60 @@ def test_conv_layer_lazy_in_channels_and_config_roundtrip():
     assert len(bn.parameters()) == 2
     with pytest.raises(ValueError, match="rank-2"):
         nn.BatchNorm1d(6)(gn.Input("m2", shape=(None, 6, 2, 2)))
+
+
+def test_max_pool_fast_and_tie_paths_agree(backend):
+    """Tiling windows take a whole-row path unless a window has a tie; both match the loops."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 3, 4, 6))
+    g = rng.normal(size=(2, 3, 2, 3))
+    for tie in (False, True):
+        if tie:
+            x[1, 2, 2:4, 0:2] = 5.0
+        y, (gx,) = run_with_grads(lambda a: gn.max_pool2d(a, 2), [x], g)
+        assert_close(y, ref_pool(x.astype(np.float32), (2, 2), (2, 2), "max"))
+        assert_close(gx, ref_pool_grad(x.astype(np.float32), g, (2, 2), (2, 2), "max"),
+                     what=f"max pool gradient (tie={tie})")
+
+
+def test_cupy_col2im_kernel_body_matches_numpy_on_host(tmp_path):
+    """The CuPy gather kernel's C body, compiled for the host, agrees with NumPy's col2im.
+
+    (The kernel itself runs only on a GPU; this checks its index arithmetic anywhere.)
+    """
+    import ctypes
+    import shutil
+    import subprocess
+
+    from graphnet.backends.cupy_backend import COL2IM_BODY
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to check the CuPy kernel body on the host")
+    src = tmp_path / "col2im.c"
+    src.write_text(
+        "#include <stddef.h>\ntypedef double T;\n"
+        "void col2im(const T *cols, T *outp, ptrdiff_t size, int n_img, int height, int width,"
+        " int k_h, int k_w, int s_h, int s_w, int o_h, int o_w, int q_w) {\n"
+        "  for (ptrdiff_t i = 0; i < size; ++i) {\n#define out (outp[i])\n"
+        + COL2IM_BODY + "\n#undef out\n  }\n}\n")
+    lib_path = tmp_path / "col2im.so"
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
+    lib = ctypes.CDLL(str(lib_path))
+    dp = ctypes.POINTER(ctypes.c_double)
+    ref = gn.get_backend("numpy")
+    rng = np.random.default_rng(12)
+    for (c, n, h, w), (kh, kw), stride in [((2, 3, 6, 5), (3, 3), (1, 1)), ((3, 2, 7, 6), (3, 2), (2, 1)),
+                                            ((1, 2, 5, 5), (2, 2), (2, 2)), ((2, 1, 4, 4), (1, 1), (1, 3))]:
+        oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+        q = ref.conv_row_width(stride, w, ow)
+        if stride == (1, 1):
+            oh -= 1  # full-width rows keep a spare image row
+        cols = rng.normal(size=(c * kh * kw, n * oh * q))
+        if q > ow:
+            cols.reshape(-1, n, oh, q)[..., ow:] = 0  # junk columns are zero in col2im's input
+        want = rng.normal(size=(c, n, h, w))
+        got = want.copy()
+        ref.col2im(cols, want, (kh, kw), stride, (oh, ow))
+        lib.col2im(cols.ctypes.data_as(dp), got.ctypes.data_as(dp), ctypes.c_ssize_t(got.size),
+                   *[ctypes.c_int(v) for v in (n, h, w, kh, kw, stride[0], stride[1], oh, ow, q)])
+        assert_close(got, want, rtol=1e-12, atol=1e-12, what=f"col2im kernel {kh}x{kw} s{stride}")

@@ -23,6 +23,7 @@ only what is drawn is copied to the host.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import math
@@ -71,10 +72,28 @@ def write_all(model_path: str | Path, out_dir: str | Path, data: Optional[str] =
     """Write every figure for the model at ``model_path`` into ``out_dir``; return index.html.
 
     ``data``: folder with the MNIST IDX files (default: the cache). Runs on the
-    active backend.
+    active backend. On the NumPy backend BLAS runs single-threaded meanwhile (when
+    threadpoolctl is installed): the work here is small, and on a busy machine
+    OpenBLAS's spinning threads made it several times slower.
     """
+    with _one_blas_thread():
+        return _write_all(Path(model_path), Path(out_dir), data, n_features, gif,
+                          weight_decay, verbose)
+
+
+def _one_blas_thread() -> Any:
+    if gn.backend().name != "numpy":
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")
+
+
+def _write_all(model_path: Path, out: Path, data: Optional[str], n_features: int, gif: bool,
+               weight_decay: bool, verbose: bool) -> Path:
     t_start = time.perf_counter()
-    model_path, out = Path(model_path), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = nn.load(model_path)
     x_train, y_train, x_test, y_test = mnist.load(data)
@@ -83,14 +102,20 @@ def write_all(model_path: str | Path, out_dir: str | Path, data: Optional[str] =
     if verbose:
         b = gn.backend()
         print(f"figures of {model_path} on {b.name} ({b.device_name()}) -> {out}")
+        print(f"  {'model and data':<17} {time.perf_counter() - t_start:5.1f} s")
 
+    t0 = time.perf_counter()
+    probs = viz.probabilities(model, x_test)  # one pass over the test set, shared below
+    if verbose:
+        print(f"  {'test predictions':<17} {time.perf_counter() - t0:5.1f} s")
     page.add("samples.png", "The first 25 test images, titled with the network's prediction; "
              "a wrong prediction is red, framed, and shows the true label.",
-             lambda p: viz.save(viz.samples(model, x_test, y_test), p))
+             lambda p: viz.save(viz.samples(model, x_test, y_test, probs=probs), p))
     page.add("weights.png", "First-layer weights: each hidden unit's incoming weights (its column "
              "of the first weight matrix) as a 28x28 image, or each convolution filter, on one "
              "colour scale centred on zero (red positive, blue negative). A one-layer network's "
-             "ten units are templates of the digits; deeper networks learn local stroke detectors.",
+             "ten units are templates of the digits; in deeper networks units pick out local "
+             "strokes, and in wide ones many stay close to their random start (noise).",
              lambda p: viz.save(viz.first_layer_weights(model), p))
     if weight_decay:
         import weight_decay as wd
@@ -105,13 +130,17 @@ def write_all(model_path: str | Path, out_dir: str | Path, data: Optional[str] =
         page.note("Deep features", "this network has no hidden layer")
     else:
         n = min(n_features, len(x_test))
+        t0 = time.perf_counter()
         proj, _ = viz.feature_projection(model, x_test[:n], 3)
+        if verbose:
+            print(f"  {'deep features+PCA':<17} {time.perf_counter() - t0:5.1f} s")
         labels = y_test[:n]
         width = int(proj.mean.shape[0])
         what = f"Last hidden layer ({width} units) of {n} test images"
         page.add("features_2d.png", f"{what}, centred and projected on its first two principal "
                  "axes (PCA by SVD on the backend). One colour per digit: the classes form "
-                 "clusters the output layer separates with hyperplanes.",
+                 "clusters; they overlap in two dimensions, the output layer separates them in "
+                 "all of them.",
                  lambda p: viz.save(viz.pca_scatter(proj.points[:, :2], labels,
                                                     proj.explained[:2],
                                                     title=f"{what}, PCA to 2-D"), p))
@@ -134,10 +163,11 @@ def write_all(model_path: str | Path, out_dir: str | Path, data: Optional[str] =
         page.note("Learning curves", f"no training history in {model_path.parent / 'metrics.json'}")
     page.add("confusion.png", "Confusion matrix on the test set: how many images of each true "
              "digit (row) got each prediction (column); colour is the share of the row.",
-             lambda p: viz.save(viz.confusion_matrix(model, x_test, y_test), p))
+             lambda p: viz.save(viz.confusion_matrix(model, x_test, y_test, probs=probs), p))
     page.add("mistakes.png", "The test images the network got wrong with the highest confidence: "
              "prediction (its probability) and the true label.",
-             lambda p: viz.save(viz.confident_mistakes(model, x_test, y_test), p))
+             lambda p: viz.save(viz.confident_mistakes(model, x_test, y_test, probs=probs),
+                                      p))
     total = time.perf_counter() - t_start
     index = write_index(out, model_path, model, metrics, page.entries, total)
     if verbose:

@@ -16,6 +16,7 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -32,10 +33,21 @@ from graphnet.train import Trainer  # noqa: E402
 LAMBDA, EPOCHS = 0.01, 3
 
 
+def _mnist_train() -> Any:
+    """examples/mnist/train.py as a module (by path: other examples have a train.py too)."""
+    name = "graphnet_examples_mnist_train"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0) -> dict:
     """The seed-10 preset of train.py with the given epochs and weight decay."""
-    from train import DEFAULTS, PRESETS
-    cfg = dict(DEFAULTS, **PRESETS["seed-10"])
+    train = _mnist_train()
+    cfg = dict(train.DEFAULTS, **train.PRESETS["seed-10"])
     cfg.update(epochs=epochs, weight_decay=weight_decay, seed=seed, preset="seed-10")
     return cfg
 

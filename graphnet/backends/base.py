@@ -83,39 +83,67 @@ class Backend(ABC):
         """A read-only view of sliding windows over ``axis``."""
         return self.xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
 
-    def im2col(self, x: Any, kernel: tuple, stride: tuple, out: Any = None) -> Any:
-        """The patches of an (already padded) NCHW ``x`` as one ``(C*kh*kw, N*OH*OW)`` matrix.
+    # --- convolution: im2col and its adjoint col2im ---------------------------------
+    # Images are channel-major (C, N, H, W), already padded. Columns run over (n, oh, q)
+    # with q < Q: Q = OW in general; with stride (1, 1) the rows are "full width", Q = W,
+    # so each kernel offset's block is one contiguous slice of the flattened images (long
+    # copies and adds instead of one short row at a time). The last W - OW columns of
+    # each full-width row are junk: ignore them in the product, keep them zero in col2im's
+    # input. Full-width patches read past the last window row, so the images then need
+    # one spare row at the bottom (H >= OH + kh).
+    @staticmethod
+    def conv_row_width(stride: tuple, width: int, ow: int) -> int:
+        """Q, the columns per output row: the full padded width for stride (1, 1), else OW."""
+        return width if tuple(stride) == (1, 1) else ow
 
-        Rows are ordered (c, i, j) like a weight ``w.reshape(C_out, C*kh*kw)``; columns
-        (n, oh, ow). One strided copy from a sliding-window view (written into ``out``,
-        a buffer of at least that size, when given).
+    @staticmethod
+    def _offset_view(x: Any, i: int, j: int, stride: tuple, out_hw: tuple) -> Any:
+        """The (C, N, OH, Q) elements that kernel offset (i, j) meets: a view of ``x``."""
+        c, n, h, w = x.shape
+        oh, ow = out_hw
+        sh, sw = stride
+        if (sh, sw) == (1, 1):  # full-width rows: one contiguous run per image
+            return x.reshape(c, n, h * w)[:, :, i * w + j:i * w + j + oh * w].reshape(c, n, oh, w)
+        return x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def im2col(self, x: Any, kernel: tuple, stride: tuple, out_hw: tuple, out: Any = None) -> Any:
+        """Patches of the channel-major images ``x`` as one ``(C*kh*kw, N*OH*Q)`` matrix.
+
+        Rows are ordered (c, i, j) like ``w.reshape(C_out, -1)``. One slice copy per kernel
+        offset, into ``out`` (a flat buffer of at least that size) when given. ``x`` must
+        be C-contiguous.
         """
         kh, kw = kernel
-        sh, sw = stride
-        v = self.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        n, c, oh, ow = v.shape[:4]
-        shape6 = (c, kh, kw, n, oh, ow)
-        size = c * kh * kw * n * oh * ow
-        buf = (self.xp.empty(shape6, dtype=x.dtype) if out is None
-               else out.reshape(-1)[:size].reshape(shape6))
-        self.xp.copyto(buf, v.transpose(1, 4, 5, 0, 2, 3))
-        return buf.reshape(c * kh * kw, n * oh * ow)
-
-    def col2im(self, cols: Any, out: Any, kernel: tuple, stride: tuple) -> None:
-        """Add ``cols`` (the layout of :meth:`im2col`) back into the padded NCHW ``out``, in place.
-
-        The adjoint of im2col: a scatter-add where overlapping windows accumulate. Here one
-        strided slice-add per kernel offset (kh*kw array ops, no ``add.at``).
-        """
-        kh, kw = kernel
-        sh, sw = stride
-        n, c, h, w = out.shape
-        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        c6 = cols.reshape(c, kh, kw, n, oh, ow)
-        target = out.transpose(1, 0, 2, 3)  # (C, N, H, W) view, matching c6's (c, n) order
+        c, n, h, w = x.shape
+        oh, ow = out_hw
+        q = self.conv_row_width(stride, w, ow)
+        if tuple(stride) == (1, 1) and h < oh + kh:
+            raise ValueError(f"im2col with full-width rows needs a spare row: {h} rows for "
+                             f"{oh} output rows and a kernel of {kh}")
+        size = c * kh * kw * n * oh * q
+        buf = self.xp.empty((size,), dtype=x.dtype) if out is None else out.reshape(-1)[:size]
+        cols = buf.reshape(c, kh, kw, n, oh, q)
         for i in range(kh):
             for j in range(kw):
-                target[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += c6[:, i, j]
+                cols[:, i, j] = self._offset_view(x, i, j, stride, out_hw)
+        return buf.reshape(c * kh * kw, n * oh * q)
+
+    def col2im(self, cols: Any, out: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> None:
+        """Add ``cols`` (the layout of :meth:`im2col`) into the channel-major ``out``, in place.
+
+        The adjoint of im2col, a scatter-add where overlapping windows accumulate: here one
+        slice-add per kernel offset (kh*kw array ops, no ``add.at``). ``out`` must be
+        C-contiguous.
+        """
+        kh, kw = kernel
+        c, n, h, w = out.shape
+        oh, ow = out_hw
+        q = self.conv_row_width(stride, w, ow)
+        c6 = cols.reshape(c, kh, kw, n, oh, q)
+        for i in range(kh):
+            for j in range(kw):
+                view = self._offset_view(out, i, j, stride, out_hw)
+                view += c6[:, i, j]
 
     # --- fused kernels (hot paths) --------------------------------------------
     def softmax_cross_entropy(self, logits: Any, labels: Any) -> tuple[Any, Any]:

@@ -33,6 +33,34 @@ def _import_cupy() -> Any:
     return cupy
 
 
+# The body of the col2im gather kernel: ``i`` runs over ``out`` (C, N, H, W); plain C, so
+# tests/test_conv.py compiles it on the host and checks it against the NumPy col2im.
+COL2IM_BODY = """
+const ptrdiff_t wi = i % width;
+ptrdiff_t t = i / width;
+const ptrdiff_t hi = t % height;
+t /= height;
+const ptrdiff_t ni = t % n_img;
+const ptrdiff_t ci = t / n_img;
+T acc = 0;
+for (int ki = 0; ki < k_h; ++ki) {
+    const ptrdiff_t hh = hi - ki;
+    if (hh < 0 || hh % s_h != 0) continue;
+    const ptrdiff_t oy = hh / s_h;
+    if (oy >= o_h) continue;
+    for (int kj = 0; kj < k_w; ++kj) {
+        const ptrdiff_t ww = wi - kj;
+        if (ww < 0 || ww % s_w != 0) continue;
+        const ptrdiff_t ox = ww / s_w;
+        if (ox >= o_w) continue;
+        acc += cols[(((ci * k_h + ki) * k_w + kj) * n_img + ni) * ((ptrdiff_t)o_h * q_w)
+                    + oy * q_w + ox];
+    }
+}
+out = out + acc;
+"""
+
+
 class CupyBackend(Backend):
     """Runs on the current CUDA device with CuPy, with fused elementwise kernels."""
 
@@ -110,6 +138,25 @@ class CupyBackend(Backend):
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         import cupyx
         cupyx.scatter_add(target, index, values)
+
+    # --- convolution ------------------------------------------------------------
+    def col2im(self, cols: Any, out: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> None:
+        """The adjoint of im2col as one gather kernel: each element of ``out`` sums its columns.
+
+        No atomics and one launch, instead of kh*kw slice-adds; columns past OW (the junk
+        of full-width rows) are skipped.
+        """
+        kh, kw = kernel
+        sh, sw = stride
+        c, n, h, w = out.shape
+        oh, ow = out_hw
+        q = self.conv_row_width(stride, w, ow)
+        cols = self.xp.ascontiguousarray(cols)
+        self._elementwise(
+            "col2im",
+            "raw T cols, int32 n_img, int32 height, int32 width, int32 k_h, int32 k_w, "
+            "int32 s_h, int32 s_w, int32 o_h, int32 o_w, int32 q_w",
+            "T out", COL2IM_BODY)(cols, n, h, w, kh, kw, sh, sw, oh, ow, q, out)
 
     # --- fused kernels ----------------------------------------------------------
     def _elementwise(self, name: str, params: str, out: str, body: str) -> Any:

@@ -186,29 +186,29 @@ def mnist_cnn(cfg: Optional[dict] = None) -> Sequential:
       flatten, dense 128, ReLU, dropout 0.5, dense 10 (1.2 M parameters);
     * ``"cnn-best"``: two blocks of [conv 3x3, BatchNorm, ReLU] x 2 then max-pool 2
       (32 then 64 channels, no padding: 28 -> 24 -> 12 -> 8 -> 4), dropout 0.25, dense 256
-      with BatchNorm and ReLU, dropout 0.4, dense 10.
+      with BatchNorm and ReLU, dropout 0.4, dense 10 (0.36 M parameters).
 
-    The first layer is always the Conv2d whose ``W`` is (32, 1, 3, 3).
+    Where a ReLU meets a max-pool the pool comes first: ``relu(max(...)) == max(relu(...))``
+    (and so are the gradients), on a quarter of the values. Other keys of ``cfg`` are
+    ignored. The first layer is always the Conv2d whose ``W`` is (32, 1, 3, 3).
     """
     cfg = dict(cfg or {})
     model = cfg.get("model", "cnn")
     if model == "cnn":
         return Sequential([
             Conv2d(1, 32, 3), ReLU(),
-            Conv2d(32, 64, 3), ReLU(),
-            MaxPool2d(2), Dropout(0.25), Flatten(),
+            Conv2d(32, 64, 3), MaxPool2d(2), ReLU(), Dropout(0.25), Flatten(),
             Linear(64 * 12 * 12, 128, init="he"), ReLU(), Dropout(0.5),
             Linear(128, 10),
         ])
     if model == "cnn-best":
-        def block(c_in: int, c_out: int) -> list:
-            return [Conv2d(c_in, c_out, 3, bias=False), BatchNorm2d(c_out), ReLU()]
+        def block(c_in: int, c_out: int, pool: bool = False) -> list:
+            return ([Conv2d(c_in, c_out, 3, bias=False), BatchNorm2d(c_out)]
+                    + ([MaxPool2d(2)] if pool else []) + [ReLU()])
         return Sequential(
-            block(1, 32) + block(32, 32) + [MaxPool2d(2)]
-            + block(32, 64) + block(64, 64) + [MaxPool2d(2), Dropout(0.25), Flatten(),
-                                              Linear(64 * 4 * 4, 256, bias=False, init="he"),
-                                              BatchNorm1d(256), ReLU(), Dropout(0.4),
-                                              Linear(256, 10)])
+            block(1, 32) + block(32, 32, pool=True) + block(32, 64) + block(64, 64, pool=True)
+            + [Dropout(0.25), Flatten(), Linear(64 * 4 * 4, 256, bias=False, init="he"),
+               BatchNorm1d(256), ReLU(), Dropout(0.4), Linear(256, 10)])
     raise ValueError(f"unknown convolutional model {model!r}; choose 'cnn' or 'cnn-best'")
 
 

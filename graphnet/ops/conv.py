@@ -1,32 +1,40 @@
 """2-D convolution and pooling on NCHW batches: ``conv2d``, ``max_pool2d``, ``avg_pool2d``.
 
-Convolution is im2col plus one matrix product per chunk of the batch:
+Convolution is im2col plus one matrix product per chunk of the batch. A chunk of images
+is first copied, zero-padded, into channel-major order (C_in, n, H + 2p, W + 2p); then
 
-* forward: ``cols = im2col(x)`` is a ``(C_in*kh*kw, n*OH*OW)`` matrix (one strided copy
-  from a sliding-window view, :meth:`Backend.im2col`); ``y = w.reshape(C_out, -1) @ cols``
-  is ``(C_out, n*OH*OW)``, moved to NCHW with the bias added in the same pass.
-* backward: ``dw = g2 @ cols.T`` and ``dcols = w2.T @ g2`` (``g2`` the upstream gradient
-  as ``(C_out, n*OH*OW)``), then ``dx = col2im(dcols)``, the scatter-add adjoint of
-  im2col, done by the backend (:meth:`Backend.col2im`: kh*kw strided slice-adds on NumPy,
-  one gather kernel on CuPy).
+* forward: ``cols = im2col(images)`` is a ``(C_in*kh*kw, n*OH*Q)`` matrix, one slice copy
+  per kernel offset (:meth:`Backend.im2col`); ``y = w.reshape(C_out, -1) @ cols`` is
+  ``(C_out, n*OH*Q)``, moved to NCHW with the bias added in the same pass;
+* backward: ``dw += g2 @ cols.T`` and ``dcols = w2.T @ g2`` (``g2`` the upstream
+  gradient as ``(C_out, n*OH*Q)``), then ``dx = col2im(dcols)``, the scatter-add adjoint of
+  im2col, done by the backend (:meth:`Backend.col2im`: one slice-add per kernel offset on
+  NumPy, never ``add.at``; one gather kernel on CuPy).
 
-Memory and speed. The im2col buffer of a whole batch would take ``N * C_in*kh*kw *
-OH*OW * itemsize`` bytes: 85 MB for the MNIST "cnn" network's conv 32->64, 3x3 on 26x26
-at batch 128 (128 * 288 * 576 * 4 B). Instead the batch is processed in chunks of images
-whose cols buffer stays under the backend's ``im2col_chunk_bytes`` (NumPy: 4 MiB, so
-that im2col, the product and col2im work in cache, which measured about 2x faster than
-whole-batch buffers on 2 cores; CuPy: 256 MiB, big products for the GPU), and never over
-:data:`IM2COL_LIMIT_BYTES` (256 MiB, see :func:`set_im2col_limit`). A single image whose
-cols exceed the chunk size runs alone. Backward rebuilds each chunk's cols (cheaper than
-keeping a whole-batch buffer alive between forward and backward). Peak extra memory,
-beyond the output and the gradients themselves, with ``B`` the chunk size in bytes:
+``Q`` is OW, except for stride 1, where rows are "full width" (Q = W + 2p): every kernel
+offset's block is then one contiguous run of the flattened images, so im2col and col2im
+move long runs instead of OW-element rows (on NumPy about 2x faster for the MNIST
+network's 24-wide rows); the W + 2p - OW extra columns per row (8% more product work for
+3x3 on 26 pixels) are junk outputs, dropped, and get zero upstream gradient.
 
-* forward: the padded input (if ``padding``), one cols chunk (<= B) and its product
-  ``(C_out, n*OH*OW)`` (<= B * C_out / (C_in*kh*kw));
-* backward: cols and dcols chunks (<= 2B), the upstream chunk as ``(C_out, n*OH*OW)``,
-  the padded input and the padded input gradient.
+Memory. A whole batch's cols would take ``N * C_in*kh*kw * OH*Q * itemsize`` bytes: 92 MB
+for the MNIST "cnn" network's conv 32->64, 3x3 on 26x26 at batch 128 (128 * 288 * 24*26 *
+4 B). Instead the batch goes in chunks of images whose cols stay under the backend's
+``im2col_chunk_bytes`` (NumPy: 2 MiB, so that each chunk's im2col, products and col2im
+run in cache; CuPy: 256 MiB, big products for the GPU) and never over
+:data:`IM2COL_LIMIT_BYTES` (256 MiB, :func:`set_im2col_limit`); an image whose cols
+alone exceed that runs alone. Backward rebuilds each chunk's cols rather than keep a
+batch of them alive from forward. So, with ``B`` the chunk limit, the peak extra memory
+beyond the op's output (forward) or its gradients (backward) is
 
-So at most about 3 * 256 MiB on CuPy and about 12 MiB on NumPy, whatever the batch.
+* forward: cols (<= B) + its product (<= B * C_out / (C_in*kh*kw)) + the chunk's padded
+  channel-major images;
+* backward: cols + dcols (<= 2B) + the upstream chunk as ``(C_out, n*OH*Q)`` + padded
+  images and their gradient for the chunk;
+
+i.e. a few times B whatever the batch. Measured (tracemalloc) for that layer at batch
+128: on NumPy (2 images per chunk) 2.3 MB extra in forward and 3.7 MB in backward; with
+256 MiB chunks (CuPy's setting: the batch is one chunk) 124 MB and 228 MB.
 
 Pooling loops over the kh*kw kernel offsets with strided slices (no im2col, no copies
 of windows); max pooling sends each gradient to the first maximum of its window.
@@ -113,15 +121,6 @@ class Conv2d(Node):
         return (n, co, _out_size(h, kh, sh, ph), _out_size(wd, kw, sw, pw))
 
     # --- helpers ---------------------------------------------------------------------
-    def _padded(self, xp: Any, x: Any) -> Any:
-        ph, pw = self.padding
-        if not ph and not pw:
-            return x
-        n, c, h, w = x.shape
-        out = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        out[:, :, ph:ph + h, pw:pw + w] = x
-        return out
-
     def _geometry(self, x: Any, w: Any) -> tuple:
         (sh, sw), (ph, pw) = self.stride, self.padding
         n, c, h, wd = x.shape
@@ -132,54 +131,80 @@ class Conv2d(Node):
         oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
         return n, c, co, kh, kw, oh, ow
 
+    def _layout(self, be: Any, x: Any, kh: int, oh: int, ow: int) -> tuple:
+        """Padded image size (with the spare row full-width rows need) and Q, columns per row."""
+        (ph, pw) = self.padding
+        hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        q = be.conv_row_width(self.stride, wp, ow)
+        return (oh + kh if self.stride == (1, 1) else hp), wp, q
+
+    def _images(self, xp: Any, x: Any, hp: int, wp: int, buf: Any = None) -> Any:
+        """``x`` (a chunk, NCHW) as zero-padded channel-major images (C, n, hp, wp)."""
+        n, c, h, w = x.shape
+        ph, pw = self.padding
+        out = xp.zeros((c, n, hp, wp), dtype=x.dtype) if buf is None else buf
+        out[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+        return out
+
     # --- forward and backward --------------------------------------------------------
     def forward(self, ctx, x, w, b=None):
         xp, be = ctx.xp, ctx.b
         n, c, co, kh, kw, oh, ow = self._geometry(x, w)
-        k, ohw = c * kh * kw, oh * ow
-        xpad = self._padded(xp, x)
+        hp, wp, q = self._layout(be, x, kh, oh, ow)
+        k = c * kh * kw
         w2 = w.reshape(co, k)
-        out = xp.empty((n, co, ohw), dtype=xp.result_type(x.dtype, w.dtype))
-        chunks = _chunks(n, k * ohw * x.dtype.itemsize, be)
-        buf = xp.empty(((chunks[0][1] - chunks[0][0]) * k * ohw,), dtype=x.dtype)
-        bias = None if b is None else b.reshape(1, co, 1)
+        out = xp.empty((n, co, oh, ow), dtype=xp.result_type(x.dtype, w.dtype))
+        chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
+        step = chunks[0][1] - chunks[0][0]
+        buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
+        images = xp.zeros((c, step, hp, wp), dtype=x.dtype)  # borders stay zero
+        bias = None if b is None else b.reshape(1, co, 1, 1)
         for n0, n1 in chunks:
-            cols = be.im2col(xpad[n0:n1], (kh, kw), self.stride, out=buf)
-            y3 = (w2 @ cols).reshape(co, n1 - n0, ohw).transpose(1, 0, 2)
+            m = n1 - n0
+            xs = self._images(xp, x[n0:n1], hp, wp, images if m == step else None)
+            cols = be.im2col(xs, (kh, kw), self.stride, (oh, ow), out=buf)
+            y = (w2 @ cols).reshape(co, m, oh, q)[:, :, :, :ow].transpose(1, 0, 2, 3)
             if bias is None:
-                out[n0:n1] = y3
+                out[n0:n1] = y
             else:
-                xp.add(y3, bias, out=out[n0:n1])
-        return out.reshape(n, co, oh, ow)
+                xp.add(y, bias, out=out[n0:n1])
+        return out
 
     def backward(self, ctx, g, xs, y):
         x, w = xs[0], xs[1]
         xp, be = ctx.xp, ctx.b
         n, c, co, kh, kw, oh, ow = self._geometry(x, w)
-        k, ohw = c * kh * kw, oh * ow
+        hp, wp, q = self._layout(be, x, kh, oh, ow)
         ph, pw = self.padding
-        xpad = self._padded(xp, x)
+        h, wd = x.shape[2], x.shape[3]
+        k = c * kh * kw
         w2t = w.reshape(co, k).T
-        g3 = g.reshape(n, co, ohw)
         gw = xp.zeros((co, k), dtype=xp.result_type(w.dtype, g.dtype))
-        gx = xp.zeros(xpad.shape, dtype=xp.result_type(x.dtype, g.dtype))
-        chunks = _chunks(n, k * ohw * x.dtype.itemsize, be)
-        size = (chunks[0][1] - chunks[0][0]) * k * ohw
-        buf = xp.empty((size,), dtype=x.dtype)
-        dbuf = xp.empty((size,), dtype=gx.dtype)
+        gx = xp.empty(x.shape, dtype=xp.result_type(x.dtype, g.dtype))
+        chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
+        step = chunks[0][1] - chunks[0][0]
+        buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
+        dbuf = xp.empty((step * k * oh * q,), dtype=gx.dtype)
+        gbuf = xp.empty((co * step * oh * q,), dtype=g.dtype)
+        images = xp.zeros((c, step, hp, wp), dtype=x.dtype)
         for n0, n1 in chunks:
-            m = (n1 - n0) * ohw
-            cols = be.im2col(xpad[n0:n1], (kh, kw), self.stride, out=buf)
-            g2 = xp.ascontiguousarray(g3[n0:n1].transpose(1, 0, 2)).reshape(co, m)
+            m = n1 - n0
+            cols = be.im2col(self._images(xp, x[n0:n1], hp, wp, images if m == step else None),
+                             (kh, kw), self.stride, (oh, ow), out=buf)
+            g4 = gbuf[:co * m * oh * q].reshape(co, m, oh, q)
+            g4[:, :, :, :ow] = g[n0:n1].transpose(1, 0, 2, 3)
+            if q > ow:
+                g4[:, :, :, ow:] = 0  # the junk columns of full-width rows
+            g2 = g4.reshape(co, m * oh * q)
             gw += g2 @ cols.T
-            dcols = dbuf[:k * m].reshape(k, m)
+            dcols = dbuf[:k * m * oh * q].reshape(k, m * oh * q)
             xp.matmul(w2t, g2, out=dcols)
-            be.col2im(dcols, gx[n0:n1], (kh, kw), self.stride)
-        if ph or pw:
-            gx = gx[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+            dimages = xp.zeros((c, m, hp, wp), dtype=gx.dtype)
+            be.col2im(dcols, dimages, (kh, kw), self.stride, (oh, ow))
+            gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
         grads = (gx, gw.reshape(w.shape))
         if len(xs) == 3:
-            grads += (g3.sum(axis=(0, 2)) if hasattr(xs[2], "shape") else None,)
+            grads += (g.sum(axis=(0, 2, 3)) if hasattr(xs[2], "shape") else None,)
         return grads
 
 
@@ -223,49 +248,59 @@ class _Pool2d(Node):
 class MaxPool2d(_Pool2d):
     op = "max_pool2d"
 
-    def __init__(self, x: Any, size: Any, stride: Any = None) -> None:
-        super().__init__(x, size, stride)
-        self._argmax: Optional[tuple] = None  # (x, index of the first maximum per window)
-
     def forward(self, ctx, x):
         xp = ctx.xp
-        y = idx = None
-        for k, sl in self._offsets(x):
-            v = x[sl]
-            if y is None:
-                y = v.copy()
-                idx = xp.zeros(y.shape, dtype=xp.uint8) if self.size[0] * self.size[1] < 256 \
-                    else xp.zeros(y.shape, dtype=xp.int32)
-                continue
-            better = v > y  # strict: ties keep the first maximum
-            xp.copyto(y, v, where=better)
-            xp.copyto(idx, k, where=better)
-        self._argmax = (x, idx)
+        y = None
+        for _, sl in self._offsets(x):
+            y = x[sl].copy() if y is None else xp.maximum(y, x[sl], out=y)
         return y
 
     def backward(self, ctx, g, xs, y):
+        # Each window's gradient goes to its first maximum (in row-major window order).
+        # Only comparisons, boolean arithmetic and products: masked writes are far slower.
         xp = ctx.xp
         x = xs[0]
-        saved, self._argmax = self._argmax, None
-        if saved is not None and saved[0] is x:
-            idx = saved[1]
-        else:  # recompute the first maximum of each window
-            idx = xp.zeros(y.shape, dtype=xp.int32)
-            found = xp.zeros(y.shape, dtype=bool)
-            for k, sl in self._offsets(x):
-                hit = (x[sl] == y) & ~found
-                idx[hit] = k
-                found |= hit
-        gx = xp.zeros(x.shape, dtype=g.dtype)
-        zero = xp.zeros((), dtype=g.dtype)
-        overlap = self.stride[0] < self.size[0] or self.stride[1] < self.size[1]
+        (kh, kw), (sh, sw) = self.size, self.stride
+        oh, ow = y.shape[2], y.shape[3]
+        tiles = (sh, sw) == (kh, kw) and x.shape[2] == oh * kh and x.shape[3] == ow * kw
+        if tiles:
+            gx = self._backward_tiles(xp, x, g, y)
+            if gx is not None:
+                return (gx,)
+        gx = (xp.empty if tiles else xp.zeros)(x.shape, dtype=g.dtype)
+        overlap = sh < kh or sw < kw
+        taken = None
         for k, sl in self._offsets(x):
-            part = xp.where(idx == k, g, zero)
-            if overlap:
-                gx[sl] += part
+            hit = x[sl] == y
+            if taken is None:
+                taken = hit
+            elif k < kh * kw - 1:
+                hit &= ~taken
+                taken |= hit
             else:
-                gx[sl] = part
+                hit &= ~taken
+            if overlap:
+                gx[sl] += g * hit
+            else:
+                gx[sl] = g * hit
         return (gx,)
+
+    def _backward_tiles(self, xp: Any, x: Any, g: Any, y: Any) -> Any:
+        """Windows that tile ``x`` exactly, each with a single maximum: whole rows at once.
+
+        Compares each window row with ``y`` repeated along the row (contiguous operands,
+        unlike the per-offset strided slices). None when some window has a tie or a NaN,
+        whose gradient the per-offset loop assigns.
+        """
+        (kh, kw) = self.size
+        n, c, oh, ow = y.shape
+        rows = n * c * oh
+        y_wide = xp.repeat(y.reshape(rows, ow), kw, axis=1)[:, None, :]  # (rows, 1, ow*kw)
+        hit = x.reshape(rows, kh, ow * kw) == y_wide
+        if int(xp.count_nonzero(hit)) != rows * ow or bool(xp.isnan(y).any()):
+            return None
+        g_wide = xp.repeat(g.reshape(rows, ow), kw, axis=1)[:, None, :]
+        return xp.multiply(hit, g_wide, dtype=g.dtype).reshape(x.shape)
 
 
 class AvgPool2d(_Pool2d):

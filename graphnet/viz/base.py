@@ -68,8 +68,13 @@ def class_colors(n: int) -> list:
 
 def scatter_classes(ax: Any, points: np.ndarray, labels: np.ndarray,
                     class_names: Optional[Sequence[str]] = None, size: float = 8,
-                    alpha: float = 0.8, legend: bool = True, **legend_kw: Any) -> None:
-    """Scatter 2-D or 3-D ``points`` on ``ax``, one colour and legend entry per class."""
+                    alpha: float = 0.8, legend: bool = True, scatter_kw: Optional[dict] = None,
+                    **legend_kw: Any) -> None:
+    """Scatter 2-D or 3-D ``points`` on ``ax``, one colour and legend entry per class.
+
+    ``scatter_kw`` goes to ``ax.scatter`` (e.g. ``depthshade=False`` in 3-D); the
+    other keywords to the legend.
+    """
     labels = np.asarray(labels)
     classes = np.unique(labels)
     n = int(classes.max()) + 1 if classes.size else 0
@@ -78,7 +83,8 @@ def scatter_classes(ax: Any, points: np.ndarray, labels: np.ndarray,
         sel = labels == c
         name = class_names[c] if class_names is not None else str(c)
         coords = [points[sel, j] for j in range(points.shape[1])]
-        ax.scatter(*coords, s=size, color=colors[c], alpha=alpha, label=name, linewidths=0)
+        ax.scatter(*coords, s=size, color=colors[c], alpha=alpha, label=name, linewidths=0,
+                   **(scatter_kw or {}))
     if legend and classes.size:
         kw = dict(markerscale=2, fontsize="small", frameon=False)
         kw.update(legend_kw)

@@ -40,8 +40,8 @@ def learning_curves(history: Any, batches_per_epoch: Optional[int] = None,
     if x:
         xlabel = "training batches"
         for ax, key in ((ax_acc, "accuracy"), (ax_loss, "loss")):
-            _line(ax, x, h.get(f"curve_train_{key}"), TRAIN, "train")
-            _line(ax, x, h.get(f"curve_test_{key}"), TEST, "test")
+            _line(ax, x, h.get(f"curve_train_{key}"), TRAIN, "train (subset)")
+            _line(ax, x, h.get(f"curve_test_{key}"), TEST, "test (subset)")
         if batches_per_epoch and h.get("epoch"):
             ex = [e * batches_per_epoch for e in h["epoch"]]
             _line(ax_acc, ex, h.get("train_accuracy"), TRAIN, "train, end of epoch", "o")

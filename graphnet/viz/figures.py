@@ -34,10 +34,14 @@ def _labels_on(model: Any, labels: Any) -> Any:
 
 # --- 1. samples -------------------------------------------------------------------------
 def samples(model: Any, images: Any, labels: Any, n: int = 25, ncols: int = 5,
-            figsize: Optional[Sequence[float]] = None) -> Any:
-    """The first ``n`` images in a grid, titled "predicted (true)"; mistakes in red."""
+            probs: Any = None, figsize: Optional[Sequence[float]] = None) -> Any:
+    """The first ``n`` images in a grid, titled "predicted (true)"; mistakes in red.
+
+    ``probs``: the model's probabilities for ``images`` if already computed.
+    """
     images, labels = images[:n], labels[:n]
-    pred = host(probabilities(model, images).argmax(axis=1))
+    probs = probabilities(model, images) if probs is None else probs[:n]
+    pred = host(probs.argmax(axis=1))
     true = host(labels)
     wrong = pred != true
     titles = [f"{p} (true {t})" if w else f"{p}" for p, t, w in zip(pred, true, wrong)]
@@ -125,21 +129,25 @@ def weight_decay_comparison(models: Sequence[Any], titles: Sequence[str],
 
 
 # --- 6. confusion matrix and confident mistakes -----------------------------------------
-def confusion_counts(model: Any, images: Any, labels: Any) -> np.ndarray:
+def confusion_counts(model: Any, images: Any, labels: Any, probs: Any = None) -> np.ndarray:
     """``counts[true, predicted]`` over the images, computed on the backend (host result)."""
     c = model.num_classes
     xp = model.backend.xp
-    pred = probabilities(model, images).argmax(axis=1).astype(xp.int64)
+    probs = probabilities(model, images) if probs is None else model.backend.asarray(probs)
+    pred = probs.argmax(axis=1).astype(xp.int64)
     y = _labels_on(model, labels)
     return host(xp.bincount(y * c + pred, minlength=c * c).reshape(c, c))
 
 
 def confusion_matrix(model: Any, images: Any, labels: Any,
-                     class_names: Optional[Sequence[str]] = None,
+                     class_names: Optional[Sequence[str]] = None, probs: Any = None,
                      figsize: Optional[Sequence[float]] = None) -> Any:
-    """Counts of (true, predicted) pairs, coloured by the share of each true class."""
+    """Counts of (true, predicted) pairs, coloured by the share of each true class.
+
+    ``probs``: the model's probabilities for ``images`` if already computed.
+    """
     from matplotlib.colors import PowerNorm
-    counts = confusion_counts(model, images, labels)
+    counts = confusion_counts(model, images, labels, probs)
     c = counts.shape[0]
     names = list(class_names) if class_names is not None else [str(k) for k in range(c)]
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -164,11 +172,14 @@ def confusion_matrix(model: Any, images: Any, labels: Any,
 
 
 def confident_mistakes(model: Any, images: Any, labels: Any, n: int = 25,
-                       ncols: Optional[int] = None,
+                       ncols: Optional[int] = None, probs: Any = None,
                        figsize: Optional[Sequence[float]] = None) -> Any:
-    """The ``n`` wrong predictions the model was surest of, most confident first."""
+    """The ``n`` wrong predictions the model was surest of, most confident first.
+
+    ``probs``: the model's probabilities for ``images`` if already computed.
+    """
     xp = model.backend.xp
-    probs = probabilities(model, images)
+    probs = probabilities(model, images) if probs is None else model.backend.asarray(probs)
     y = _labels_on(model, labels)
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)

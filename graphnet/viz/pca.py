@@ -75,7 +75,8 @@ def _axis_labels(k: int, explained: Optional[Sequence[float]]) -> list[str]:
 def pca_scatter(points: Any, labels: Any, explained: Optional[Sequence[float]] = None,
                 title: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
                 size: float = 8, figsize: Optional[Sequence[float]] = None,
-                elev: float = 20, azim: float = -60) -> Any:
+                elev: float = 20, azim: float = -60, alpha: float = 0.8,
+                depthshade: bool = True) -> Any:
     """Scatter 2-D or 3-D points (by ``points.shape[1]``), one colour per class."""
     pts = host(points).astype(np.float64)
     y = host(labels).astype(np.int64)
@@ -87,15 +88,16 @@ def pca_scatter(points: Any, labels: Any, explained: Optional[Sequence[float]] =
     names = _axis_labels(k, explained)
     if k == 2:
         ax = fig.add_subplot(1, 1, 1)
-        scatter_classes(ax, pts, y, class_names, size=size, title="class",
+        scatter_classes(ax, pts, y, class_names, size=size, alpha=alpha, title="class",
                         loc="center left", bbox_to_anchor=(1.0, 0.5))
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.set_aspect("equal", adjustable="datalim")
     else:
         ax = fig.add_subplot(1, 1, 1, projection="3d")
-        scatter_classes(ax, pts, y, class_names, size=size, title="class",
-                        loc="upper left", bbox_to_anchor=(0.0, 1.0))
+        scatter_classes(ax, pts, y, class_names, size=size, alpha=alpha, title="class",
+                        loc="upper left", bbox_to_anchor=(0.0, 1.0),
+                        scatter_kw={"depthshade": depthshade})
         ax.set_xlabel(names[0], fontsize=8)
         ax.set_ylabel(names[1], fontsize=8)
         ax.set_zlabel(names[2], fontsize=8)
@@ -114,11 +116,13 @@ def rotating_gif(points: Any, labels: Any, path: str | os.PathLike,
                  elev: float = 20) -> Path:
     """An animated GIF of the 3-D scatter turning once around its vertical axis.
 
-    Uses ``matplotlib.animation`` with ``PillowWriter``; returns the path.
+    Uses ``matplotlib.animation`` with ``PillowWriter``; returns the path. Points
+    are opaque and not depth-shaded, so the GIF's 256-colour palette keeps the
+    class colours distinct.
     """
     from matplotlib.animation import FuncAnimation, PillowWriter
     fig = pca_scatter(points, labels, explained, title, class_names, size=5,
-                      figsize=figsize, elev=elev)
+                      figsize=figsize, elev=elev, alpha=1.0, depthshade=False)
     ax = fig.axes[0]
     step = 360.0 / frames
 
