@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, Config, fmt_s
+from .common import REPO, Config
 
 LAYERS = [800, 800, 10]
 ACT = "relu"

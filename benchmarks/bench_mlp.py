@@ -42,17 +42,8 @@ def run(cfg: Config, name: str) -> dict:
     image_grad = cs["graphnet"].computes_image_gradient()
 
     runners = {n: c.run_steps for n, c in cs.items()}
-    gemm = None
     gemm_every = max(1, steps // CHUNK // 3)  # about 3 matrix products per round
-    if case["gemm"]:
-        rng = np.random.default_rng(1)
-        a = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
-        bm = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
-        out = np.empty_like(a)
-        np.matmul(a, bm, out=out)
-
-        def gemm() -> None:
-            np.matmul(a, bm, out=out)
+    gemm = _reference_product() if case["gemm"] else None
     t0 = time.perf_counter()
     times, gemm_times = interleaved_steps(runners, steps, CHUNK, rounds=rounds, warmup=warmup,
                                           extra=gemm, extra_every=gemm_every)
@@ -114,6 +105,16 @@ def run(cfg: Config, name: str) -> dict:
         "wall_seconds": wall,
         "notes": notes,
     }
+
+
+def _reference_product() -> Any:
+    """A float32 GEMM_N x GEMM_N ``A @ B`` into a preallocated output (warmed up once)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    b = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    return lambda: np.matmul(a, b, out=out)
 
 
 def summary(r: dict) -> list[list[str]]:

@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"graphnet benchmarks{' (quick)' if cfg.quick else ''}: {machine['cpu_model']}, "
           f"{machine['usable_cores']} cores, {cfg.threads} threads, numpy {machine['numpy']}, "
           f"torch {machine['torch'] or 'not installed'}, load {machine['load_average']}", flush=True)
+    busy = busy_warning(machine, cfg.threads)
+    if busy:
+        machine["busy_warning"] = busy
+        print(f"WARNING: {busy}", flush=True)
     rows: list[list[str]] = []
     failed = []
     index: dict[str, Any] = {"machine": machine, "quick": cfg.quick, "benchmarks": {}}
@@ -113,6 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def busy_warning(machine: dict, threads: int) -> str | None:
+    """A warning when other processes already load the cores (figures will be noisy)."""
+    load, cores = (machine.get("load_average") or [0])[0], machine.get("usable_cores") or 1
+    if load < 0.75 * cores:
+        return None
+    msg = (f"the machine is busy (load average {load:.1f} on {cores} cores): absolute times will "
+           "be inflated and noisy; compare ratios only")
+    if threads > 1:
+        msg += (f". With {threads} BLAS threads on oversubscribed cores, small matrix products can "
+                "run ~10x slower (threads spin-waiting); consider --threads 1")
+    return msg
+
+
 def format_table(rows: list[list[str]]) -> str:
     if not rows:
         return "(no results)"
@@ -125,7 +142,9 @@ def markdown_table(rows: list[list[str]], machine: dict, cfg: Config) -> str:
             f"{cfg.threads} threads), numpy {machine['numpy']}, torch {machine['torch']}, "
             f"load average at start {machine['load_average']}{' (quick mode)' if cfg.quick else ''}\n\n")
     n = max(map(len, rows)) if rows else 1
-    lines = ["| " + " | ".join(["benchmark", "what"] + [""] * (n - 2)) + " |", "|" + "---|" * n]
+    header = ["benchmark", "contender / point", "time", "ratio", "ratio", "rate / notes"][:n]
+    header += [""] * (n - len(header))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * n]
     for r in rows:
         lines.append("| " + " | ".join(r + [""] * (n - len(r))) + " |")
     return head + "\n".join(lines)
