@@ -12,12 +12,14 @@ from .shapes import fmt
 class RunContext:
     """What an op sees while it runs: the backend, its namespace and the mode."""
 
-    __slots__ = ("b", "xp", "training")
+    __slots__ = ("b", "xp", "training", "needs")
 
     def __init__(self, b: Backend, training: bool) -> None:
         self.b = b
         self.xp = b.xp
         self.training = training
+        # In backward: which of the node's inputs need a gradient (None: all).
+        self.needs: Optional[tuple] = None
 
 
 def topological_order(outputs: Sequence[Node]) -> list[Node]:
@@ -81,7 +83,7 @@ class Graph:
         self._params = [n for n in self.order if isinstance(n, Parameter)]
         self._plans: dict[tuple, list[int]] = {}
         self._target_cache: dict[Optional[tuple], tuple] = {}
-        self._needs_cache: dict[tuple, list[bool]] = {}
+        self._backward_plans: dict[tuple, list[tuple]] = {}
         self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
         self._run_plan = self._plan(outs)
         self._cost_plan = self._plan([cost]) if cost is not None else []
@@ -234,32 +236,34 @@ class Graph:
 
     def _backward(self, values: list, ci: int, targets: tuple) -> list:
         key = tuple(t.id for t in targets)
-        needs = self._needs_cache.get(key)
-        if needs is None:
-            needs = self._needs_cache[key] = self._needs_grad(
+        plan = self._backward_plans.get(key)
+        if plan is None:
+            plan = self._backward_plans[key] = self._backward_plan(
                 ci, {self._index[t.id] for t in targets})
         grads: list = [None] * (ci + 1)
-        xp = self.backend.xp
         cost = values[ci]
-        grads[ci] = xp.ones(cost.shape, dtype=cost.dtype)
+        grads[ci] = self.backend.xp.ones(cost.shape, dtype=cost.dtype)
         ctx = RunContext(self.backend, True)
-        for i in range(ci, -1, -1):
+        for i, node, args, needs in plan:
             g = grads[i]
-            if g is None or not needs[i]:
+            if g is None:
                 continue
-            node = self.order[i]
-            if not node.inputs:
-                continue
-            xs = tuple(values[j] for j in self._args[i])
-            gin = node.backward(ctx, g, xs, values[i])
-            for j, gj in zip(self._args[i], gin):
-                if gj is None or not needs[j]:
+            ctx.needs = needs
+            gin = node.backward(ctx, g, tuple(values[j] for j in args), values[i])
+            for j, need, gj in zip(args, needs, gin):
+                if gj is None or not need:
                     continue
-                dt = getattr(values[j], "dtype", None)
-                if dt is not None and dt.kind == "f" and gj.dtype != dt:
+                dt = values[j].dtype
+                if gj.dtype != dt and dt.kind == "f":
                     gj = gj.astype(dt)  # a gradient keeps its node's dtype (no silent float64)
                 grads[j] = gj if grads[j] is None else grads[j] + gj
         return grads
+
+    def _backward_plan(self, ci: int, wanted: set[int]) -> list[tuple]:
+        """(index, node, input indices, which inputs need a gradient), cost first."""
+        needs = self._needs_grad(ci, wanted)
+        return [(i, self.order[i], self._args[i], tuple(needs[j] for j in self._args[i]))
+                for i in range(ci, -1, -1) if needs[i] and self.order[i].inputs]
 
     def _needs_grad(self, ci: int, wanted: set[int]) -> list[bool]:
         needs = [False] * (ci + 1)

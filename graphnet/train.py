@@ -101,6 +101,7 @@ class Trainer:
         self.history = History()
         self.state = TrainState()
         self._stop_requested = False
+        self._buffers: Optional[tuple[Any, Any]] = None
 
     # --- public -----------------------------------------------------------------------
     def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
@@ -177,8 +178,7 @@ class Trainer:
         if st.permutation is None:
             st.permutation = to_numpy(b.permutation(n))
             st.batch, st.loss_sum = 0, 0.0
-        perm = b.asarray(st.permutation)
-        Xp, Yp = X[perm], Y[perm]  # one gather per epoch; batches are contiguous slices
+        Xp, Yp = self._shuffled(X, Y, b.asarray(st.permutation))
         losses = b.xp.zeros(n_batches, dtype=X.dtype)
         start, t0 = st.batch, time.perf_counter()
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {st.epoch + 1}",
@@ -203,6 +203,16 @@ class Trainer:
         bar.close()
         st.loss_sum += float(losses[start:].sum())
         self._finish_epoch(X, Y, Xt, Yt, n_batches, time.perf_counter() - t0)
+
+    def _shuffled(self, X: Any, Y: Any, perm: Any) -> tuple[Any, Any]:
+        """One gather per epoch into buffers reused across epochs; batches are then slices."""
+        xp = self.model.backend.xp
+        buf = self._buffers
+        if buf is None or buf[0].shape != X.shape:
+            buf = self._buffers = (xp.empty_like(X), xp.empty_like(Y))
+        xp.take(X, perm, axis=0, out=buf[0])
+        xp.take(Y, perm, axis=0, out=buf[1])
+        return buf
 
     def _step(self, xb: Any, yb: Any) -> Any:
         graph = self.model.train_graph

@@ -48,12 +48,13 @@ class MatMul(Node):
 
     def backward(self, ctx, g, xs, y):
         a, b = xs
-        xp = ctx.xp
+        need_a, need_b = ctx.needs or (True, True)
         if a.ndim == 2 and b.ndim == 2:
-            return g @ b.T, a.T @ g
-        ga = g @ xp.swapaxes(b, -1, -2)
-        gb = xp.swapaxes(a, -1, -2) @ g
-        return sum_to(ga, a.shape), sum_to(gb, b.shape)
+            return (g @ b.T if need_a else None), (a.T @ g if need_b else None)
+        xp = ctx.xp
+        ga = sum_to(g @ xp.swapaxes(b, -1, -2), a.shape) if need_a else None
+        gb = sum_to(xp.swapaxes(a, -1, -2) @ g, b.shape) if need_b else None
+        return ga, gb
 
 
 class Transpose(Node):
@@ -111,11 +112,14 @@ class Linear(Node):
 
     def backward(self, ctx, g, xs, y):
         x, w = xs[0], xs[1]
-        gx = g @ w.T
-        gw = x.T @ g
+        needs = ctx.needs or (True,) * len(xs)
+        gx = g @ w.T if needs[0] else None  # skipped for the images (nobody needs it)
+        gw = x.T @ g if needs[1] else None
         if len(xs) == 2:
             return gx, gw
-        return gx, gw, sum_to(g, xs[2].shape) if hasattr(xs[2], "shape") else None
+        b = xs[2]
+        gb = sum_to(g, b.shape) if needs[2] and hasattr(b, "shape") else None
+        return gx, gw, gb
 
 
 def matmul(a: Any, b: Any) -> Node:
