@@ -212,12 +212,8 @@ class Graph:
                 node = order[i]
                 if node.inputs:
                     values[i] = node.forward(ctx, *[values[j] for j in args[i]])
-                elif isinstance(node, Input):
-                    try:
-                        values[i] = fed[node.id]
-                    except KeyError:
-                        raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
-                                        "dict: graph.run({input: array}))") from None
+                elif node.id in fed:
+                    values[i] = fed[node.id]
                 else:
                     values[i] = self._leaf(node)
                 if self.check_numerics:
@@ -229,6 +225,9 @@ class Graph:
         return values
 
     def _leaf(self, node: Node) -> Any:
+        if isinstance(node, Input):
+            raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
+                            "dict: graph.run({input: array}))")
         if isinstance(node, Parameter) and node.backend is not self.backend:
             raise GraphError(f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
                              f"but this graph runs on {self.backend.name!r}: move the model first")
