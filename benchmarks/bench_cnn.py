@@ -13,7 +13,9 @@ so a burst of load on a shared machine hits both; a contender's round time is th
 its turns. After a warm-up round, each figure is the median over the timed rounds;
 ``ratio`` is the median over rounds of graphnet's time / PyTorch's time in the same round.
 PyTorch is optional: without it the PyTorch column is skipped with a message. Results go
-to ``benchmarks/results/cnn.json``.
+to ``benchmarks/results/cnn.json`` (``cnn_threadsN.json`` with ``--threads N`` below all cores).
+On a machine shared with other work, compare ``--threads 1`` too: multi-threaded BLAS
+slows down sharply when the cores are oversubscribed.
 """
 from __future__ import annotations
 
@@ -203,7 +205,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if r is not None:
         print(f"   graphnet / pytorch = {r:.2f}x (median of paired rounds; logits agree to "
               f"{res['logits_max_relative_difference']:.1e} relative)")
-    path = Path(args.out) / "cnn.json"
+    default_threads = args.threads == (os.cpu_count() or 1)
+    path = Path(args.out) / ("cnn.json" if default_threads else f"cnn_threads{args.threads}.json")
     write_json(path, res)
     print(f"   wrote {path}")
     return 0

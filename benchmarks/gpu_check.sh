@@ -4,6 +4,9 @@
 # Run from the repository root:  OUT=/some/dir bash benchmarks/gpu_check.sh
 # (no install needed: it runs the tree with PYTHONPATH=.). Results land in $OUT.
 set -uo pipefail
+# The GPU machine has no network: bring MNIST along, e.g. gzip the four IDX files from
+# ~/.cache/graphnet/mnist into ./mnist-data (about 11 MB) and name it in the device tool's carry.
+export GRAPHNET_DATA=${GRAPHNET_DATA:-mnist-data}
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONPATH=.
