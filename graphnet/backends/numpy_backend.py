@@ -17,6 +17,7 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         self._rng = np.random.default_rng(0)
+        self._scratch_bufs: dict[tuple, np.ndarray] = {}
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         if type(x).__module__.split(".")[0] == "cupy":
@@ -60,6 +61,32 @@ class NumpyBackend(Backend):
 
     def set_rng_state(self, state: Any) -> None:
         self._rng.bit_generator.state = state
+
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        """A reusable buffer shaped like ``like`` (for in-place optimizer updates)."""
+        key = (like.shape, like.dtype)
+        buf = self._scratch_bufs.get(key)
+        if buf is None:
+            buf = self._scratch_bufs[key] = np.empty_like(like)
+        return buf
+
+    def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                   nesterov: bool, weight_decay: float) -> None:
+        # The base class's arithmetic in the same order, with no temporaries.
+        if weight_decay:
+            p *= 1 - lr * weight_decay
+        tmp = self._scratch(p)
+        step = g
+        if v is not None:
+            v *= momentum
+            v += g
+            step = v
+            if nesterov:
+                np.multiply(v, momentum, out=tmp)
+                tmp += g
+                step = tmp
+        np.multiply(step, lr, out=tmp)
+        p -= tmp
 
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         np.add.at(target, index, values)

@@ -178,6 +178,7 @@ class Conv2d(Node):
         ph, pw = self.padding
         h, wd = x.shape[2], x.shape[3]
         k = c * kh * kw
+        need_x = ctx.needs is None or ctx.needs[0]
         w2t = w.reshape(co, k).T
         gw = xp.zeros((co, k), dtype=xp.result_type(w.dtype, g.dtype))
         gx = xp.empty(x.shape, dtype=xp.result_type(x.dtype, g.dtype))
@@ -197,12 +198,14 @@ class Conv2d(Node):
                 g4[:, :, :, ow:] = 0  # the junk columns of full-width rows
             g2 = g4.reshape(co, m * oh * q)
             gw += g2 @ cols.T
+            if not need_x:  # e.g. the first layer: nobody needs d loss / d images
+                continue
             dcols = dbuf[:k * m * oh * q].reshape(k, m * oh * q)
             xp.matmul(w2t, g2, out=dcols)
             dimages = xp.zeros((c, m, hp, wp), dtype=gx.dtype)
             be.col2im(dcols, dimages, (kh, kw), self.stride, (oh, ow))
             gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
-        grads = (gx, gw.reshape(w.shape))
+        grads = (gx if need_x else None, gw.reshape(w.shape))
         if len(xs) == 3:
             grads += (g.sum(axis=(0, 2, 3)) if hasattr(xs[2], "shape") else None,)
         return grads
