@@ -163,3 +163,17 @@ def test_learning_curve_recorded_every_n_batches():
                eval_every=4, progress=False)
     assert hist.curve_batches == list(range(4, 17, 4))
     assert len(hist.curve_test_accuracy) == len(hist.curve_train_loss) == 4
+
+
+def test_random_shift_moves_flat_and_nchw_images(backend):
+    from graphnet.augment import random_shift
+    img = np.zeros((28, 28), dtype=np.float32)
+    img[10:14, 10:14] = 1
+    for shape in [(3, 784), (3, 1, 28, 28)]:
+        x = gn.asarray(np.broadcast_to(img, (3, 28, 28)).reshape(shape).copy())
+        out = gn.to_numpy(random_shift(x, max_shift=2, image_shape=(28, 28)))
+        assert out.shape == shape
+        moved = out.reshape(3, 28, 28)
+        assert (moved.sum(axis=(1, 2)) == 16).all()  # a 2-pixel shift keeps the square inside
+        ys, xs = np.nonzero(moved[0])
+        assert 8 <= ys.min() <= 12 and 8 <= xs.min() <= 12

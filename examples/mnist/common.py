@@ -42,8 +42,7 @@ def augmenter(cfg: dict[str, Any]) -> Any:
     if not cfg.get("augment"):
         return None
     from graphnet.augment import random_shift
-    shape = (1, 28, 28) if cfg.get("model", "mlp") != "mlp" else (784,)
-    return lambda xb: random_shift(xb, max_shift=2, image_shape=shape,
+    return lambda xb: random_shift(xb, max_shift=2, image_shape=(28, 28),
                                    rotate=cfg.get("rotate", 0.0))
 
 
