@@ -22,7 +22,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``grap
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import bench_gpu, bench_memory, bench_mlp, bench_overhead, bench_scaling  # noqa: E402
+from benchmarks import (bench_cnn, bench_gpu, bench_memory, bench_mlp, bench_overhead,  # noqa: E402
+                        bench_scaling)
 from benchmarks import profile_step  # noqa: E402
 from benchmarks.common import REPO, Config, machine_info, set_threads, write_json  # noqa: E402
 
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Config], dict], Callable[[dict], list]]] =
     "memory": (bench_memory.run, bench_memory.summary),
     "profile": (profile_step.run, profile_step.summary),
     "gpu": (bench_gpu.run, bench_gpu.summary),
+    "cnn": (bench_cnn.run, bench_cnn.summary),
 }
 
 

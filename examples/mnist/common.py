@@ -29,6 +29,12 @@ def build_network(cfg: dict[str, Any]) -> tuple[Any, tuple]:
     return builder(cfg), (1, 28, 28)
 
 
+def describe_network(cfg: dict[str, Any]) -> str:
+    """``mlp [128, 64, 10]`` or the CNN's name, for the start-up line."""
+    model = cfg.get("model", "mlp")
+    return f"mlp {cfg['layers']}" if model == "mlp" else model
+
+
 def build_optimizer(cfg: dict[str, Any], params: list) -> optim.Optimizer:
     if cfg["optimizer"] == "adam":
         return optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -78,7 +84,7 @@ def run_training(args: argparse.Namespace) -> int:
     else:
         write_json(out / "config.json", cfg)
     print(f"graphnet {gn.__version__} on {b.name} ({b.device_name()}); "
-          f"network {cfg.get('model', 'mlp')} {cfg['layers']}, {cfg['epochs']} epochs -> {out}")
+          f"network {describe_network(cfg)}, {cfg['epochs']} epochs -> {out}")
     try:
         history = trainer.fit(x_train, y_train, x_test, y_test, epochs=cfg["epochs"])
     except TrainingInterrupted as exc:

@@ -195,10 +195,12 @@ def mnist_cnn(cfg: Optional[dict] = None) -> Sequential:
     cfg = dict(cfg or {})
     model = cfg.get("model", "cnn")
     if model == "cnn":
+        # Glorot-uniform weights, like the Keras reference: with He-normal convolutions the
+        # same training reached a mean loss of 0.375 in epoch 1 instead of 0.239.
         return Sequential([
-            Conv2d(1, 32, 3), ReLU(),
-            Conv2d(32, 64, 3), MaxPool2d(2), ReLU(), Dropout(0.25), Flatten(),
-            Linear(64 * 12 * 12, 128, init="he"), ReLU(), Dropout(0.5),
+            Conv2d(1, 32, 3, init="glorot"), ReLU(),
+            Conv2d(32, 64, 3, init="glorot"), MaxPool2d(2), ReLU(), Dropout(0.25), Flatten(),
+            Linear(64 * 12 * 12, 128), ReLU(), Dropout(0.5),
             Linear(128, 10),
         ])
     if model == "cnn-best":
