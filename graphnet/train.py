@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional
 
 from tqdm.auto import tqdm
 
-from .backends import backend
 from .backends.host import host_rng_state, set_host_rng_state, to_numpy
 from .io import CheckpointError, atomic_write_npz, read_npz
 from .nn.model import Classifier, model_from_config
@@ -334,4 +333,4 @@ def fit(model: Classifier, optimizer: Optimizer, x_train: Any, y_train: Any, x_t
 
 
 __all__ = ["Trainer", "History", "fit", "DivergenceError", "OutOfMemory", "TrainingInterrupted", "CHECKPOINT",
-           "resume_model", "backend"]
+           "resume_model"]
