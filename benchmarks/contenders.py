@@ -43,7 +43,7 @@ class Contender:
 
 # --- graphnet --------------------------------------------------------------------------------
 class GraphnetMLP(Contender):
-    """graphnet's own path: ``Classifier.train_graph`` + ``optim.SGD``, exactly as ``Trainer._step``."""
+    """graphnet's own path: ``optim.SGD.minimize`` on ``Classifier.train_graph``, as ``Trainer._step``."""
 
     name = "graphnet"
 
@@ -65,9 +65,7 @@ class GraphnetMLP(Contender):
         self.losses = b.xp.zeros(max_steps, dtype=self.X.dtype)
 
     def step(self, xb: Any, yb: Any) -> Any:
-        loss, grads = self.graph.gradients({self.images: xb, self.labels: yb}, return_cost=True)
-        self.optimizer.step(grads)
-        return loss
+        return self.optimizer.minimize(self.graph, {self.images: xb, self.labels: yb})
 
     def weights(self) -> list:
         from graphnet.nn import Linear

@@ -10,16 +10,70 @@ from .shapes import fmt
 
 
 class RunContext:
-    """What an op sees while it runs: the backend, its namespace and the mode."""
+    """What an op sees while it runs: the backend, its namespace and the mode.
 
-    __slots__ = ("b", "xp", "training", "needs")
+    In a training step (``Graph.gradients``) an op may ask for its output array with
+    :meth:`empty` and gets the same array back every step, and it may write the gradient
+    of input ``k`` into :meth:`grad_out` ``(k)`` (with ``out=``) instead of a new array.
+    """
 
-    def __init__(self, b: Backend, training: bool) -> None:
+    __slots__ = ("b", "xp", "training", "needs", "dests", "arena", "key")
+
+    def __init__(self, b: Backend, training: bool, arena: Optional["Arena"] = None) -> None:
         self.b = b
         self.xp = b.xp
         self.training = training
         # In backward: which of the node's inputs need a gradient (None: all).
         self.needs: Optional[tuple] = None
+        # In backward: per input, an array to write its gradient into, or None.
+        self.dests: Optional[tuple] = None
+        self.arena = arena
+        self.key = 0
+
+    def empty(self, shape: tuple, dtype: Any, slot: int = 0) -> Any:
+        """An uninitialised array for the running node's output (reused across steps)."""
+        if self.arena is None:
+            return self.xp.empty(shape, dtype)
+        return self.arena.get((self.key, slot), shape, dtype)
+
+    def grad_out(self, k: int, dtype: Any) -> Any:
+        """The array to write input ``k``'s gradient (of ``dtype``) into, or None for a new one."""
+        d = self.dests
+        if d is None:
+            return None
+        d = d[k]
+        return d if d is not None and d.dtype == dtype else None
+
+
+class Arena:
+    """Arrays a graph keeps from one training step to the next, one per (node, slot).
+
+    Reusing them spares the allocator: fresh arrays of more than a few hundred KiB
+    come back from the OS zeroed page by page on every step. It holds about one step's
+    activations and gradients; a new batch size replaces the arrays it changes.
+    """
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self._bufs: dict[Any, Any] = {}
+        self.ids: set[int] = set()
+
+    def get(self, key: Any, shape: tuple, dtype: Any) -> Any:
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            if buf is not None:
+                self.ids.discard(id(buf))
+            buf = self._bufs[key] = self.xp.empty(shape, dtype)
+            self.ids.add(id(buf))
+        return buf
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(int(b.nbytes) for b in self._bufs.values())
+
+    def clear(self) -> None:
+        self._bufs.clear()
+        self.ids.clear()
 
 
 def topological_order(outputs: Sequence[Node]) -> list[Node]:
@@ -59,7 +113,10 @@ class Graph:
     """A computational graph from its outputs (and an optional scalar cost).
 
     ``run(feed)`` returns the outputs' values; ``gradients(feed)`` the cost's
-    gradients. The order is computed once, here.
+    gradients. The order is computed once, here. ``gradients`` keeps its
+    intermediate arrays (about one step's activations and their gradients) for the
+    next call, so a step allocates almost nothing; what it returns is never reused.
+    A graph runs one call at a time: share it between threads only with a lock.
     """
 
     def __init__(self, outputs: Outputs, cost: Optional[Node] = None,
@@ -81,21 +138,32 @@ class Graph:
         self._args = [tuple(self._index[x.id] for x in node.inputs) for node in self.order]
         self.inputs = [n for n in self.order if isinstance(n, Input)]
         self._params = [n for n in self.order if isinstance(n, Parameter)]
-        self._plans: dict[tuple, list[int]] = {}
+        self._plans: dict[tuple, list[tuple]] = {}
         self._target_cache: dict[Optional[tuple], tuple] = {}
         self._backward_plans: dict[tuple, list[tuple]] = {}
         self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
+        self._arena = Arena(self.backend.xp)
+        self._into_checked: tuple = ()
         self._run_plan = self._plan(outs)
         self._cost_plan = self._plan([cost]) if cost is not None else []
         self._check_names()
 
-    def _plan(self, roots: Sequence[Node]) -> list[int]:
-        """Indices, in order, of the nodes that ``roots`` need."""
+    def _plan(self, roots: Sequence[Node]) -> list[tuple]:
+        """``(index, kind, node, input indices)`` of the nodes ``roots`` need, in order.
+
+        kind: 0 an op, 1 a parameter, 2 an input, 3 another leaf (a constant).
+        """
         needed = {self._index[r.id] for r in roots}
         for i in range(len(self.order) - 1, -1, -1):
             if i in needed:
                 needed.update(self._args[i])
-        return sorted(needed)
+        plan = []
+        for i in sorted(needed):
+            node = self.order[i]
+            kind = 0 if node.inputs else 1 if isinstance(node, Parameter) else \
+                2 if isinstance(node, Input) else 3
+            plan.append((i, kind, node, self._args[i]))
+        return plan
 
     def _check_names(self) -> None:
         seen: dict[str, Input] = {}
@@ -132,31 +200,72 @@ class Graph:
         return [values[self._index[n.id]] for n in nodes]
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
-                  training: bool = True, return_cost: bool = False) -> Any:
+                  training: bool = True, return_cost: bool = False,
+                  into: Optional[Mapping[Node, Any]] = None) -> Any:
         """``{node: d cost / d node}`` for the parameters (or the nodes in ``wrt``).
 
         A node the cost does not depend on gets a zero gradient. With
-        ``return_cost`` the cost's value comes too: ``(cost, grads)``.
+        ``return_cost`` the cost's value comes too: ``(cost, grads)``. With ``into``
+        (``{node: array}`` for every node differentiated) the gradients are written
+        into those arrays, which come back as the dict; otherwise each is a new array.
         """
         if self.cost is None:
             raise GraphError("this graph has no cost: build it as gn.Graph(outputs, cost=loss)")
         targets = self._targets(wrt)
         ci = self._index[self.cost.id]
-        values = self._forward(feed, training, self._cost_plan)
+        arena = self._arena
+        values = self._forward(feed, training, self._cost_plan, arena, ci)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
                              f"{tuple(values[ci].shape)} at run time "
                              "(reduce it, e.g. with .mean())")
-        grads = self._backward(values, ci, targets)
+        if into is not None:
+            seen = (id(into), targets, tuple([id(into.get(t)) for t in targets]))
+            if seen != self._into_checked:  # checked once while the same arrays come back
+                self._check_into(targets, values, into)
+                self._into_checked = seen
+        grads = self._backward(values, ci, targets, arena, into)
+        out = self._collect(targets, grads, values, into)
+        return (values[ci], out) if return_cost else out
+
+    def _collect(self, targets: tuple, grads: list, values: list,
+                 into: Optional[Mapping[Node, Any]]) -> dict:
+        """The gradients to hand out: each in its ``into`` array or a new array of its own."""
         out: dict = {}
+        if into is not None:
+            for t in targets:
+                g, buf = grads[self._index[t.id]], into[t]
+                if g is None:
+                    buf[...] = 0
+                elif g is not buf:
+                    self.backend.xp.copyto(buf, g)
+                out[t] = buf
+            return out
+        kept = self._arena.ids
         seen: set[int] = set()
-        for t in targets:  # each gradient a writable array of its own (no views, no sharing)
+        for t in targets:  # no views, no sharing, nothing the next step overwrites
             g = self._grad_or_zero(t, grads, values)
-            if getattr(g, "base", None) is not None or id(g) in seen:
+            if getattr(g, "base", None) is not None or id(g) in seen or id(g) in kept:
                 g = g.copy()
             seen.add(id(g))
             out[t] = g
-        return (values[ci], out) if return_cost else out
+        return out
+
+    def _check_into(self, targets: tuple, values: list, into: Mapping[Node, Any]) -> None:
+        for t in targets:
+            buf = into.get(t)
+            if buf is None:
+                raise GraphError(f"gradients(into=...) has no array for {t.name!r}")
+            v = values[self._index[t.id]]
+            if v is None:  # not on the cost's path: its gradient is zero
+                v = getattr(t, "value", None)
+            shape = tuple(v.shape) if v is not None else t.shape
+            dtype = v.dtype if v is not None else t.dtype
+            if not self.backend.is_array(buf) or tuple(buf.shape) != shape or buf.dtype != dtype:
+                raise GraphError(f"gradients(into=...): the array for {t.name!r} must be a "
+                                 f"{self.backend.name} array of shape {shape} and dtype {dtype}, "
+                                 f"got {type(buf).__name__} {tuple(getattr(buf, 'shape', ()))} "
+                                 f"{getattr(buf, 'dtype', '')}")
 
     def _targets(self, wrt: Optional[Iterable[Node]]) -> tuple:
         """The nodes to differentiate, checked once per distinct ``wrt``."""
@@ -201,68 +310,150 @@ class Graph:
             fed[node.id] = node.check_feed(b, value)
         return fed
 
-    def _forward(self, feed: Mapping[Any, Any], training: bool, plan: list[int]) -> list:
+    def _forward(self, feed: Mapping[Any, Any], training: bool, plan: list[tuple],
+                 arena: Optional[Arena] = None, escape: int = -1) -> list:
+        """Values of the nodes in ``plan``; with an arena, all but node ``escape`` may reuse it."""
         fed = self._resolve_feed(feed)
-        ctx = RunContext(self.backend, training)
+        b = self.backend
         values: list = [None] * len(self.order)
-        order, args = self.order, self._args
-        i = 0
+        if self.check_numerics:
+            return self._forward_checked(fed, training, plan, values)
+        ops = []
+        for entry in plan:  # leaves first: nothing they hold depends on the ops
+            i, kind, node, args = entry
+            if kind == 0:
+                ops.append(entry)
+            else:
+                values[i] = self._leaf(kind, node, fed)
+        ctx = RunContext(b, training, arena)
+        i, args = 0, ()
         try:
-            for i in plan:
-                node = order[i]
-                if node.inputs:
-                    values[i] = node.forward(ctx, *[values[j] for j in args[i]])
-                elif node.id in fed:
-                    values[i] = fed[node.id]
-                else:
-                    values[i] = self._leaf(node)
-                if self.check_numerics:
-                    self._check_finite(order[i], values, args[i])
+            for i, _, node, args in ops:
+                if i == escape:
+                    ctx.arena = None  # the value handed out must not be overwritten later
+                ctx.key = i
+                values[i] = node.forward(ctx, *[values[j] for j in args])
         except (FeedError, NumericsError, GraphError):
             raise
         except Exception as exc:
-            raise RunError(self._describe_failure(order[i], values, args[i], exc)) from exc
+            raise RunError(self._describe_failure(self.order[i], values, args, exc)) from exc
         return values
 
-    def _leaf(self, node: Node) -> Any:
-        if isinstance(node, Input):
-            raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
-                            "dict: graph.run({input: array}))")
-        if isinstance(node, Parameter) and node.backend is not self.backend:
-            raise GraphError(f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
-                             f"but this graph runs on {self.backend.name!r}: move the model first")
+    def _forward_checked(self, fed: dict, training: bool, plan: list[tuple], values: list) -> list:
+        """``_forward`` in plan order, every value checked for NaN and infinity as it comes."""
+        ctx = RunContext(self.backend, training)
+        i, args = 0, ()
+        try:
+            for i, kind, node, args in plan:
+                if kind == 0:
+                    values[i] = node.forward(ctx, *[values[j] for j in args])
+                else:
+                    values[i] = self._leaf(kind, node, fed)
+                self._check_finite(node, values, args)
+        except (FeedError, NumericsError, GraphError):
+            raise
+        except Exception as exc:
+            raise RunError(self._describe_failure(self.order[i], values, args, exc)) from exc
+        return values
+
+    def _leaf(self, kind: int, node: Node, fed: dict) -> Any:
+        if kind == 1:
+            if node.backend is not self.backend:
+                raise GraphError(self._wrong_backend(node))
+            return node._value
+        if kind == 2:
+            v = fed.get(node.id)
+            if v is None:
+                raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
+                                "dict: graph.run({input: array}))")
+            return v
         return node.forward(None)
 
-    def _backward(self, values: list, ci: int, targets: tuple) -> list:
+    def _wrong_backend(self, node: Parameter) -> str:
+        return (f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
+                f"but this graph runs on {self.backend.name!r}: move the model first")
+
+    def _backward(self, values: list, ci: int, targets: tuple, arena: Optional[Arena] = None,
+                  into: Optional[Mapping[Node, Any]] = None) -> list:
         key = tuple(t.id for t in targets)
         plan = self._backward_plans.get(key)
         if plan is None:
             plan = self._backward_plans[key] = self._backward_plan(
                 ci, {self._index[t.id] for t in targets})
         grads: list = [None] * (ci + 1)
+        owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
         cost = values[ci]
         grads[ci] = self.backend.xp.ones(cost.shape, dtype=cost.dtype)
         ctx = RunContext(self.backend, True)
-        for i, node, args, needs in plan:
+        offer = arena is not None or into is not None
+        order = self.order
+        for i, node, args, needs, slots in plan:
             g = grads[i]
             if g is None:
                 continue
             ctx.needs = needs
-            gin = node.backward(ctx, g, tuple(values[j] for j in args), values[i])
-            for j, need, gj in zip(args, needs, gin):
-                if gj is None or not need:
+            dests = None
+            if slots and offer:
+                dests = [None] * len(args)
+                for k, j, kind in slots:
+                    if grads[j] is None:
+                        if kind == 1:
+                            if arena is not None:
+                                dests[k] = arena.get(~j, values[j].shape, values[j].dtype)
+                        elif into is not None:
+                            dests[k] = into[order[j]]
+            ctx.dests = dests
+            gin = node.backward(ctx, g, tuple([values[j] for j in args]), values[i])
+            for k, j in enumerate(args):
+                gj = gin[k]
+                if gj is None or not needs[k]:
+                    continue
+                if dests is not None and gj is dests[k]:
+                    grads[j] = gj  # written where it was offered: j's own array
+                    owned[j] = True
                     continue
                 dt = values[j].dtype
                 if gj.dtype != dt and dt.kind == "f":
                     gj = gj.astype(dt)  # a gradient keeps its node's dtype (no silent float64)
-                grads[j] = gj if grads[j] is None else grads[j] + gj
+                if grads[j] is None:
+                    grads[j] = gj
+                elif owned[j]:
+                    grads[j] += gj
+                else:
+                    grads[j] = grads[j] + gj
+                    owned[j] = True
         return grads
 
     def _backward_plan(self, ci: int, wanted: set[int]) -> list[tuple]:
-        """(index, node, input indices, which inputs need a gradient), cost first."""
+        """``(index, node, input indices, which need a gradient, slots)``, cost first.
+
+        ``slots``: ``(k, j, kind)`` for the inputs whose gradient may be written into an
+        array offered to the op: kind 1 an arena array (an intermediate node's gradient,
+        never handed out), 2 the caller's ``into`` array (a node differentiated). An
+        input that appears twice is offered one only the first time.
+        """
         needs = self._needs_grad(ci, wanted)
-        return [(i, self.order[i], self._args[i], tuple(needs[j] for j in self._args[i]))
-                for i in range(ci, -1, -1) if needs[i] and self.order[i].inputs]
+        plan = []
+        for i in range(ci, -1, -1):
+            node = self.order[i]
+            if not (needs[i] and node.inputs):
+                continue
+            args = self._args[i]
+            slots = []
+            for k, j in enumerate(args):
+                if not needs[j] or j in args[:k]:
+                    continue
+                if j in wanted:
+                    slots.append((k, j, 2))
+                elif self._arena_ok(self.order[j]):
+                    slots.append((k, j, 1))
+            plan.append((i, node, args, tuple(needs[j] for j in args), tuple(slots)))
+        return plan
+
+    @staticmethod
+    def _arena_ok(node: Node) -> bool:
+        # Shape known to have rank >= 1: 0-d results are NumPy scalars, not writable arrays.
+        return node.shape is not None and len(node.shape) >= 1
 
     def _needs_grad(self, ci: int, wanted: set[int]) -> list[bool]:
         needs = [False] * (ci + 1)
@@ -298,4 +489,4 @@ class Graph:
         return f"op {node.op!r} at node {node.name!r} failed on inputs [{shapes}]: {exc}"
 
 
-__all__ = ["Graph", "RunContext", "topological_order", "Constant"]
+__all__ = ["Arena", "Graph", "RunContext", "topological_order", "Constant"]

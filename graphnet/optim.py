@@ -30,17 +30,41 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.steps = 0
         self.state: dict[str, list[Any]] = {s: [None] * len(self.params) for s in self.slots}
+        self._decays = [self.weight_decay if p.ndim and p.ndim >= 2 else 0.0 for p in self.params]
+        self._grad_bufs: dict[Parameter, Any] = {}
+        self._wrt: dict[int, tuple] = {}
 
     def step(self, grads: Mapping[Parameter, Any]) -> None:
-        """Apply one update."""
+        """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are)."""
+        self._apply(grads, False)
+
+    def minimize(self, graph: Any, feed: Mapping[Any, Any]) -> Any:
+        """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
+
+        The gradients go into arrays this optimizer keeps from step to step (no
+        allocation per step) and never leave it; use ``graph.gradients`` + ``step``
+        to see them.
+        """
+        wrt = self._wrt.get(id(graph))
+        if wrt is None:
+            wrt = self._wrt[id(graph)] = tuple(p for p in self.params if p in graph)
+            for p in wrt:
+                if p not in self._grad_bufs:
+                    self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
+        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs)
+        self._apply(grads, True)
+        return cost
+
+    def _apply(self, grads: Mapping[Parameter, Any], scratch: bool) -> None:
+        # scratch: the gradient arrays are ours to overwrite (minimize's own buffers)
         self.steps += 1
+        decays = self._decays
         for i, p in enumerate(self.params):
             g = grads.get(p)
             if g is not None:
-                wd = self.weight_decay if p.ndim and p.ndim >= 2 else 0.0
-                self._update(i, p, g, wd)
+                self._update(i, p, g, decays[i], scratch)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         raise NotImplementedError
 
     def _slot(self, name: str, i: int, p: Parameter) -> Any:
@@ -85,9 +109,9 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.nesterov = float(momentum), nesterov
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
-        p.backend.sgd_update(p.value, g, v, self.lr, self.momentum, self.nesterov, wd)
+        p.backend.sgd_update(p._value, g, v, self.lr, self.momentum, self.nesterov, wd, scratch)
 
 
 class Adam(Optimizer):
@@ -101,8 +125,8 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float) -> None:
-        p.backend.adam_update(p.value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+        p.backend.adam_update(p._value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
                               self.beta1, self.beta2, self.eps, self.steps, wd)
 
 

@@ -215,10 +215,7 @@ class Trainer:
 
     def _step(self, xb: Any, yb: Any) -> Any:
         graph = self.model.train_graph
-        loss, grads = graph.gradients({self.model.images: xb, self.model.labels: yb},
-                                      return_cost=True)
-        self.optimizer.step(grads)
-        return loss
+        return self.optimizer.minimize(graph, {self.model.images: xb, self.model.labels: yb})
 
     def _set_lr(self, epoch: float) -> None:
         self.optimizer.lr = self.base_lr * self.schedule(epoch)

@@ -146,8 +146,8 @@ class Backend(ABC):
                 view += c6[:, i, j]
 
     # --- fused kernels (hot paths) --------------------------------------------
-    def softmax_cross_entropy(self, logits: Any, labels: Any) -> tuple[Any, Any]:
-        """Mean cross-entropy of ``softmax(logits)`` and the probabilities.
+    def softmax_cross_entropy(self, logits: Any, labels: Any, out: Any = None) -> tuple[Any, Any]:
+        """Mean cross-entropy of ``softmax(logits)`` and the probabilities (in ``out`` if given).
 
         ``labels`` are class indices (integer, shape ``(N,)``) or one-hot /
         soft targets with the logits' shape.
@@ -156,7 +156,7 @@ class Backend(ABC):
         z = logits - logits.max(axis=1, keepdims=True)
         e = xp.exp(z)
         s = e.sum(axis=1, keepdims=True)
-        probs = e / s
+        probs = xp.divide(e, s, out=out)
         logs = xp.log(s)
         n = logits.shape[0]
         if labels.ndim == 1:
@@ -166,32 +166,36 @@ class Backend(ABC):
             loss = ((logs - z) * labels).sum() / n
         return loss.astype(logits.dtype), probs
 
-    def softmax_cross_entropy_backward(self, probs: Any, labels: Any, g: Any) -> Any:
-        """Gradient of the mean cross-entropy with respect to the logits."""
+    def softmax_cross_entropy_backward(self, probs: Any, labels: Any, g: Any,
+                                       out: Any = None) -> Any:
+        """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given)."""
         n = probs.shape[0]
         scale = (g / n).astype(probs.dtype)
         if labels.ndim == 1:
-            grad = probs * scale
+            grad = self.xp.multiply(probs, scale, out=out)
             rows = self.xp.arange(n)
             grad[rows, labels] -= scale
             return grad
-        return (probs - labels.astype(probs.dtype)) * scale
+        return self.xp.multiply(probs - labels.astype(probs.dtype), scale, out=out)
 
-    def tanh_backward(self, y: Any, g: Any) -> Any:
-        """``g * (1 - y**2)`` for ``y = tanh(x)``."""
-        return g * (1 - y * y)
+    def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given)."""
+        return self.xp.multiply(g, 1 - y * y, out=out)
 
-    def sigmoid_backward(self, y: Any, g: Any) -> Any:
-        """``g * y * (1 - y)`` for ``y = sigmoid(x)``."""
-        return g * y * (1 - y)
+    def sigmoid_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        """``g * y * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given)."""
+        return self.xp.multiply(g * y, 1 - y, out=out)
 
-    def relu_backward(self, y: Any, g: Any) -> Any:
-        """``g`` where ``y > 0``, else 0."""
-        return g * (y > 0)
+    def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        """``g`` where ``y > 0``, else 0 (in ``out`` if given)."""
+        return self.xp.multiply(g, y > 0, out=out)
 
     def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                   nesterov: bool, weight_decay: float) -> None:
-        """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum."""
+                   nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+        """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum.
+
+        With ``scratch`` the update may overwrite ``g`` (the caller's own buffer).
+        """
         if weight_decay:
             p *= 1 - lr * weight_decay
         if v is None:

@@ -166,17 +166,21 @@ class CupyBackend(Backend):
             self._kernels[name] = kern
         return kern
 
-    def tanh_backward(self, y: Any, g: Any) -> Any:
-        return self._elementwise("tanh_bw", "T y, T g", "T out", "out = g * (1 - y * y)")(y, g)
+    def _map(self, name: str, body: str, y: Any, g: Any, out: Any) -> Any:
+        kern = self._elementwise(name, "T y, T g", "T out", body)
+        return kern(y, g) if out is None else kern(y, g, out)
 
-    def sigmoid_backward(self, y: Any, g: Any) -> Any:
-        return self._elementwise("sigmoid_bw", "T y, T g", "T out", "out = g * y * (1 - y)")(y, g)
+    def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        return self._map("tanh_bw", "out = g * (1 - y * y)", y, g, out)
 
-    def relu_backward(self, y: Any, g: Any) -> Any:
-        return self._elementwise("relu_bw", "T y, T g", "T out", "out = y > 0 ? g : (T)0")(y, g)
+    def sigmoid_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        return self._map("sigmoid_bw", "out = g * y * (1 - y)", y, g, out)
+
+    def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
+        return self._map("relu_bw", "out = y > 0 ? g : (T)0", y, g, out)
 
     def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                   nesterov: bool, weight_decay: float) -> None:
+                   nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
         decay = 1 - lr * weight_decay
         if v is None:
             self._elementwise("sgd", "T g, T lr, T decay", "T p",

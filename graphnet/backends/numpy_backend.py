@@ -71,11 +71,11 @@ class NumpyBackend(Backend):
         return buf
 
     def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                   nesterov: bool, weight_decay: float) -> None:
+                   nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
         # The base class's arithmetic in the same order, with no temporaries.
         if weight_decay:
             p *= 1 - lr * weight_decay
-        tmp = self._scratch(p)
+        tmp = g if scratch and not nesterov else self._scratch(p)
         step = g
         if v is not None:
             v *= momentum
@@ -88,20 +88,71 @@ class NumpyBackend(Backend):
         np.multiply(step, lr, out=tmp)
         p -= tmp
 
+    def adam_update(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                    beta2: float, eps: float, step: int, weight_decay: float) -> None:
+        # The base class's arithmetic in the same order, through one scratch buffer.
+        if weight_decay:
+            p *= 1 - lr * weight_decay
+        t = self._scratch(p)
+        m *= beta1
+        np.multiply(g, 1 - beta1, out=t)
+        m += t
+        v *= beta2
+        np.multiply(g, g, out=t)
+        t *= 1 - beta2
+        v += t
+        np.divide(v, 1 - beta2 ** step, out=t)
+        np.sqrt(t, out=t)
+        t += eps
+        np.divide(m, t, out=t)
+        t *= lr / (1 - beta1 ** step)
+        p -= t
+
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         np.add.at(target, index, values)
 
     # Fused kernels: the same maths as the base class with fewer temporaries.
     # NumPy ufuncs give 0-d operands back as scalars, which cannot be written in place.
-    def tanh_backward(self, y: Any, g: Any) -> Any:
+    def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
         if np.ndim(y) == 0 or np.shape(g) != np.shape(y):
-            return super().tanh_backward(y, g)
-        out = np.multiply(y, y)
+            return super().tanh_backward(y, g, out)
+        out = np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
         out *= g
         return out
 
-    def relu_backward(self, y: Any, g: Any) -> Any:
+    def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
         if np.ndim(y) == 0 or np.shape(g) != np.shape(y):
-            return super().relu_backward(y, g)
-        return np.multiply(g, y > 0)  # 4x faster than a masked write (out[y <= 0] = 0)
+            return super().relu_backward(y, g, out)
+        return np.multiply(g, y > 0, out=out)  # 4x faster than a masked write (out[y <= 0] = 0)
+
+    def softmax_cross_entropy(self, logits: Any, labels: Any, out: Any = None) -> tuple[Any, Any]:
+        if labels.ndim != 1 or logits.ndim != 2:
+            return super().softmax_cross_entropy(logits, labels, out)
+        n = logits.shape[0]
+        if n and labels.min() < 0:  # a negative index would silently pick another class
+            raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+        rows = self._rows(n)
+        z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
+        picked = z[rows, labels]  # raises IndexError for a label >= the number of classes
+        np.exp(z, out=z)
+        s = z.sum(axis=1, keepdims=True)
+        loss = (np.log(s) - picked[:, None]).sum() / n
+        z /= s
+        return loss.astype(logits.dtype), z
+
+    def softmax_cross_entropy_backward(self, probs: Any, labels: Any, g: Any,
+                                       out: Any = None) -> Any:
+        if labels.ndim != 1:
+            return super().softmax_cross_entropy_backward(probs, labels, g, out)
+        n = probs.shape[0]
+        scale = (g / n).astype(probs.dtype)
+        grad = np.multiply(probs, scale, out=out)
+        grad[self._rows(n), labels] -= scale
+        return grad
+
+    def _rows(self, n: int) -> np.ndarray:
+        rows = self._scratch_bufs.get(("rows", n))
+        if rows is None:
+            rows = self._scratch_bufs[("rows", n)] = np.arange(n)
+        return rows

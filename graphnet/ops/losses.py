@@ -54,11 +54,14 @@ class SoftmaxCrossEntropy(Node):
         if labels.ndim == 1 and labels.dtype.kind not in "iu":
             raise TypeError(f"class-index labels {self.inputs[1].name!r} must be integers, "
                             f"got {labels.dtype}")
-        loss, self._probs = ctx.b.softmax_cross_entropy(logits, labels)
+        out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
+        loss, self._probs = ctx.b.softmax_cross_entropy(logits, labels, out)
         return loss
 
     def backward(self, ctx, g, xs, y):
-        return ctx.b.softmax_cross_entropy_backward(self._probs, xs[1], g), None
+        probs = self._probs
+        out = ctx.grad_out(0, probs.dtype) if probs.dtype == xs[0].dtype else None
+        return ctx.b.softmax_cross_entropy_backward(probs, xs[1], g, out), None
 
 
 def _check_labels(logits: Node, labels: Node) -> None:

@@ -44,13 +44,15 @@ class MatMul(Node):
         super().__init__((a, b), shape=_matmul_shape(a, b))
 
     def forward(self, ctx, a, b):
+        if a.ndim == 2 and b.ndim == 2:
+            return _product(ctx, a, b)
         return a @ b
 
     def backward(self, ctx, g, xs, y):
         a, b = xs
         need_a, need_b = ctx.needs or (True, True)
         if a.ndim == 2 and b.ndim == 2:
-            return (g @ b.T if need_a else None), (a.T @ g if need_b else None)
+            return _product_grads(ctx, g, a, b, need_a, need_b)
         xp = ctx.xp
         ga = sum_to(g @ xp.swapaxes(b, -1, -2), a.shape) if need_a else None
         gb = sum_to(xp.swapaxes(a, -1, -2) @ g, b.shape) if need_b else None
@@ -105,7 +107,7 @@ class Linear(Node):
         super().__init__(inputs, shape=shape)
 
     def forward(self, ctx, x, w, b=None):
-        y = x @ w
+        y = _product(ctx, x, w)
         if b is not None:
             y += b
         return y
@@ -113,13 +115,35 @@ class Linear(Node):
     def backward(self, ctx, g, xs, y):
         x, w = xs[0], xs[1]
         needs = ctx.needs or (True,) * len(xs)
-        gx = g @ w.T if needs[0] else None  # skipped for the images (nobody needs it)
-        gw = x.T @ g if needs[1] else None
+        # needs[0] is False for the images: nobody needs d loss / d images
+        gx, gw = _product_grads(ctx, g, x, w, needs[0], needs[1])
         if len(xs) == 2:
             return gx, gw
         b = xs[2]
-        gb = sum_to(g, b.shape) if needs[2] and hasattr(b, "shape") else None
-        return gx, gw, gb
+        if not (needs[2] and hasattr(b, "shape")):
+            return gx, gw, None
+        if b.ndim == 1 and g.ndim == 2:
+            return gx, gw, g.sum(axis=0, out=ctx.grad_out(2, g.dtype))
+        return gx, gw, sum_to(g, b.shape)
+
+
+def _product(ctx, a, b):
+    """``a @ b`` for 2-D operands, into the node's own output array."""
+    dt = a.dtype if a.dtype == b.dtype else ctx.xp.result_type(a.dtype, b.dtype)
+    return ctx.xp.matmul(a, b, out=ctx.empty((a.shape[0], b.shape[1]), dt))
+
+
+def _product_grads(ctx, g, a, b, need_a: bool, need_b: bool) -> tuple:
+    """The gradients of ``a @ b`` (2-D) that are needed, into the arrays the graph offers."""
+    mm = ctx.xp.matmul
+    ga = mm(g, b.T, out=_dest(ctx, 0, g, b)) if need_a else None
+    gb = mm(a.T, g, out=_dest(ctx, 1, g, a)) if need_b else None
+    return ga, gb
+
+
+def _dest(ctx, k: int, g, other):
+    # Only when no type promotion happens: the product then has g's dtype exactly.
+    return ctx.grad_out(k, g.dtype) if g.dtype == other.dtype else None
 
 
 def matmul(a: Any, b: Any) -> Node:

@@ -12,14 +12,28 @@ class Unary(Node):
         super().__init__((x,), name=name, shape=x.shape)
 
 
+def _out(ctx, x):
+    """The node's own output array for a float ``x`` (None otherwise: let NumPy pick)."""
+    if getattr(x, "ndim", 0) and x.dtype.kind == "f":
+        return ctx.empty(x.shape, x.dtype)
+    return None
+
+
+def _gout(ctx, x, g):
+    """Where the gradient for ``x`` may go (when ``g`` already has its shape and dtype)."""
+    if getattr(x, "ndim", 0) and getattr(g, "shape", None) == x.shape:
+        return ctx.grad_out(0, g.dtype) if g.dtype == x.dtype else None
+    return None
+
+
 class Tanh(Unary):
     op = "tanh"
 
     def forward(self, ctx, x):
-        return ctx.xp.tanh(x)
+        return ctx.xp.tanh(x, out=_out(ctx, x))
 
     def backward(self, ctx, g, xs, y):
-        return (ctx.b.tanh_backward(y, g),)
+        return (ctx.b.tanh_backward(y, g, _gout(ctx, xs[0], g)),)
 
 
 class Sigmoid(Unary):
@@ -33,17 +47,17 @@ class Sigmoid(Unary):
         return y
 
     def backward(self, ctx, g, xs, y):
-        return (ctx.b.sigmoid_backward(y, g),)
+        return (ctx.b.sigmoid_backward(y, g, _gout(ctx, xs[0], g)),)
 
 
 class Relu(Unary):
     op = "relu"
 
     def forward(self, ctx, x):
-        return ctx.xp.maximum(x, 0)
+        return ctx.xp.maximum(x, 0, out=_out(ctx, x))
 
     def backward(self, ctx, g, xs, y):
-        return (ctx.b.relu_backward(y, g),)
+        return (ctx.b.relu_backward(y, g, _gout(ctx, xs[0], g)),)
 
 
 class Exp(Unary):

@@ -1,0 +1,192 @@
+"""Arrays reused from step to step (the graph's arena, ``gradients(into=)``, ``minimize``).
+
+Reuse must never change a result or overwrite an array a caller holds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from graphnet import nn, optim
+from graphnet.testing import assert_close
+
+
+def _mlp_graph(activation: str = "tanh"):
+    x = gn.Input("x", shape=(None, 6))
+    y = gn.Input("y", shape=(None,), dtype="int64")
+    w1, b1 = gn.Parameter(np.random.default_rng(1).normal(size=(6, 5)) * 0.5), gn.Parameter(np.zeros(5))
+    w2, b2 = gn.Parameter(np.random.default_rng(2).normal(size=(5, 3)) * 0.5), gn.Parameter(np.zeros(3))
+    act = {"tanh": gn.tanh, "relu": gn.relu, "sigmoid": gn.sigmoid}[activation]
+    h = act(gn.linear(x, w1, b1))
+    logits = gn.linear(h, w2, b2)
+    loss = gn.softmax_cross_entropy(logits, y)
+    return gn.Graph(logits, cost=loss), x, y, [w1, b1, w2, b2]
+
+
+def _feed(x, y, n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {x: rng.normal(size=(n, 6)).astype(gn.get_default_dtype()), y: rng.integers(0, 3, n)}
+
+
+def _host(grads: dict) -> dict:
+    return {p: gn.to_numpy(g).copy() for p, g in grads.items()}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_held_gradients_survive_later_steps(backend, activation):
+    graph, x, y, params = _mlp_graph(activation)
+    first = graph.gradients(_feed(x, y, 8, 0))
+    kept = _host(first)
+    graph.gradients(_feed(x, y, 8, 1))  # same shapes: every reused array is rewritten
+    graph.gradients(_feed(x, y, 5, 2))  # another batch size
+    for p in params:
+        np.testing.assert_array_equal(gn.to_numpy(first[p]), kept[p], err_msg=p.name)
+
+
+def test_gradient_that_is_an_internal_array_is_copied_out(backend):
+    """add's backward hands its upstream gradient (an arena array) to the parameter."""
+    x = gn.Input("x", shape=(None, 3))
+    y = gn.Input("y", shape=(None,), dtype="int64")
+    w = gn.Parameter(np.random.default_rng(0).normal(size=(3, 3)))
+    shift = gn.Parameter(np.zeros((4, 3)))
+    graph = gn.Graph([], cost=gn.softmax_cross_entropy(gn.tanh(x @ w) + shift, y))
+    feed = lambda s: {x: np.random.default_rng(s).normal(size=(4, 3)).astype(gn.get_default_dtype()),
+                      y: np.array([0, 1, 2, 1])}
+    first = graph.gradients(feed(0))
+    kept = gn.to_numpy(first[shift]).copy()
+    graph.gradients(feed(1))
+    np.testing.assert_array_equal(gn.to_numpy(first[shift]), kept)
+
+
+def test_run_outputs_survive_a_training_step(backend):
+    graph, x, y, _ = _mlp_graph()
+    out = graph.run(_feed(x, y, 8, 0))
+    kept = gn.to_numpy(out).copy()
+    graph.gradients(_feed(x, y, 8, 1))
+    np.testing.assert_array_equal(gn.to_numpy(out), kept)
+
+
+def test_costs_returned_are_not_overwritten(backend):
+    graph, x, y, _ = _mlp_graph()
+    c0, _ = graph.gradients(_feed(x, y, 8, 0), return_cost=True)
+    v0 = float(c0)
+    graph.gradients(_feed(x, y, 8, 1), return_cost=True)
+    assert float(c0) == v0
+
+
+def test_gradients_into_matches_fresh_gradients_bitwise(backend):
+    graph, x, y, params = _mlp_graph()
+    for seed, n in [(0, 8), (1, 8), (2, 3)]:
+        feed = _feed(x, y, n, seed)
+        fresh = _host(graph.gradients(feed))
+        bufs = {p: backend.xp.full(p.shape, np.nan, dtype=p.dtype) for p in params}
+        got = graph.gradients(feed, into=bufs)
+        for p in params:
+            assert got[p] is bufs[p]
+            np.testing.assert_array_equal(gn.to_numpy(bufs[p]), fresh[p], err_msg=p.name)
+
+
+def test_gradients_into_zero_fills_unused_parameters(backend):
+    x = gn.Input("x", shape=(None, 2))
+    used, unused = gn.Parameter(np.ones((2, 2))), gn.Parameter(np.ones(3))
+    graph = gn.Graph(unused * 2.0, cost=(x @ used).sum())  # unused: in the graph, not the cost
+    bufs = {used: backend.xp.zeros((2, 2), gn.get_default_dtype()),
+            unused: backend.xp.full((3,), 7.0, dtype=gn.get_default_dtype())}
+    graph.gradients({x: np.ones((4, 2), gn.get_default_dtype())}, wrt=[used, unused], into=bufs)
+    assert_close(bufs[unused], np.zeros(3))
+    assert_close(bufs[used], np.full((2, 2), 4.0))
+
+
+def test_gradients_into_rejects_wrong_arrays_by_name(backend):
+    graph, x, y, params = _mlp_graph()
+    feed = _feed(x, y, 8, 0)
+    bufs = {p: backend.xp.zeros(p.shape, p.dtype) for p in params}
+    bad = dict(bufs)
+    bad[params[0]] = backend.xp.zeros((5, 6), params[0].dtype)
+    with pytest.raises(gn.GraphError, match=params[0].name):
+        graph.gradients(feed, into=bad)
+    missing = dict(bufs)
+    del missing[params[3]]
+    with pytest.raises(gn.GraphError, match=params[3].name):
+        graph.gradients(feed, into=missing)
+
+
+@pytest.mark.parametrize("build", [
+    lambda x, w: gn.tanh(gn.tanh(x @ w) @ w),                     # w used twice
+    lambda x, w: gn.relu(x @ w) @ gn.transpose(gn.relu(x @ w)),   # one input on both sides
+    lambda x, w: gn.matmul(gn.tanh(x @ w), gn.tanh(x @ w) * 0.5),  # square, shared branch
+    lambda x, w: gn.sigmoid(x @ w) + gn.tanh(x @ w) @ w,          # activation output fan-out
+    lambda x, w: gn.tanh(x) + (x + w),  # add hands x and w one array; tanh adds to x later
+], ids=["twice", "both-sides", "square", "fan-out", "alias"])
+def test_shared_nodes_gradients_with_reused_arrays(backend, build):
+    """Gradients through nodes with several consumers, against central differences."""
+    rng = np.random.default_rng(0)
+    gn.testing.check_gradients(build, [rng.normal(size=(4, 4)), rng.normal(size=(4, 4)) * 0.5])
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.01),
+], ids=["sgd", "momentum", "nesterov-wd", "adamw"])
+def test_minimize_equals_gradients_then_step(backend, make):
+    runs = []
+    for use_minimize in (False, True):
+        graph, x, y, params = _mlp_graph()
+        opt = make(params)
+        costs = []
+        for s in range(4):
+            feed = _feed(x, y, 8 if s < 3 else 5, s)
+            if use_minimize:
+                costs.append(float(opt.minimize(graph, feed)))
+            else:
+                cost, grads = graph.gradients(feed, return_cost=True)
+                kept = _host(grads)
+                opt.step(grads)
+                for p in params:  # step leaves the caller's gradients alone
+                    np.testing.assert_array_equal(gn.to_numpy(grads[p]), kept[p])
+                costs.append(float(cost))
+        runs.append((costs, [gn.to_numpy(p.value).copy() for p in params]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_adam_matches_the_reference_arithmetic(numpy_backend):
+    """The scratch-buffer Adam does the base class's operations in the same order."""
+    from graphnet.backends.base import Backend
+    rng = np.random.default_rng(0)
+    p, g = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(7, 5)).astype(np.float32)
+    states = [(p.copy(), np.zeros_like(p), np.zeros_like(p)) for _ in range(2)]
+    for step in (1, 2, 3):
+        for fn, (pp, m, v) in zip([numpy_backend.adam_update,
+                                   lambda *a: Backend.adam_update(numpy_backend, *a)], states):
+            fn(pp, g, m, v, 1e-3, 0.9, 0.999, 1e-8, step, 0.01)
+    for a, b in zip(*states):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_negative_labels_are_rejected(numpy_backend):
+    graph, x, y, _ = _mlp_graph()
+    feed = _feed(x, y, 4, 0)
+    feed[y] = np.array([0, 1, -1, 2])
+    with pytest.raises(gn.RunError, match="labels must be class indices"):
+        graph.gradients(feed)
+
+
+def test_arena_holds_one_step(numpy_backend):
+    """The arena keeps one array per (node, slot): a new batch size replaces, not adds."""
+    model = nn.Classifier(nn.MLP([32, 10], 784, "relu"), (784,))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    graph = model.train_graph
+    rng = np.random.default_rng(0)
+    sizes = []
+    for n in (64, 64, 17, 64, 17, 64):
+        feed = {model.images: rng.random((n, 784), dtype=np.float32),
+                model.labels: rng.integers(0, 10, n)}
+        opt.minimize(graph, feed)
+        sizes.append(graph._arena.nbytes())
+    assert sizes[0] == sizes[1] == sizes[3] == sizes[5]
+    assert sizes[2] == sizes[4] < sizes[0]
