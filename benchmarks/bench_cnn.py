@@ -61,7 +61,7 @@ def mnist_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class GraphnetCNN:
-    """The preset network on graphnet's NumPy backend: one ``gradients`` and one Adam step per batch."""
+    """The preset network on graphnet's NumPy backend: one ``Adam.minimize`` per batch (as the Trainer)."""
 
     name = "graphnet"
 
@@ -82,7 +82,7 @@ class GraphnetCNN:
     def run_steps(self, start: int, stop: int) -> None:
         for i in range(start, stop):
             sl = slice(i * BATCH, (i + 1) * BATCH)
-            self.opt.step(self.graph.gradients({self.x: self.X[sl], self.y: self.Y[sl]}))
+            self.opt.minimize(self.graph, {self.x: self.X[sl], self.y: self.Y[sl]})
 
     def eval_logits(self, xb: np.ndarray) -> np.ndarray:
         return np.asarray(self.gn.Graph(self.logits).run({self.x: xb}, training=False))

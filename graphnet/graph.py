@@ -226,7 +226,12 @@ class Graph:
                 self._into_checked = seen
         grads = self._backward(values, ci, targets, arena, into)
         out = self._collect(targets, grads, values, into)
-        return (values[ci], out) if return_cost else out
+        if not return_cost:
+            return out
+        cost = values[ci]
+        if getattr(cost, "base", None) is not None:
+            cost = cost.copy()  # a view of an array the next step reuses
+        return cost, out
 
     def _collect(self, targets: tuple, grads: list, values: list,
                  into: Optional[Mapping[Node, Any]]) -> dict:

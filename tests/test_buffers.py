@@ -75,6 +75,15 @@ def test_costs_returned_are_not_overwritten(backend):
     assert float(c0) == v0
 
 
+def test_cost_that_views_a_reused_array_is_copied_out(backend):
+    x = gn.Input("x", shape=(1, 2))
+    w = gn.Parameter(np.array([[1.0], [2.0]]))
+    graph = gn.Graph([], cost=gn.reshape(gn.linear(x, w), ()))
+    c0, _ = graph.gradients({x: np.array([[1.0, 1.0]], gn.get_default_dtype())}, return_cost=True)
+    graph.gradients({x: np.array([[5.0, 5.0]], gn.get_default_dtype())}, return_cost=True)
+    assert float(c0) == 3.0
+
+
 def test_gradients_into_matches_fresh_gradients_bitwise(backend):
     graph, x, y, params = _mlp_graph()
     for seed, n in [(0, 8), (1, 8), (2, 3)]:

@@ -153,7 +153,7 @@ class Conv2d(Node):
         hp, wp, q = self._layout(be, x, kh, oh, ow)
         k = c * kh * kw
         w2 = w.reshape(co, k)
-        out = xp.empty((n, co, oh, ow), dtype=xp.result_type(x.dtype, w.dtype))
+        out = ctx.empty((n, co, oh, ow), xp.result_type(x.dtype, w.dtype))
         chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
         step = chunks[0][1] - chunks[0][0]
         buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
@@ -181,7 +181,10 @@ class Conv2d(Node):
         need_x = ctx.needs is None or ctx.needs[0]
         w2t = w.reshape(co, k).T
         gw = xp.zeros((co, k), dtype=xp.result_type(w.dtype, g.dtype))
-        gx = xp.empty(x.shape, dtype=xp.result_type(x.dtype, g.dtype))
+        gx_dtype = xp.result_type(x.dtype, g.dtype)
+        gx = ctx.grad_out(0, gx_dtype) if need_x else None  # fully written below
+        if gx is None:
+            gx = xp.empty(x.shape, dtype=gx_dtype)
         chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
         step = chunks[0][1] - chunks[0][0]
         buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
@@ -255,7 +258,11 @@ class MaxPool2d(_Pool2d):
         xp = ctx.xp
         y = None
         for _, sl in self._offsets(x):
-            y = x[sl].copy() if y is None else xp.maximum(y, x[sl], out=y)
+            if y is None:
+                y = ctx.empty(x[sl].shape, x.dtype)
+                y[...] = x[sl]
+            else:
+                xp.maximum(y, x[sl], out=y)
         return y
 
     def backward(self, ctx, g, xs, y):
@@ -267,7 +274,7 @@ class MaxPool2d(_Pool2d):
         oh, ow = y.shape[2], y.shape[3]
         tiles = (sh, sw) == (kh, kw) and x.shape[2] == oh * kh and x.shape[3] == ow * kw
         if tiles:
-            gx = self._backward_tiles(xp, x, g, y)
+            gx = self._backward_tiles(xp, x, g, y, ctx.grad_out(0, g.dtype))
             if gx is not None:
                 return (gx,)
         gx = (xp.empty if tiles else xp.zeros)(x.shape, dtype=g.dtype)
@@ -288,7 +295,7 @@ class MaxPool2d(_Pool2d):
                 gx[sl] = g * hit
         return (gx,)
 
-    def _backward_tiles(self, xp: Any, x: Any, g: Any, y: Any) -> Any:
+    def _backward_tiles(self, xp: Any, x: Any, g: Any, y: Any, out: Any = None) -> Any:
         """Windows that tile ``x`` exactly, each with a single maximum: whole rows at once.
 
         Compares each window row with ``y`` repeated along the row (contiguous operands,
@@ -303,6 +310,9 @@ class MaxPool2d(_Pool2d):
         if int(xp.count_nonzero(hit)) != rows * ow or bool(xp.isnan(y).any()):
             return None
         g_wide = xp.repeat(g.reshape(rows, ow), kw, axis=1)[:, None, :]
+        if out is not None and out.shape == x.shape and out.flags.c_contiguous:
+            xp.multiply(hit, g_wide, out=out.reshape(hit.shape), dtype=g.dtype)
+            return out
         return xp.multiply(hit, g_wide, dtype=g.dtype).reshape(x.shape)
 
 
