@@ -130,14 +130,15 @@ class NumpyBackend(Backend):
         if labels.ndim != 1 or logits.ndim != 2:
             return super().softmax_cross_entropy(logits, labels, out)
         n = logits.shape[0]
-        if n and labels.min() < 0:  # a negative index would silently pick another class
+        # ufunc.reduce rather than .min()/.sum(): this runs every step, on small arrays
+        if n and np.minimum.reduce(labels) < 0:  # a negative index would pick another class
             raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
         rows = self._rows(n)
-        z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
+        z = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), out=out)
         picked = z[rows, labels]  # raises IndexError for a label >= the number of classes
         np.exp(z, out=z)
-        s = z.sum(axis=1, keepdims=True)
-        loss = (np.log(s) - picked[:, None]).sum() / n
+        s = np.add.reduce(z, axis=1, keepdims=True)
+        loss = np.add.reduce(np.log(s) - picked[:, None], axis=None) / n
         z /= s
         return loss.astype(logits.dtype), z
 
