@@ -205,12 +205,18 @@ class Trainer:
 
     def _shuffled(self, X: Any, Y: Any, perm: Any) -> tuple[Any, Any]:
         """One gather per epoch into buffers reused across epochs; batches are then slices."""
-        xp = self.model.backend.xp
+        b = self.model.backend
+        n = X.shape[0]
+        if perm.shape != (n,) or perm.dtype.kind not in "iu" or (n and not (
+                int(perm.min()) >= 0 and int(perm.max()) < n)):
+            raise CheckpointError(f"the epoch's permutation (shape {tuple(perm.shape)}, dtype "
+                                  f"{perm.dtype}) does not index {n} training images: was the "
+                                  "checkpoint written for another training set?")
         buf = self._buffers
         if buf is None or buf[0].shape != X.shape:
-            buf = self._buffers = (xp.empty_like(X), xp.empty_like(Y))
-        xp.take(X, perm, axis=0, out=buf[0])
-        xp.take(Y, perm, axis=0, out=buf[1])
+            buf = self._buffers = (b.xp.empty_like(X), b.xp.empty_like(Y))
+        b.take_rows(X, perm, buf[0])
+        b.take_rows(Y, perm, buf[1])
         return buf
 
     def _step(self, xb: Any, yb: Any) -> Any:

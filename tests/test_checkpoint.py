@@ -229,3 +229,39 @@ def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
     x, y = blobs(64)
     with pytest.raises(OutOfMemory, match=r"batch size 32.*smaller batch size"):
         trainer.fit(x, y, epochs=1)
+
+
+def test_resume_on_another_training_set_names_the_permutation(tmp_path):
+    """A mid-epoch checkpoint holds the epoch's shuffle: it must fit the data resumed on."""
+    x, y = blobs(200)
+    calls = {"n": 0}
+
+    def interrupt_at_batch_3(xb):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+
+    with pytest.raises(TrainingInterrupted):
+        _trainer(tmp_path, augment=interrupt_at_batch_3).fit(x, y, epochs=1)
+    again = _trainer(tmp_path)
+    again.load_checkpoint(tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="permutation .* does not index 150"):
+        again.fit(x[:150], y[:150], epochs=1)
+
+
+def test_epoch_shuffle_makes_no_copy_of_the_data(numpy_backend):
+    """The per-epoch gather writes straight into its reused buffers."""
+    import tracemalloc
+    trainer = _trainer()
+    X = np.random.default_rng(0).random((20000, 784), dtype=np.float32)  # 63 MB
+    Y = np.arange(20000)
+    perm = np.random.default_rng(1).permutation(20000)
+    trainer._shuffled(X, Y, perm)  # allocates the buffers
+    tracemalloc.start()
+    Xp, Yp = trainer._shuffled(X, Y, perm)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < X.nbytes // 10, f"the shuffle allocated {peak} bytes"
+    np.testing.assert_array_equal(Xp, X[perm])
+    np.testing.assert_array_equal(Yp, Y[perm])

@@ -78,6 +78,13 @@ class Backend(ABC):
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         """``target[index] += values`` with repeated indices accumulated, in place."""
 
+    def take_rows(self, x: Any, index: Any, out: Any) -> Any:
+        """``out[:] = x[index]`` along the first axis, with no temporary of ``out``'s size.
+
+        ``index`` must hold valid row numbers (callers check it).
+        """
+        return self.xp.take(x, index, axis=0, out=out)
+
     # --- strided views (im2col) -----------------------------------------------
     def sliding_window_view(self, x: Any, window_shape: tuple, axis: tuple) -> Any:
         """A read-only view of sliding windows over ``axis``."""

@@ -108,6 +108,10 @@ class NumpyBackend(Backend):
         t *= lr / (1 - beta1 ** step)
         p -= t
 
+    def take_rows(self, x: Any, index: Any, out: Any) -> Any:
+        # mode="raise" (the default) gathers into a hidden temporary as large as out
+        return np.take(x, index, axis=0, out=out, mode="clip")
+
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         np.add.at(target, index, values)
 
