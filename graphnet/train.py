@@ -177,15 +177,14 @@ class Trainer:
         if st.permutation is None:
             st.permutation = to_numpy(b.permutation(n))
             st.batch, st.loss_sum = 0, 0.0
-        Xp, Yp = self._shuffled(X, Y, b.asarray(st.permutation))
+        perm = self._checked_permutation(b.asarray(st.permutation), X.shape[0])
         losses = b.xp.zeros(n_batches, dtype=X.dtype)
         start, t0 = st.batch, time.perf_counter()
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {st.epoch + 1}",
                    disable=not self.progress, leave=False, unit="batch")
         for i in range(start, n_batches):
             self._set_lr(st.epoch + i / n_batches)
-            xb = Xp[i * self.batch_size:(i + 1) * self.batch_size]
-            yb = Yp[i * self.batch_size:(i + 1) * self.batch_size]
+            xb, yb = self._batch(X, Y, perm[i * self.batch_size:(i + 1) * self.batch_size])
             if self.augment is not None:
                 xb = self.augment(xb)
             losses[i] = self._step(xb, yb)
@@ -203,21 +202,31 @@ class Trainer:
         st.loss_sum += float(losses[start:].sum())
         self._finish_epoch(X, Y, Xt, Yt, n_batches, time.perf_counter() - t0)
 
-    def _shuffled(self, X: Any, Y: Any, perm: Any) -> tuple[Any, Any]:
-        """One gather per epoch into buffers reused across epochs; batches are then slices."""
-        b = self.model.backend
-        n = X.shape[0]
+    @staticmethod
+    def _checked_permutation(perm: Any, n: int) -> Any:
         if perm.shape != (n,) or perm.dtype.kind not in "iu" or (n and not (
                 int(perm.min()) >= 0 and int(perm.max()) < n)):
             raise CheckpointError(f"the epoch's permutation (shape {tuple(perm.shape)}, dtype "
                                   f"{perm.dtype}) does not index {n} training images: was the "
                                   "checkpoint written for another training set?")
+        return perm
+
+    def _batch(self, X: Any, Y: Any, rows: Any) -> tuple[Any, Any]:
+        """The batch ``X[rows], Y[rows]``, gathered into two arrays reused every step.
+
+        No shuffled copy of the training set: the data is held once.
+        """
+        b, m = self.model.backend, rows.shape[0]
         buf = self._buffers
-        if buf is None or buf[0].shape != X.shape:
-            buf = self._buffers = (b.xp.empty_like(X), b.xp.empty_like(Y))
-        b.take_rows(X, perm, buf[0])
-        b.take_rows(Y, perm, buf[1])
-        return buf
+        if buf is None or buf[0].shape[1:] != X.shape[1:] or buf[0].shape[0] < m \
+                or buf[0].dtype != X.dtype or buf[1].dtype != Y.dtype:
+            size = max(m, self.batch_size)
+            buf = self._buffers = (b.xp.empty((size,) + X.shape[1:], X.dtype),
+                                   b.xp.empty((size,) + Y.shape[1:], Y.dtype))
+        xb, yb = buf[0][:m], buf[1][:m]
+        b.take_rows(X, rows, xb)
+        b.take_rows(Y, rows, yb)
+        return xb, yb
 
     def _step(self, xb: Any, yb: Any) -> Any:
         graph = self.model.train_graph

@@ -250,18 +250,21 @@ def test_resume_on_another_training_set_names_the_permutation(tmp_path):
         again.fit(x[:150], y[:150], epochs=1)
 
 
-def test_epoch_shuffle_makes_no_copy_of_the_data(numpy_backend):
-    """The per-epoch gather writes straight into its reused buffers."""
+def test_batches_are_gathered_without_copying_the_data(numpy_backend):
+    """Each batch is gathered into arrays reused from step to step: no shuffled data copy."""
     import tracemalloc
     trainer = _trainer()
     X = np.random.default_rng(0).random((20000, 784), dtype=np.float32)  # 63 MB
     Y = np.arange(20000)
     perm = np.random.default_rng(1).permutation(20000)
-    trainer._shuffled(X, Y, perm)  # allocates the buffers
+    trainer._batch(X, Y, perm[:32])  # allocates the buffers
     tracemalloc.start()
-    Xp, Yp = trainer._shuffled(X, Y, perm)
+    trainer._batch(X, Y, perm[32:64])
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < X.nbytes // 10, f"the shuffle allocated {peak} bytes"
-    np.testing.assert_array_equal(Xp, X[perm])
-    np.testing.assert_array_equal(Yp, Y[perm])
+    assert peak < 32 * 784 * 4 // 2, f"one batch allocated {peak} bytes"
+    for i in range(0, 20000, 30):  # 666 batches of 30, then one of 20
+        xb, yb = trainer._batch(X, Y, perm[i:i + 30])
+        np.testing.assert_array_equal(xb, X[perm[i:i + 30]])
+        np.testing.assert_array_equal(yb, Y[perm[i:i + 30]])
+    assert xb.shape == (20, 784)
