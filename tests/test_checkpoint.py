@@ -32,6 +32,18 @@ def _trainer(tmp_path=None, dropout=0.25, **kw) -> Trainer:
                    checkpoint_dir=tmp_path, **kw)
 
 
+def _interrupt_at_batch(k: int):
+    """An ``augment`` hook that sends this process SIGINT (Ctrl-C) at the k-th batch."""
+    calls = {"n": 0}
+
+    def hook(xb):
+        calls["n"] += 1
+        if calls["n"] == k:
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+    return hook
+
+
 def _params(trainer):
     return [gn.to_numpy(p.value) for p in trainer.model.parameters()]
 
@@ -86,15 +98,7 @@ def test_ctrl_c_finishes_batch_saves_and_resumes_exactly(tmp_path):
     straight = _trainer()
     straight.fit(x, y, epochs=2)
 
-    calls = {"n": 0}
-
-    def interrupt_at_batch_10(xb):
-        calls["n"] += 1
-        if calls["n"] == 10:
-            os.kill(os.getpid(), signal.SIGINT)
-        return xb
-
-    stopped = _trainer(tmp_path, augment=interrupt_at_batch_10)
+    stopped = _trainer(tmp_path, augment=_interrupt_at_batch(10))
     with pytest.raises(TrainingInterrupted, match="resume with --resume"):
         stopped.fit(x, y, epochs=2)
     assert stopped.state.epoch == 1 and stopped.state.batch == 3  # 7 batches per epoch
@@ -234,16 +238,8 @@ def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
 def test_resume_on_another_training_set_names_the_permutation(tmp_path):
     """A mid-epoch checkpoint holds the epoch's shuffle: it must fit the data resumed on."""
     x, y = blobs(200)
-    calls = {"n": 0}
-
-    def interrupt_at_batch_3(xb):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return xb
-
     with pytest.raises(TrainingInterrupted):
-        _trainer(tmp_path, augment=interrupt_at_batch_3).fit(x, y, epochs=1)
+        _trainer(tmp_path, augment=_interrupt_at_batch(3)).fit(x, y, epochs=1)
     again = _trainer(tmp_path)
     again.load_checkpoint(tmp_path / CHECKPOINT)
     with pytest.raises(CheckpointError, match="permutation .* does not index 150"):
