@@ -138,32 +138,35 @@ class Graph:
         self._args = [tuple(self._index[x.id] for x in node.inputs) for node in self.order]
         self.inputs = [n for n in self.order if isinstance(n, Input)]
         self._params = [n for n in self.order if isinstance(n, Parameter)]
-        self._plans: dict[tuple, list[tuple]] = {}
+        self._plans: dict[tuple, tuple[list, list]] = {}
         self._target_cache: dict[Optional[tuple], tuple] = {}
         self._backward_plans: dict[tuple, list[tuple]] = {}
         self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
         self._arena = Arena(self.backend.xp)
         self._into_checked: tuple = ()
         self._run_plan = self._plan(outs)
-        self._cost_plan = self._plan([cost]) if cost is not None else []
+        self._cost_plan = self._plan([cost]) if cost is not None else ([], [])
         self._check_names()
 
-    def _plan(self, roots: Sequence[Node]) -> list[tuple]:
-        """``(index, kind, node, input indices)`` of the nodes ``roots`` need, in order.
+    def _plan(self, roots: Sequence[Node]) -> tuple[list, list]:
+        """What ``roots`` need: ``(leaves, ops)``, each in graph order.
 
-        kind: 0 an op, 1 a parameter, 2 an input, 3 another leaf (a constant).
+        leaves: ``(index, kind, node)``, kind 1 a parameter, 2 an input, 3 another leaf
+        (a constant); ops: ``(index, node, input indices)``.
         """
         needed = {self._index[r.id] for r in roots}
         for i in range(len(self.order) - 1, -1, -1):
             if i in needed:
                 needed.update(self._args[i])
-        plan = []
+        leaves, ops = [], []
         for i in sorted(needed):
             node = self.order[i]
-            kind = 0 if node.inputs else 1 if isinstance(node, Parameter) else \
-                2 if isinstance(node, Input) else 3
-            plan.append((i, kind, node, self._args[i]))
-        return plan
+            if node.inputs:
+                ops.append((i, node, self._args[i]))
+            else:
+                kind = 1 if isinstance(node, Parameter) else 2 if isinstance(node, Input) else 3
+                leaves.append((i, kind, node))
+        return leaves, ops
 
     def _check_names(self) -> None:
         seen: dict[str, Input] = {}
@@ -315,46 +318,28 @@ class Graph:
             fed[node.id] = node.check_feed(b, value)
         return fed
 
-    def _forward(self, feed: Mapping[Any, Any], training: bool, plan: list[tuple],
+    def _forward(self, feed: Mapping[Any, Any], training: bool, plan: tuple[list, list],
                  arena: Optional[Arena] = None, escape: int = -1) -> list:
         """Values of the nodes in ``plan``; with an arena, all but node ``escape`` may reuse it."""
         fed = self._resolve_feed(feed)
-        b = self.backend
         values: list = [None] * len(self.order)
-        if self.check_numerics:
-            return self._forward_checked(fed, training, plan, values)
-        ops = []
-        for entry in plan:  # leaves first: nothing they hold depends on the ops
-            i, kind, node, args = entry
-            if kind == 0:
-                ops.append(entry)
-            else:
-                values[i] = self._leaf(kind, node, fed)
-        ctx = RunContext(b, training, arena)
+        leaves, ops = plan
+        for i, kind, node in leaves:
+            values[i] = self._leaf(kind, node, fed)
+        check = self.check_numerics
+        ctx = RunContext(self.backend, training, None if check else arena)
         i, args = 0, ()
         try:
-            for i, _, node, args in ops:
+            if check:
+                for i, _, node in leaves:
+                    self._check_finite(node, values, ())
+            for i, node, args in ops:
                 if i == escape:
                     ctx.arena = None  # the value handed out must not be overwritten later
                 ctx.key = i
                 values[i] = node.forward(ctx, *[values[j] for j in args])
-        except (FeedError, NumericsError, GraphError):
-            raise
-        except Exception as exc:
-            raise RunError(self._describe_failure(self.order[i], values, args, exc)) from exc
-        return values
-
-    def _forward_checked(self, fed: dict, training: bool, plan: list[tuple], values: list) -> list:
-        """``_forward`` in plan order, every value checked for NaN and infinity as it comes."""
-        ctx = RunContext(self.backend, training)
-        i, args = 0, ()
-        try:
-            for i, kind, node, args in plan:
-                if kind == 0:
-                    values[i] = node.forward(ctx, *[values[j] for j in args])
-                else:
-                    values[i] = self._leaf(kind, node, fed)
-                self._check_finite(node, values, args)
+                if check:
+                    self._check_finite(node, values, args)
         except (FeedError, NumericsError, GraphError):
             raise
         except Exception as exc:
@@ -380,10 +365,9 @@ class Graph:
 
     def _backward(self, values: list, ci: int, targets: tuple, arena: Optional[Arena] = None,
                   into: Optional[Mapping[Node, Any]] = None) -> list:
-        key = tuple(t.id for t in targets)
-        plan = self._backward_plans.get(key)
+        plan = self._backward_plans.get(targets)
         if plan is None:
-            plan = self._backward_plans[key] = self._backward_plan(
+            plan = self._backward_plans[targets] = self._backward_plan(
                 ci, {self._index[t.id] for t in targets})
         grads: list = [None] * (ci + 1)
         owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
@@ -392,7 +376,7 @@ class Graph:
         ctx = RunContext(self.backend, True)
         offer = arena is not None or into is not None
         order = self.order
-        for i, node, args, needs, slots in plan:
+        for i, node, args, needs, wanted, slots in plan:
             g = grads[i]
             if g is None:
                 continue
@@ -404,14 +388,15 @@ class Graph:
                     if grads[j] is None:
                         if kind == 1:
                             if arena is not None:
-                                dests[k] = arena.get(~j, values[j].shape, values[j].dtype)
+                                v = values[j]
+                                dests[k] = arena.get(~j, v.shape, v.dtype)
                         elif into is not None:
                             dests[k] = into[order[j]]
             ctx.dests = dests
             gin = node.backward(ctx, g, tuple([values[j] for j in args]), values[i])
-            for k, j in enumerate(args):
+            for k, j in wanted:
                 gj = gin[k]
-                if gj is None or not needs[k]:
+                if gj is None:
                     continue
                 if dests is not None and gj is dests[k]:
                     grads[j] = gj  # written where it was offered: j's own array
@@ -430,7 +415,9 @@ class Graph:
         return grads
 
     def _backward_plan(self, ci: int, wanted: set[int]) -> list[tuple]:
-        """``(index, node, input indices, which need a gradient, slots)``, cost first.
+        """``(index, node, input indices, which need a gradient, (k, j) of those, slots)``.
+
+        Cost first.
 
         ``slots``: ``(k, j, kind)`` for the inputs whose gradient may be written into an
         array offered to the op: kind 1 an arena array (an intermediate node's gradient,
@@ -452,7 +439,8 @@ class Graph:
                     slots.append((k, j, 2))
                 elif self._arena_ok(self.order[j]):
                     slots.append((k, j, 1))
-            plan.append((i, node, args, tuple(needs[j] for j in args), tuple(slots)))
+            wanted_args = tuple((k, j) for k, j in enumerate(args) if needs[j])
+            plan.append((i, node, args, tuple(needs[j] for j in args), wanted_args, tuple(slots)))
         return plan
 
     @staticmethod
