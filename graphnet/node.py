@@ -1,6 +1,7 @@
 """Graph nodes: the base class with its operators, and the three kinds of leaf."""
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Optional, Sequence
 
@@ -135,25 +136,39 @@ class Input(Node):
                                 f"but the graph runs on the {b.name!r} backend: "
                                 f"convert it with gn.asarray(x) (or gn.to_numpy(x)) first")
             value = b.asarray(value)
+        if value.dtype != self.dtype:
+            value = self._convert(value)
+        if self.shape is not None:
+            got = value.shape
+            if len(got) != len(self.shape) or any(got[axis] != want for axis, want in self._fixed):
+                self._shape_error(got)
+        return value
+
+    @functools.cached_property
+    def _fixed(self) -> tuple:
+        """``(axis, size)`` for the axes whose size this input fixes."""
+        return tuple((a, n) for a, n in enumerate(self.shape or ()) if n is not None)
+
+    def _convert(self, value: Any) -> Any:
         kind = value.dtype.kind
         if is_floating(self.dtype):
             if kind not in "f":
                 raise FeedError(f"input {self.name!r} needs floating values, got dtype {value.dtype}"
                                 + (" (scale or cast integer data, e.g. x.astype('float32') / 255)"
                                    if kind in "iub" else ""))
-            if value.dtype != self.dtype:
-                value = value.astype(self.dtype)
-        elif kind not in "iu":
+            return value.astype(self.dtype)
+        if kind not in "iu":
             raise FeedError(f"input {self.name!r} needs integer values, got dtype {value.dtype}")
-        if self.shape is not None:
-            if value.ndim != len(self.shape):
-                raise FeedError(f"input {self.name!r} expects rank {len(self.shape)} "
-                                f"{fmt(self.shape)}, got shape {tuple(value.shape)}")
-            for axis, (want, got) in enumerate(zip(self.shape, value.shape)):
-                if want is not None and want != got:
-                    raise FeedError(f"input {self.name!r} expects size {want} on axis {axis} "
-                                    f"{fmt(self.shape)}, got shape {tuple(value.shape)}")
         return value
+
+    def _shape_error(self, got: tuple) -> None:
+        if len(got) != len(self.shape):
+            raise FeedError(f"input {self.name!r} expects rank {len(self.shape)} "
+                            f"{fmt(self.shape)}, got shape {tuple(got)}")
+        for axis, want in self._fixed:
+            if got[axis] != want:
+                raise FeedError(f"input {self.name!r} expects size {want} on axis {axis} "
+                                f"{fmt(self.shape)}, got shape {tuple(got)}")
 
 
 def _belongs_elsewhere(value: Any, b: Backend) -> bool:

@@ -185,6 +185,10 @@ class Backend(ABC):
             return grad
         return self.xp.multiply(probs - labels.astype(probs.dtype), scale, out=out)
 
+    def sum_rows(self, g: Any, out: Any = None) -> Any:
+        """``g.sum(axis=0)`` (a bias gradient), in ``out`` if given."""
+        return g.sum(axis=0, out=out)
+
     def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
         """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given)."""
         return self.xp.multiply(g, 1 - y * y, out=out)

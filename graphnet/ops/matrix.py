@@ -123,7 +123,7 @@ class Linear(Node):
         if not (needs[2] and hasattr(b, "shape")):
             return gx, gw, None
         if b.ndim == 1 and g.ndim == 2:
-            return gx, gw, g.sum(axis=0, out=ctx.grad_out(2, g.dtype))
+            return gx, gw, ctx.b.sum_rows(g, ctx.grad_out(2, g.dtype))
         return gx, gw, sum_to(g, b.shape)
 
 
