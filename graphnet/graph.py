@@ -5,7 +5,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .backends import Backend, backend
 from .errors import FeedError, GraphError, NumericsError, RunError
+from .backends.host import is_floating
 from .node import Constant, Input, Node, Parameter
+from .ops.fused import LinearActivation
+from .ops.matrix import Linear
+from .ops.unary import Activation
 from .shapes import fmt
 
 
@@ -140,10 +144,15 @@ class Graph:
         self._params = [n for n in self.order if isinstance(n, Parameter)]
         self._plans: dict[tuple, tuple[list, list]] = {}
         self._target_cache: dict[Optional[tuple], tuple] = {}
-        self._backward_plans: dict[tuple, list[tuple]] = {}
         self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
         self._arena = Arena(self.backend.xp)
         self._into_checked: tuple = ()
+        self._uses = [0] * len(self.order)
+        for args in self._args:
+            for j in args:
+                self._uses[j] += 1
+        self._held = {self._index[n.id] for n in outs + ([cost] if cost is not None else [])}
+        self._step_plans: dict[tuple, tuple] = {}
         self._run_plan = self._plan(outs)
         self._cost_plan = self._plan([cost]) if cost is not None else ([], [])
         self._check_names()
@@ -217,7 +226,10 @@ class Graph:
         targets = self._targets(wrt)
         ci = self._index[self.cost.id]
         arena = self._arena
-        values = self._forward(feed, training, self._cost_plan, arena, ci)
+        plans = self._step_plans.get(targets)
+        if plans is None:
+            plans = self._step_plans[targets] = self._step_plan(ci, targets)
+        values = self._forward(feed, training, plans[0], arena, ci)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
                              f"{tuple(values[ci].shape)} at run time "
@@ -227,7 +239,7 @@ class Graph:
             if seen != self._into_checked:  # checked once while the same arrays come back
                 self._check_into(targets, values, into)
                 self._into_checked = seen
-        grads = self._backward(values, ci, targets, arena, into)
+        grads = self._backward(values, ci, plans[1], arena, into)
         out = self._collect(targets, grads, values, into)
         if not return_cost:
             return out
@@ -343,7 +355,7 @@ class Graph:
         except (FeedError, NumericsError, GraphError):
             raise
         except Exception as exc:
-            raise RunError(self._describe_failure(self.order[i], values, args, exc)) from exc
+            raise RunError(self._describe_failure(node, values, args, exc)) from exc
         return values
 
     def _leaf(self, kind: int, node: Node, fed: dict) -> Any:
@@ -363,17 +375,13 @@ class Graph:
         return (f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
                 f"but this graph runs on {self.backend.name!r}: move the model first")
 
-    def _backward(self, values: list, ci: int, targets: tuple, arena: Optional[Arena] = None,
+    def _backward(self, values: list, ci: int, plan: list, arena: Optional[Arena] = None,
                   into: Optional[Mapping[Node, Any]] = None) -> list:
-        plan = self._backward_plans.get(targets)
-        if plan is None:
-            plan = self._backward_plans[targets] = self._backward_plan(
-                ci, {self._index[t.id] for t in targets})
         grads: list = [None] * (ci + 1)
         owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
         cost = values[ci]
         grads[ci] = self.backend.xp.ones(cost.shape, dtype=cost.dtype)
-        ctx = RunContext(self.backend, True)
+        ctx = RunContext(self.backend, True, arena)
         offer = arena is not None or into is not None
         order = self.order
         for i, node, args, needs, wanted, slots in plan:
@@ -381,6 +389,7 @@ class Graph:
             if g is None:
                 continue
             ctx.needs = needs
+            ctx.key = i
             dests = None
             if slots and offer:
                 dests = [None] * len(args)
@@ -414,7 +423,38 @@ class Graph:
                     owned[j] = True
         return grads
 
-    def _backward_plan(self, ci: int, wanted: set[int]) -> list[tuple]:
+    def _step_plan(self, ci: int, targets: tuple) -> tuple[tuple, list]:
+        """The forward and backward plans of a training step for ``targets``.
+
+        Where a linear node feeds an activation and nothing else, and its value and
+        gradient are not asked for, the two run as one fused step (not when checking
+        numerics, which names each node's values).
+        """
+        wanted = {self._index[t.id] for t in targets}
+        fused = {} if self.check_numerics else self._fusions(wanted)
+        leaves, ops = self._cost_plan
+        if fused:
+            inner = set(fused.values())
+            ops = [(i, LinearActivation(self.order[fused[i]], node), self._args[fused[i]])
+                   if i in fused else (i, node, args)
+                   for i, node, args in ops if i not in inner]
+        return (leaves, ops), self._backward_plan(ci, wanted, fused)
+
+    def _fusions(self, wanted: set[int]) -> dict[int, int]:
+        """``{activation index: linear index}`` for the pairs a step may fuse."""
+        pairs = {}
+        for i, node in enumerate(self.order):
+            if not isinstance(node, Activation):
+                continue
+            j = self._args[i][0]
+            lin = self.order[j]
+            if (isinstance(lin, Linear) and self._uses[j] == 1 and j not in self._held
+                    and j not in wanted and lin.dtype is not None and is_floating(lin.dtype)):
+                pairs[i] = j
+        return pairs
+
+    def _backward_plan(self, ci: int, wanted: set[int],
+                       fused: Optional[dict[int, int]] = None) -> list[tuple]:
         """``(index, node, input indices, which need a gradient, (k, j) of those, slots)``.
 
         Cost first.
@@ -425,12 +465,16 @@ class Graph:
         input that appears twice is offered one only the first time.
         """
         needs = self._needs_grad(ci, wanted)
+        fused = fused or {}
+        inner = set(fused.values())
         plan = []
         for i in range(ci, -1, -1):
             node = self.order[i]
-            if not (needs[i] and node.inputs):
+            if not (needs[i] and node.inputs) or i in inner:
                 continue
             args = self._args[i]
+            if i in fused:
+                node, args = LinearActivation(self.order[fused[i]], node), self._args[fused[i]]
             slots = []
             for k, j in enumerate(args):
                 if not needs[j] or j in args[:k]:

@@ -199,3 +199,57 @@ def test_arena_holds_one_step(numpy_backend):
         sizes.append(graph._arena.nbytes())
     assert sizes[0] == sizes[1] == sizes[3] == sizes[5]
     assert sizes[2] == sizes[4] < sizes[0]
+
+
+# --- linear + activation fused in a training step -----------------------------------------
+def _fused_ops(graph, targets=None):
+    from graphnet.ops.fused import LinearActivation
+    plans = graph._step_plans[graph._targets(targets)]
+    return [node.op for _, node, _ in plans[0][1] if isinstance(node, LinearActivation)]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_fused_linear_activation_is_bit_identical(backend, activation):
+    """A step fuses linear + activation; checking numerics runs every node on its own."""
+    graph, x, y, params = _mlp_graph(activation)
+    plain = gn.Graph(graph.outputs[0], cost=graph.cost, check_numerics=True)
+    for seed, n in [(0, 8), (1, 5)]:
+        feed = _feed(x, y, n, seed)
+        c1, g1 = graph.gradients(feed, return_cost=True)
+        c2, g2 = plain.gradients(feed, return_cost=True)
+        assert float(c1) == float(c2)
+        for p in params:
+            np.testing.assert_array_equal(gn.to_numpy(g1[p]), gn.to_numpy(g2[p]), err_msg=p.name)
+    assert _fused_ops(graph) == [f"linear+{activation}"]
+    assert _fused_ops(plain) == []
+
+
+def test_no_fusion_where_the_linear_value_is_needed(backend):
+    x = gn.Input("x", shape=(None, 6))
+    w = gn.Parameter(np.random.default_rng(0).normal(size=(6, 4)))
+    b = gn.Parameter(np.zeros(4))
+    z = gn.linear(x, w, b)
+    h = gn.tanh(z)
+    xv = np.random.default_rng(1).normal(size=(3, 6)).astype(gn.get_default_dtype())
+    as_output = gn.Graph([z], cost=h.sum())          # the linear is an output
+    two_users = gn.Graph([], cost=(h + z).sum())     # the linear has two consumers
+    fused = gn.Graph([], cost=h.sum())
+    for g in (as_output, two_users, fused):
+        g.gradients({x: xv})
+    assert _fused_ops(as_output) == [] and _fused_ops(two_users) == []
+    assert _fused_ops(fused) == ["linear+tanh"]
+    # asking for the linear node's gradient keeps it a node of its own
+    grads = fused.gradients({x: xv}, wrt=[z, w])
+    assert _fused_ops(fused, [z, w]) == []
+    zv = gn.to_numpy(as_output.run({x: xv})[0]).astype(np.float64)
+    assert_close(grads[z], 1 - np.tanh(zv) ** 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gn.to_numpy(grads[w]),
+                                  gn.to_numpy(fused.gradients({x: xv})[w]))
+
+
+def test_fused_step_failure_names_both_ops(numpy_backend):
+    x = gn.Input("x", shape=(None, None))
+    w = gn.Parameter(np.ones((6, 4)))
+    graph = gn.Graph([], cost=gn.relu(gn.linear(x, w)).sum())
+    with pytest.raises(gn.RunError, match=r"linear\+relu"):
+        graph.gradients({x: np.ones((3, 5), np.float32)})

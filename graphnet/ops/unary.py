@@ -26,17 +26,37 @@ def _gout(ctx, x, g):
     return None
 
 
-class Tanh(Unary):
+class Activation(Unary):
+    """An elementwise activation whose gradient needs only its output ``y``.
+
+    ``activate`` applies it in place and ``grad_from_output`` gives ``d/dx`` from ``y``:
+    what a graph uses to fuse ``activation(linear(...))`` into one step.
+    """
+
+    def activate(self, xp, y):
+        raise NotImplementedError
+
+    def grad_from_output(self, ctx, y, g, out):
+        raise NotImplementedError
+
+    def backward(self, ctx, g, xs, y):
+        return (self.grad_from_output(ctx, y, g, _gout(ctx, xs[0], g)),)
+
+
+class Tanh(Activation):
     op = "tanh"
 
     def forward(self, ctx, x):
         return ctx.xp.tanh(x, out=_out(ctx, x))
 
-    def backward(self, ctx, g, xs, y):
-        return (ctx.b.tanh_backward(y, g, _gout(ctx, xs[0], g)),)
+    def activate(self, xp, y):
+        return xp.tanh(y, out=y)
+
+    def grad_from_output(self, ctx, y, g, out):
+        return ctx.b.tanh_backward(y, g, out)
 
 
-class Sigmoid(Unary):
+class Sigmoid(Activation):
     op = "sigmoid"
 
     def forward(self, ctx, x):
@@ -46,18 +66,28 @@ class Sigmoid(Unary):
         y *= 0.5
         return y
 
-    def backward(self, ctx, g, xs, y):
-        return (ctx.b.sigmoid_backward(y, g, _gout(ctx, xs[0], g)),)
+    def activate(self, xp, y):
+        y *= 0.5  # the same operations as forward, in the same order
+        xp.tanh(y, out=y)
+        y += 1
+        y *= 0.5
+        return y
+
+    def grad_from_output(self, ctx, y, g, out):
+        return ctx.b.sigmoid_backward(y, g, out)
 
 
-class Relu(Unary):
+class Relu(Activation):
     op = "relu"
 
     def forward(self, ctx, x):
         return ctx.xp.maximum(x, 0, out=_out(ctx, x))
 
-    def backward(self, ctx, g, xs, y):
-        return (ctx.b.relu_backward(y, g, _gout(ctx, xs[0], g)),)
+    def activate(self, xp, y):
+        return xp.maximum(y, 0, out=y)
+
+    def grad_from_output(self, ctx, y, g, out):
+        return ctx.b.relu_backward(y, g, out)
 
 
 class Exp(Unary):
