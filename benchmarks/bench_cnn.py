@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: set threads before NumPy loads
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (REPO, Config, batches_per_epoch, fmt_s, fmt_x, interleaved_steps,  # noqa: E402
-                               machine_info, paired_ratio, set_threads, stats, torch_or_reason,
+                               paired_ratio, start, stats, torch_or_reason,
                                write_json)
 
 BATCH = 128
@@ -187,11 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for cnn.json")
     args = p.parse_args(argv)
     cfg = Config(quick=args.quick, threads=args.threads, out=Path(args.out), use_torch=not args.no_torch)
-    set_threads(cfg.threads)
-    machine = machine_info(cfg)
-    print(f"cnn benchmark: {machine['cpu_model']}, {machine['usable_cores']} cores, {cfg.threads} "
-          f"threads, numpy {machine['numpy']}, torch {machine['torch'] or 'not installed'}, "
-          f"load {machine['load_average']}", flush=True)
+    machine = start(cfg, "cnn benchmark")
     res = run(cfg, steps=batches_per_epoch(BATCH) if args.full else args.steps, rounds=args.rounds)
     res["machine"] = machine
     res["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -112,6 +112,16 @@ def _git_rev() -> Optional[str]:
 _limits: Any = None
 
 
+def start(cfg: Config, title: str) -> dict:
+    """Apply ``cfg.threads``, print the one-line header of a benchmark run; the machine info."""
+    set_threads(cfg.threads)
+    machine = machine_info(cfg)
+    print(f"{title}: {machine['cpu_model']}, {machine['usable_cores']} cores, {cfg.threads} "
+          f"threads, numpy {machine['numpy']}, torch {machine['torch'] or 'not installed'}, "
+          f"load {machine['load_average']}", flush=True)
+    return machine
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` threads in NumPy's BLAS (via threadpoolctl, if installed) and in torch."""
     global _limits
@@ -164,17 +174,21 @@ def interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warmup: i
     for r in range(warmup + rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            s = sync.get(name)
-            if s:
-                s()
-            t0 = time.perf_counter()
-            contenders[name]()
-            if s:
-                s()
-            dt = time.perf_counter() - t0
+            dt = _timed(contenders[name], sync.get(name))
             if r >= warmup:
                 times[name].append(dt)
     return times
+
+
+def _timed(fn: Callable[..., Any], sync: Optional[Callable[[], None]], *args: Any) -> float:
+    """Seconds ``fn(*args)`` takes, with the device synchronised before and after."""
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    fn(*args)
+    if sync:
+        sync()
+    return time.perf_counter() - t0
 
 
 def interleaved_steps(runners: dict[str, Callable[[int, int], Any]], steps: int, chunk: int,
@@ -202,14 +216,7 @@ def interleaved_steps(runners: dict[str, Callable[[int, int], Any]], steps: int,
             stop = min(steps, start + chunk)
             j = turn % len(names)
             for name in names[j:] + names[:j]:
-                s = sync.get(name)
-                if s:
-                    s()
-                t0 = time.perf_counter()
-                runners[name](start, stop)
-                if s:
-                    s()
-                acc[name] += time.perf_counter() - t0
+                acc[name] += _timed(runners[name], sync.get(name), start, stop)
             if extra is not None and extra_every and k % extra_every == 0 and r >= warmup:
                 t0 = time.perf_counter()
                 extra()

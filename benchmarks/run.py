@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``grap
 from benchmarks import (bench_cnn, bench_gpu, bench_memory, bench_mlp, bench_overhead,  # noqa: E402
                         bench_scaling)
 from benchmarks import profile_step  # noqa: E402
-from benchmarks.common import REPO, Config, machine_info, set_threads, write_json  # noqa: E402
+from benchmarks.common import REPO, Config, start, write_json  # noqa: E402
 
 # name -> (run(cfg) -> dict, summary(result) -> rows), in running order
 BENCHMARKS: dict[str, tuple[Callable[[Config], dict], Callable[[dict], list]]] = {
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = select(args.only)
     cfg = Config(quick=args.quick, threads=args.threads, out=Path(args.out), use_torch=not args.no_torch)
-    set_threads(cfg.threads)
-    machine = machine_info(cfg)
-    print(f"graphnet benchmarks{' (quick)' if cfg.quick else ''}: {machine['cpu_model']}, "
-          f"{machine['usable_cores']} cores, {cfg.threads} threads, numpy {machine['numpy']}, "
-          f"torch {machine['torch'] or 'not installed'}, load {machine['load_average']}", flush=True)
+    machine = start(cfg, f"graphnet benchmarks{' (quick)' if cfg.quick else ''}")
     busy = busy_warning(machine, cfg.threads)
     if busy:
         machine["busy_warning"] = busy
