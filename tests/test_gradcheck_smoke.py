@@ -1,6 +1,6 @@
 import numpy as np
 import graphnet as gn
-from graphnet.testing import check_gradients, assert_close
+from graphnet.testing import check_gradients
 
 def test_smoke(backend):
     rng = np.random.default_rng(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import graphnet as gn
 from graphnet.node import Node, as_node
 from graphnet.testing import assert_close, check_gradients
 

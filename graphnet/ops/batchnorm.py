@@ -91,7 +91,6 @@ class BatchNorm(Node):
 
     def backward(self, ctx, g, xs, y):
         x, gamma = xs[0], xs[1]
-        xp = ctx.xp
         cache, self._cache = self._cache, None
         if cache is None or cache[0] is not x:
             raise RuntimeError(f"batch_norm {self.name!r}: backward without its forward "
