@@ -75,10 +75,6 @@ class Arena:
         """Bytes held."""
         return sum(int(b.nbytes) for b in self._bufs.values())
 
-    def clear(self) -> None:
-        self._bufs.clear()
-        self.ids.clear()
-
 
 def topological_order(outputs: Sequence[Node]) -> list[Node]:
     """Every node the outputs depend on, inputs before users, in a stable order.
@@ -226,9 +222,10 @@ class Graph:
         targets = self._targets(wrt)
         ci = self._index[self.cost.id]
         arena = self._arena
-        plans = self._step_plans.get(targets)
+        key = (targets, self.check_numerics)  # checking numerics runs every node on its own
+        plans = self._step_plans.get(key)
         if plans is None:
-            plans = self._step_plans[targets] = self._step_plan(ci, targets)
+            plans = self._step_plans[key] = self._step_plan(ci, targets)
         values = self._forward(feed, training, plans[0], arena, ci)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "

@@ -204,7 +204,7 @@ def test_arena_holds_one_step(numpy_backend):
 # --- linear + activation fused in a training step -----------------------------------------
 def _fused_ops(graph, targets=None):
     from graphnet.ops.fused import LinearActivation
-    plans = graph._step_plans[graph._targets(targets)]
+    plans = graph._step_plans[(graph._targets(targets), graph.check_numerics)]
     return [node.op for _, node, _ in plans[0][1] if isinstance(node, LinearActivation)]
 
 
@@ -222,6 +222,11 @@ def test_fused_linear_activation_is_bit_identical(backend, activation):
             np.testing.assert_array_equal(gn.to_numpy(g1[p]), gn.to_numpy(g2[p]), err_msg=p.name)
     assert _fused_ops(graph) == [f"linear+{activation}"]
     assert _fused_ops(plain) == []
+    graph.check_numerics = True  # switched on later: the next steps run every node alone
+    c3, g3 = graph.gradients(feed, return_cost=True)
+    assert _fused_ops(graph) == [] and float(c3) == float(c1)
+    for p in params:
+        np.testing.assert_array_equal(gn.to_numpy(g3[p]), gn.to_numpy(g1[p]), err_msg=p.name)
 
 
 def test_no_fusion_where_the_linear_value_is_needed(backend):
