@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Mapping, Optional, Sequence
 
 from .backends import backend
@@ -32,7 +33,7 @@ class Optimizer:
         self.state: dict[str, list[Any]] = {s: [None] * len(self.params) for s in self.slots}
         self._decays = [self.weight_decay if p.ndim and p.ndim >= 2 else 0.0 for p in self.params]
         self._grad_bufs: dict[Parameter, Any] = {}
-        self._wrt: dict[int, tuple] = {}
+        self._wrt: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
     def step(self, grads: Mapping[Parameter, Any]) -> None:
         """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are)."""
@@ -45,9 +46,9 @@ class Optimizer:
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
         to see them.
         """
-        wrt = self._wrt.get(id(graph))
+        wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
         if wrt is None:
-            wrt = self._wrt[id(graph)] = tuple(p for p in self.params if p in graph)
+            wrt = self._wrt[graph] = tuple(p for p in self.params if p in graph)
             for p in wrt:
                 if p not in self._grad_bufs:
                     self._grad_bufs[p] = p.backend.xp.empty_like(p.value)

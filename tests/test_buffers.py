@@ -258,3 +258,17 @@ def test_fused_step_failure_names_both_ops(numpy_backend):
     graph = gn.Graph([], cost=gn.relu(gn.linear(x, w)).sum())
     with pytest.raises(gn.RunError, match=r"linear\+relu"):
         graph.gradients({x: np.ones((3, 5), np.float32)})
+
+
+def test_minimize_serves_each_graph_its_own_parameters(numpy_backend):
+    """A new graph (even one built after another was freed) gets all its parameters updated."""
+    import gc
+    x = gn.Input("x", shape=(None, 2))
+    a, b = gn.Parameter(np.ones((2, 2))), gn.Parameter(np.ones((2, 2)))
+    opt = optim.SGD([a, b], lr=0.1)
+    feed = {x: np.ones((3, 2), np.float32)}
+    opt.minimize(gn.Graph([], cost=(x @ a).sum()), feed)  # only a; the graph is freed after
+    gc.collect()
+    before = b.value.copy()
+    opt.minimize(gn.Graph([], cost=(x @ a @ b).sum()), feed)
+    assert not np.array_equal(b.value, before)
