@@ -5,13 +5,27 @@ import math
 import os
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from ..backends import backend
 from ..backends.host import to_numpy
 from ..graph import Graph
+from ..errors import FeedError
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
 from .layers import Layer, Sequential, from_config
+
+
+class ClassifierInputError(FeedError):
+    """Images, labels or a batch size given to a Classifier are not what the model expects."""
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size <= 0:
+        raise ClassifierInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 class Classifier:
@@ -55,19 +69,112 @@ class Classifier:
         return out
 
     # --- preprocessing ------------------------------------------------------------------
-    def prepare(self, images: Any) -> Any:
-        """Raw images -> the network's float input on the active backend."""
-        b = self.backend
-        x = images if b.is_array(images) else b.asarray(to_numpy(images))
+    def image_shapes(self) -> list[tuple[int, ...]]:
+        """The shapes one image may have: the input shape, flat, and the same without
+        leading 1-axes (``(28, 28)`` for ``(1, 28, 28)``), or square for a flat square input."""
         n_pixels = math.prod(self.input_shape)
-        if x.ndim < 1 or x.size != x.shape[0] * n_pixels or x.dtype.kind not in "uif":
-            raise ValueError(f"images must be numeric with {n_pixels} pixels each "
-                             f"(e.g. shape (N, 28, 28)), got shape {tuple(x.shape)} "
-                             f"and dtype {x.dtype}")
-        x = x.reshape((x.shape[0],) + self.input_shape).astype(self.mean.dtype)
+        shapes = [self.input_shape, (n_pixels,)]
+        trimmed = self.input_shape
+        while len(trimmed) > 1 and trimmed[0] == 1:
+            trimmed = trimmed[1:]
+        shapes.append(trimmed)
+        side = math.isqrt(n_pixels)
+        if len(self.input_shape) == 1 and side * side == n_pixels:
+            shapes.append((side, side))
+        return list(dict.fromkeys(shapes))
+
+    @property
+    def pixel_max(self) -> float:
+        """The largest raw pixel value this model takes (255 for MNIST: ``1 / pixel_scale``)."""
+        top = 1.0 / self.pixel_scale
+        return float(round(top)) if abs(top - round(top)) < 1e-6 * top else top
+
+    def prepare(self, images: Any) -> Any:
+        """Raw images (a batch) -> the network's float input on the active backend.
+
+        Refuses images of another shape or pixel scale (see :meth:`check_images`).
+        """
+        return self._scale(self.check_images(images)[0])
+
+    def _scale(self, x: Any) -> Any:
+        x = x.astype(self.mean.dtype)
         x *= self.pixel_scale
         x -= self.mean.value
         return x
+
+    def check_images(self, images: Any, argument: str = "images") -> tuple[Any, bool]:
+        """``images`` as a backend batch ``(N, *input_shape)``, and whether it was one image.
+
+        Takes one image or a batch in any of :meth:`image_shapes`, with raw pixel values
+        in ``[0, pixel_max]`` (the scale the model was trained on); anything else raises
+        :class:`ClassifierInputError` saying what was expected. Costs one min/max
+        reduction per call (and an integrality test only when all values are <= 1).
+        """
+        x = self._as_backend_array(images, argument)
+        if x.dtype.kind not in "uif":
+            raise ClassifierInputError(f"{argument}: expected real pixel values (integers or "
+                                       f"floats), got dtype {x.dtype}")
+        shapes = self.image_shapes()
+        single = tuple(x.shape) in shapes and not (x.ndim >= 2 and tuple(x.shape[1:]) in shapes)
+        if not single and not (x.ndim >= 2 and tuple(x.shape[1:]) in shapes):
+            n_pixels = math.prod(self.input_shape)
+            one = " or ".join(str(s) for s in shapes)
+            many = " or ".join(str(("N",) + s).replace("'", "") for s in shapes)
+            raise ClassifierInputError(f"{argument}: images must have {n_pixels} pixels each: one "
+                                       f"image of shape {one}, or a batch {many}; got shape "
+                                       f"{tuple(x.shape)}")
+        self._check_pixel_scale(x, argument)
+        return x.reshape((1 if single else x.shape[0],) + self.input_shape), single
+
+    def _as_backend_array(self, values: Any, argument: str) -> Any:
+        b = self.backend
+        if b.is_array(values):
+            return values
+        try:
+            host = np.asarray(to_numpy(values))
+        except (ValueError, TypeError) as exc:
+            raise ClassifierInputError(f"{argument}: cannot be read as an array ({exc})") from None
+        if host.dtype.kind not in "biuf":
+            raise ClassifierInputError(f"{argument}: expected numbers, got dtype {host.dtype}")
+        return b.asarray(host)
+
+    def _check_pixel_scale(self, x: Any, argument: str) -> None:
+        if x.size == 0 or x.dtype.kind == "u" and x.dtype.itemsize == 1 and self.pixel_max >= 255:
+            return
+        xp = self.backend.xp
+        lo, hi = (float(v) for v in to_numpy(xp.stack([x.min(), x.max()]).astype(xp.float64)))
+        top = self.pixel_max
+        expected = (f"expected raw pixel values in [0, {top:g}], the scale this model was "
+                    f"trained on (it scales them by {self.pixel_scale:.6g} itself)")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ClassifierInputError(f"{argument}: contain NaN or infinite values; {expected}")
+        if lo < 0 or hi > top * (1 + 1e-6):
+            raise ClassifierInputError(f"{argument}: values range over [{lo:g}, {hi:g}]; "
+                                       f"{expected}")
+        if x.dtype.kind == "f" and top > 1 and hi <= 1 and bool((x != xp.floor(x)).any()):
+            raise ClassifierInputError(
+                f"{argument}: values lie in [{lo:g}, {hi:g}] with fractions, as if already "
+                f"scaled to [0, 1]; {expected}: multiply them by {top:g}")
+
+    def check_labels(self, labels: Any, n: int, argument: str = "labels") -> Any:
+        """``labels`` as a backend int64 vector of exactly ``n`` class indices in
+        ``[0, num_classes)``; anything else raises :class:`ClassifierInputError`."""
+        y = self._as_backend_array(labels, argument)
+        if y.ndim == 0:
+            y = y.reshape(1)
+        if y.dtype.kind not in "iu":
+            raise ClassifierInputError(f"{argument}: expected integer class indices, got dtype "
+                                       f"{y.dtype}")
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ClassifierInputError(f"{argument}: expected one label per image, shape ({n},); "
+                                       f"got shape {tuple(y.shape)} (labels are never broadcast)")
+        if n:
+            xp = self.backend.xp
+            lo, hi = (int(v) for v in to_numpy(xp.stack([y.min(), y.max()]).astype(xp.int64)))
+            if lo < 0 or hi >= self.num_classes:
+                raise ClassifierInputError(f"{argument}: expected class indices in [0, "
+                                           f"{self.num_classes - 1}], got values in [{lo}, {hi}]")
+        return y.astype(self.backend.xp.int64)
 
     def fit_preprocessing(self, images: Any) -> None:
         """Learn the per-pixel training mean (after scaling) from ``images``."""
@@ -77,40 +184,60 @@ class Classifier:
 
     # --- inference ----------------------------------------------------------------------
     def predict(self, images: Any, batch_size: int = 4096) -> Any:
-        """Class indices (on the active backend) for raw images."""
-        x = self.prepare(images)
-        xp = self.backend.xp
-        out = [self.eval_graph.run({self.images: x[i:i + batch_size]})[0].argmax(axis=1)
-               for i in range(0, x.shape[0], batch_size)]
-        return xp.concatenate(out) if out else xp.zeros((0,), dtype=xp.int64)
+        """Class indices (backend array) for raw images: ``(N,)`` for a batch, 0-d for one image."""
+        probs = self.predict_proba(images, batch_size)
+        return probs.argmax(axis=-1)
+
+    def predict_proba(self, images: Any, batch_size: int = 4096) -> Any:
+        """Class probabilities (backend array) for raw images: ``(N, num_classes)`` for a
+        batch, ``(num_classes,)`` for one image."""
+        return self._run_eval(images, batch_size, features=False)[0]
 
     def deep_features(self, images: Any, batch_size: int = 4096) -> tuple[Any, Any]:
-        """``(probabilities, last hidden layer)`` for raw images, from one run per batch."""
+        """``(probabilities, last hidden layer)`` for raw images, from one run per batch;
+        for one image, both without the batch axis."""
         if self.features is None:
             raise ValueError("this network has no hidden layer to take features from")
-        x = self.prepare(images)
+        return self._run_eval(images, batch_size, features=True)
+
+    def _run_eval(self, images: Any, batch_size: int, features: bool) -> tuple[Any, Any]:
+        batch_size = _check_batch_size(batch_size)
+        x, single = self.check_images(images)
+        x = self._scale(x)
+        xp = self.backend.xp
         probs, feats = [], []
         for i in range(0, x.shape[0], batch_size):
-            p, f = self.eval_graph.run({self.images: x[i:i + batch_size]})
-            probs.append(p)
-            feats.append(f.reshape(f.shape[0], -1))
-        xp = self.backend.xp
-        return xp.concatenate(probs), xp.concatenate(feats)
+            out = self.eval_graph.run({self.images: x[i:i + batch_size]})
+            probs.append(out[0])
+            if features:
+                feats.append(out[1].reshape(out[1].shape[0], -1))
+        p = xp.concatenate(probs) if probs else xp.zeros((0, self.num_classes), self.mean.dtype)
+        f = (xp.concatenate(feats) if feats else None) if features else None
+        if single:
+            return p[0], (f[0] if f is not None else None)
+        return p, f
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 2000, prepared: bool = False) -> dict:
-        """Accuracy and mean loss as Python floats (one host synchronisation)."""
+        """Accuracy and mean loss as Python floats (one host synchronisation).
+
+        ``x``: raw images (or, with ``prepared=True``, the output of :meth:`prepare`);
+        ``y``: exactly one class index per image.
+        """
+        batch_size = _check_batch_size(batch_size)
         b = self.backend
         xp = b.xp
         if not prepared:
             x = self.prepare(x)
-        y = y if b.is_array(y) else b.asarray(to_numpy(y))
+        if x.shape[0] == 0:
+            raise ClassifierInputError("images: no images to evaluate")
+        y = self.check_labels(y, int(x.shape[0]))
         correct, loss_sum = xp.zeros((), dtype=xp.int64), xp.zeros((), dtype=x.dtype)
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             loss, probs = self._eval_batch(xb, yb)
             correct += (probs.argmax(axis=1) == yb).sum()
             loss_sum += loss * xb.shape[0]
-        n = max(int(x.shape[0]), 1)
+        n = int(x.shape[0])
         return {"accuracy": int(correct) / n, "loss": float(loss_sum) / n}
 
     def _eval_batch(self, xb: Any, yb: Any) -> tuple[Any, Any]:
