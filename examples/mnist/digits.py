@@ -1,0 +1,173 @@
+"""Any picture of a digit -> a 28x28 image made the way MNIST's were (shared by predict.py and serve.py).
+
+MNIST digits are light ink on a black background, grey levels 0..255, the ink's
+bounding box scaled to fit 20x20 (keeping its aspect ratio, with anti-aliasing)
+and placed in a 28x28 field so that its centre of mass is at the field's centre.
+:func:`to_mnist` does the same to a grey image of any size or polarity;
+:func:`load_image` and :func:`decode_image` read files and bytes with Pillow.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SIDE = 28           #: the field MNIST digits live in
+BOX = 20            #: the ink's bounding box is scaled to fit BOX x BOX
+CENTRE = 14.0       #: where the centre of mass lands (row and column; MNIST's test mean is 14.0)
+MIN_CONTRAST = 24   #: grey levels the ink must stand out from the background by
+INK_FRACTION = 0.1  #: pixels fainter than this share of the strongest ink count as background
+MAX_SIDE = 1024     #: larger pictures are first shrunk to this (keeps big photos cheap)
+
+
+class DigitError(ValueError):
+    """A picture that cannot be turned into a digit (unreadable, empty, or blank)."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DigitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """The grey levels (float64, 0..255, 2-D) of an encoded image; ``name`` goes in errors."""
+    if not data:
+        raise DigitError(f"{name}: is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((MAX_SIDE, MAX_SIDE))
+            return grey_levels(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise DigitError(f"{name}: is not an image Pillow can read ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise DigitError(f"{name}: the image data is damaged ({exc})") from None
+
+
+def grey_levels(img: Image.Image) -> np.ndarray:
+    """A Pillow image as grey levels (float64, 0..255, 2-D).
+
+    Where transparency varies (a digit drawn on a transparent background) the
+    opacity is the ink; otherwise the luminance.
+    """
+    if img.width == 0 or img.height == 0:
+        raise DigitError("the image has no pixels")
+    if "A" in img.getbands() or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float64)
+        if alpha.min() < alpha.max():
+            return alpha
+    return np.asarray(img.convert("L"), dtype=np.float64)
+
+
+def light_on_dark(grey: np.ndarray) -> np.ndarray:
+    """Ink as light levels on a background near 0: inverted when the background is light
+    (judged by the median of the border pixels), then the background level subtracted."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    background = float(np.median(border))
+    if background > 127.5:
+        return np.clip(background - grey, 0, None)
+    return np.clip(grey - background, 0, None)
+
+
+def to_mnist(grey: Any, name: str = "image") -> np.ndarray:
+    """A 28x28 uint8 digit, light on black, made from grey levels of any size and polarity.
+
+    Raises :class:`DigitError` (naming ``name``) when no ink stands out from the background.
+    """
+    grey = np.asarray(grey, dtype=np.float64)
+    if grey.ndim != 2 or grey.size == 0:
+        raise DigitError(f"{name}: expected a 2-D grey image, got shape {grey.shape}")
+    if not np.isfinite(grey).all():
+        raise DigitError(f"{name}: holds NaN or infinite grey levels")
+    ink = light_on_dark(grey)
+    strongest = float(ink.max())
+    if strongest < MIN_CONTRAST:
+        raise DigitError(f"{name}: is blank (no ink stands out from the background by "
+                         f"{MIN_CONTRAST} grey levels or more)")
+    ink = np.where(ink >= INK_FRACTION * strongest, ink * (255.0 / strongest), 0.0)
+    return centre_in_field(fit_box(crop_to_ink(ink)))
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The smallest rectangle holding every non-zero pixel."""
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
+    """``ink`` resampled (anti-aliased) so its longer side is ``box``, aspect ratio kept."""
+    h, w = ink.shape
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray(ink.astype(np.float32))  # mode F
+    out = np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    return np.clip(out, 0, 255)
+
+
+def centre_in_field(patch: np.ndarray, side: int = SIDE, centre: float = CENTRE) -> np.ndarray:
+    """``patch`` placed in a ``side`` x ``side`` black field with its centre of mass at
+    ``centre`` (to the nearest pixel, kept wholly inside), as uint8."""
+    h, w = patch.shape
+    total = patch.sum()
+    rows, cols = np.arange(h), np.arange(w)
+    cy = (patch.sum(axis=1) @ rows) / total
+    cx = (patch.sum(axis=0) @ cols) / total
+    top = min(max(int(round(centre - cy)), 0), side - h)
+    left = min(max(int(round(centre - cx)), 0), side - w)
+    field = np.zeros((side, side))
+    field[top:top + h, left:left + w] = patch
+    return np.rint(field).astype(np.uint8)
+
+
+def save_png(image28: np.ndarray, path: str | os.PathLike, scale: int = 10) -> None:
+    """Write a 28x28 image as a PNG, each pixel a ``scale`` x ``scale`` square."""
+    img = Image.fromarray(np.asarray(image28, dtype=np.uint8))  # mode L
+    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
+
+
+# --- the model side, shared by the two scripts ---------------------------------------
+class SetupError(RuntimeError):
+    """The model or backend the user named cannot be used (a one-line message)."""
+
+
+def load_model(path: str | os.PathLike, backend: str | None = None) -> Any:
+    """The Classifier saved at ``path`` (a model.npz or its folder) on ``backend``
+    (default: GRAPHNET_BACKEND or NumPy); it must take 28x28 images."""
+    import graphnet as gn
+    from graphnet import nn
+    from graphnet.io import CheckpointError
+    try:
+        if backend:
+            gn.set_backend(backend)
+        gn.backend()
+    except (gn.BackendUnavailableError, ValueError) as exc:
+        raise SetupError(str(exc)) from None
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.npz")
+    if not os.path.exists(path):
+        raise SetupError(f"{path} does not exist (train a model with examples/mnist/train.py)")
+    try:
+        model = nn.load(path)
+    except (CheckpointError, OSError) as exc:
+        raise SetupError(f"cannot load the model: {exc}") from None
+    if (SIDE, SIDE) not in model.image_shapes():
+        raise SetupError(f"{path}: the model takes images of shape "
+                         f"{' or '.join(map(str, model.image_shapes()))}, not {SIDE}x{SIDE} digits")
+    return model
+
+
+def top_classes(probs: Any, k: int = 3) -> list[tuple[int, float]]:
+    """The ``k`` most probable ``(class, probability)`` pairs of one probability vector."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(int(c), float(p[c])) for c in order]
