@@ -37,29 +37,39 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, str(path))
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """The grey levels (float64, 0..255, 2-D) of an encoded image; ``name`` goes in errors."""
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """The grey levels (float64, 0..255, 2-D) of an encoded image; ``name`` goes in errors.
+
+    ``max_pixels``: refuse (before decoding) pictures with more pixels than this.
+    """
     if not data:
         raise DigitError(f"{name}: is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DigitError(f"{name}: is {img.width}x{img.height} pixels, more than the "
+                                 f"{max_pixels} allowed")
             img = ImageOps.exif_transpose(img)
             img.thumbnail((MAX_SIDE, MAX_SIDE))
-            return grey_levels(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise DigitError(f"{name}: is not an image Pillow can read ({exc})") from None
+            return grey_levels(img, name)
+    except DigitError:
+        raise
+    except UnidentifiedImageError:
+        raise DigitError(f"{name}: is not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise DigitError(f"{name}: is too large to decode ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise DigitError(f"{name}: the image data is damaged ({exc})") from None
 
 
-def grey_levels(img: Image.Image) -> np.ndarray:
+def grey_levels(img: Image.Image, name: str = "image") -> np.ndarray:
     """A Pillow image as grey levels (float64, 0..255, 2-D).
 
     Where transparency varies (a digit drawn on a transparent background) the
     opacity is the ink; otherwise the luminance.
     """
     if img.width == 0 or img.height == 0:
-        raise DigitError("the image has no pixels")
+        raise DigitError(f"{name}: has no pixels")
     if "A" in img.getbands() or "transparency" in img.info:
         alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float64)
         if alpha.min() < alpha.max():
