@@ -230,12 +230,19 @@ def test_a_model_without_hidden_layer_still_predicts(tmp_path):
 
 # --- in a real browser ---------------------------------------------------------------------
 def sync_playwright_or_skip() -> Any:
+    """Playwright's entry point; a skip saying what is missing (a failure where CI sets
+    GRAPHNET_REQUIRE_BROWSER=1)."""
+    missing = None
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright package is not installed (pip install playwright)")
+        missing = "the playwright package is not installed (pip install playwright)"
+    if missing and os.environ.get("GRAPHNET_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"GRAPHNET_REQUIRE_BROWSER=1 but {missing}")
+    if missing:
+        pytest.skip(missing)
     return sync_playwright
 
 
