@@ -196,3 +196,13 @@ def test_a_trained_model_reads_rendered_test_digits(tmp_path, capsys, style):
     got = [int(ln.split(": ", 1)[1].split(" ")[0]) for ln in lines]
     accuracy = np.mean(np.array(got) == y[list(idx)])
     assert accuracy >= 0.85, (style, accuracy)
+
+
+def test_sixteen_bit_pictures_are_rescaled_not_clipped(tmp_path):
+    _, _, x, _ = mnist.load()
+    eight = render(x[7], "black-on-white", tmp_path / "8bit.png")
+    grey = np.asarray(Image.open(eight), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "16bit.png")
+    assert Image.open(tmp_path / "16bit.png").mode.startswith("I")
+    np.testing.assert_allclose(digits.load_image(tmp_path / "16bit.png"),
+                               digits.load_image(eight), atol=1e-9)

@@ -74,6 +74,10 @@ def grey_levels(img: Image.Image, name: str = "image") -> np.ndarray:
         alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float64)
         if alpha.min() < alpha.max():
             return alpha
+    if img.mode.startswith("I") or img.mode == "F":  # 16- or 32-bit grey: rescale, not clip
+        grey = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(grey.max()), 255.0)
+        return np.clip(grey * (255.0 / top), 0, 255)
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import ipaddress
 import json
 import sys
 import threading
@@ -215,8 +216,10 @@ class Handler(BaseHTTPRequestHandler):
             return HTTPStatus.OK, _json_bytes(self.digit_map.map_json()), "application/json"
         if path == "/api/predict":
             raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST for /api/predict")
-        asset = self.assets.get("index.html" if path == "/" else path.removeprefix("/static/"))
-        if asset is None or path not in ("/", "/static/" + path.removeprefix("/static/")):
+        name = "index.html" if path == "/" else \
+            path[len("/static/"):] if path.startswith("/static/") else None
+        asset = self.assets.get(name)
+        if asset is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
         return HTTPStatus.OK, asset[0], asset[1]
 
@@ -336,6 +339,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"warning: listening on {host}: other machines can reach this page", file=sys.stderr)
     print(f"serving {args.model} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
