@@ -1,4 +1,4 @@
-"""Any picture of a digit -> a 28x28 image made the way MNIST's were (shared by predict.py and serve.py).
+"""Any picture of a digit -> a 28x28 image made as MNIST's were (for predict.py and serve.py).
 
 MNIST digits are light ink on a black background, grey levels 0..255, the ink's
 bounding box scaled to fit 20x20 (keeping its aspect ratio, with anti-aliasing)

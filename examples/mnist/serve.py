@@ -44,7 +44,7 @@ STATIC = HERE / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png"}
 MAX_BODY = 1 << 20        #: bytes a request body may have
-DRAIN_LIMIT = 16 << 20    #: a larger body is read and dropped up to this, then the connection closed
+DRAIN_LIMIT = 16 << 20    #: a larger body is read and dropped up to this, then the link closed
 MAX_SIDE = 1000           #: a posted picture may be at most this many pixels on a side
 N_MAP = 1000              #: test images on the map
 N_NEIGHBOURS = 8          #: nearest test images shown for a drawing
