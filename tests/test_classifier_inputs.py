@@ -145,3 +145,9 @@ def test_small_batches_give_the_same_answer(fitted):
                  atol=1e-7, what="batch_size=7")
     assert model.evaluate(x, y, batch_size=np.int64(3))["accuracy"] == \
         model.evaluate(x, y)["accuracy"]
+
+
+@pytest.mark.parametrize("scale", [0, -1 / 255, float("nan"), float("inf")])
+def test_pixel_scale_must_be_positive(scale):
+    with pytest.raises(ValueError, match="pixel_scale must be a positive number"):
+        nn.Classifier(nn.MLP([10], 784), (784,), pixel_scale=scale)

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..backends import backend
 from ..backends.host import to_numpy
-from ..graph import Graph
 from ..errors import FeedError
+from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
@@ -42,6 +42,8 @@ class Classifier:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.pixel_scale = float(pixel_scale)
+        if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+            raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
         self.backend = backend()
         self.images = Input("images", shape=(None,) + self.input_shape)
         self.labels = Input("labels", shape=(None,), dtype="int64")
@@ -115,8 +117,9 @@ class Classifier:
             raise ClassifierInputError(f"{argument}: expected real pixel values (integers or "
                                        f"floats), got dtype {x.dtype}")
         shapes = self.image_shapes()
-        single = tuple(x.shape) in shapes and not (x.ndim >= 2 and tuple(x.shape[1:]) in shapes)
-        if not single and not (x.ndim >= 2 and tuple(x.shape[1:]) in shapes):
+        batch = x.ndim >= 2 and tuple(x.shape[1:]) in shapes  # (1, 28, 28): a batch of one
+        single = not batch and tuple(x.shape) in shapes
+        if not (batch or single):
             n_pixels = math.prod(self.input_shape)
             one = " or ".join(str(s) for s in shapes)
             many = " or ".join(str(("N",) + s).replace("'", "") for s in shapes)
