@@ -31,7 +31,7 @@ def small_mnist_model() -> Path:
         model = nn.Classifier(nn.MLP([128, 10], 784, "tanh"), (784,))
         model.fit_preprocessing(x)
         fit(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9), x, y, epochs=1,
-            batch_size=64, progress=False, eval_subset=1000)
+            batch_size=64, progress=False)
         folder = Path(tempfile.mkdtemp(prefix="graphnet-digits-"))
         atexit.register(shutil.rmtree, folder, True)
         model.save(folder / "model.npz")
