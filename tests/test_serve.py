@@ -319,6 +319,14 @@ def test_drawing_a_one_and_a_zero_in_chromium(tmp_path):
                 assert 20 < seen < 400  # the 28x28 image the model received, with ink
             page.click("#clear")
             assert page.locator("#map").get_attribute("data-user") is None
+            touch = browser.new_context(has_touch=True, viewport={"width": 1300, "height": 900})
+            tpage = touch.new_page()
+            tpage.goto(running.url + "/")
+            tpage.wait_for_function("document.getElementById('legend').children.length === 10")
+            box = tpage.locator("#pad").bounding_box()
+            tpage.touchscreen.tap(box["x"] + 140, box["y"] + 140)  # a finger's dot is ink too
+            wait_for_answer(tpage, 0)
+            assert tpage.locator("#top").get_attribute("data-class") != ""
             browser.close()
     finally:
         running.close()

@@ -69,8 +69,9 @@ class DigitMap:
         self.projection: Optional[viz.Projection] = None
         self.features: Optional[np.ndarray] = None
         if model.features is not None:
-            self.projection, _ = viz.feature_projection(model, self.images, 2)
-            self.features = to_numpy(model.deep_features(self.images)[1]).astype(np.float64)
+            feats = model.deep_features(self.images)[1]
+            self.projection = viz.pca(feats, 2)  # as viz.feature_projection / visualize.py
+            self.features = to_numpy(feats).astype(np.float64)
 
     def map_json(self) -> dict[str, Any]:
         """The map's points, labels and explained variance (or why there is no map)."""
