@@ -33,10 +33,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 class Running:
     """A serve.py server on a free port in a background thread."""
 
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, timeout: float = 20) -> None:
         with gn.use_backend("numpy"):
             self.digit_map = serve.build_map(nn.load(model_path))
-        self.server = serve.make_server(self.digit_map, "127.0.0.1", 0, quiet=True)
+        self.server = serve.make_server(self.digit_map, "127.0.0.1", 0, quiet=True,
+                                        timeout=timeout)
         self.host, self.port = self.server.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -74,7 +75,7 @@ def untrained_server(tmp_path_factory):
     with gn.use_backend("numpy"):
         gn.seed(0)
         nn.Classifier(nn.MLP([16, 10], 784, "tanh"), (784,)).save(path)
-    running = Running(path)
+    running = Running(path, timeout=3)
     yield running
     running.close()
 
@@ -191,6 +192,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(untrained_server):
                        b"\r\n\r\n", 411),
                       (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n"
                        b"Content-Type: application/json\r\n\r\n", 400),
+                      (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                       b"Content-Type: application/json\r\n\r\n{\"pix", 408),  # never finished
                       (b"BREW / HTTP/1.1\r\n\r\n", 405),
                       (b"GET / HTTP/1.1 extra words\r\n\r\n", 400)):
         with socket.create_connection((s.host, s.port), timeout=30) as sock:

@@ -124,7 +124,10 @@ def read_json(headers: Any, read: Any) -> Any:
         _drain(read, min(n, DRAIN_LIMIT))
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"the body may have at most {MAX_BODY} bytes, got {n}")
-    data = read(n)
+    try:
+        data = read(n)
+    except TimeoutError:
+        raise RequestError(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time") from None
     if len(data) != n:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(data)} of {n} bytes")
     ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -244,7 +247,7 @@ class Handler(BaseHTTPRequestHandler):
             status, body, ctype = exc.status, _json_bytes({"error": exc.message}), \
                 "application/json"
             if exc.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED,
-                              HTTPStatus.BAD_REQUEST):
+                              HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_TIMEOUT):
                 self.close_connection = True  # an unread body must not be taken as a request
         except Exception as exc:  # keep serving whatever went wrong
             traceback.print_exc()
@@ -299,10 +302,11 @@ def load_assets(folder: Path = STATIC) -> dict[str, tuple[bytes, str]]:
 
 
 def make_server(digit_map: DigitMap, host: str = "127.0.0.1", port: int = 8000,
-                quiet: bool = False) -> ThreadingHTTPServer:
-    """A threaded HTTP server for the page (port 0: a free port; see ``server_address``)."""
+                quiet: bool = False, timeout: float = Handler.timeout) -> ThreadingHTTPServer:
+    """A threaded HTTP server for the page (port 0: a free port; see ``server_address``);
+    ``timeout``: seconds a client may take to send a request."""
     handler = type("DigitHandler", (Handler,), {"digit_map": digit_map, "assets": load_assets(),
-                                                "quiet": quiet})
+                                                "quiet": quiet, "timeout": timeout})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
