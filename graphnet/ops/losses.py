@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import integer
 from ..errors import GraphError, ShapeError
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
@@ -13,7 +14,10 @@ class Softmax(Node):
 
     def __init__(self, x: Any, axis: int = -1) -> None:
         x = as_node(x)
-        self.axis = axis
+        self.axis = integer(axis, f"{self.op} axis")
+        if x.shape is not None and not -len(x.shape) <= self.axis < max(len(x.shape), 1):
+            raise ShapeError(f"{self.op} axis {self.axis} is out of range for {describe(x)} "
+                             f"of rank {len(x.shape)}")
         super().__init__((x,), shape=x.shape)
 
     def forward(self, ctx, x):
