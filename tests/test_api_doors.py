@@ -500,3 +500,26 @@ def test_missing_cupy_hint_names_the_right_packages(monkeypatch):
     assert "pip install cupy-cuda12x" in msg and "cupy-cuda13x" in msg
     assert 'pip install -e ".[cuda12]"' in msg
     assert "pip install graphnet[" not in msg
+
+
+# --- labels and targets match the batch exactly ----------------------------------------------
+def test_labels_are_never_broadcast_over_the_batch(backend):
+    x = _x()
+    y = gn.Input("y", shape=(None,), dtype="int64")
+    w = gn.Parameter(np.ones((3, 3)), name="W")
+    g = gn.Graph([], cost=gn.softmax_cross_entropy(x @ w, y))
+    with pytest.raises(gn.ShapeError, match=r"labels 'y' of shape \(1,\).*\(5, 3\)"):
+        g.gradients({x: np.ones((5, 3), np.float32), y: np.array([2])})
+    onehot = gn.Input("t", shape=(None, None))
+    g1 = gn.Graph(gn.softmax_cross_entropy(x @ w, onehot))
+    with pytest.raises(gn.ShapeError, match="labels 't'"):
+        g1.run({x: np.ones((4, 3), np.float32), onehot: np.ones((4, 1), np.float32)})
+
+
+def test_mse_targets_are_never_broadcast(backend):
+    p, t = gn.Input("p", shape=(None, None)), gn.Input("t", shape=(None, None))
+    g = gn.Graph(gn.mse(p, t))
+    with pytest.raises(gn.ShapeError, match="target 't'"):
+        g.run({p: np.ones((4, 3), np.float32), t: np.zeros((1, 3), np.float32)})
+    assert float(gn.to_numpy(g.run({p: np.ones((4, 3), np.float32),
+                                    t: np.zeros((4, 3), np.float32)}))) == 1.0

@@ -58,6 +58,10 @@ class SoftmaxCrossEntropy(Node):
         if labels.ndim == 1 and labels.dtype.kind not in "iu":
             raise TypeError(f"class-index labels {self.inputs[1].name!r} must be integers, "
                             f"got {labels.dtype}")
+        if labels.shape[0] != logits.shape[0] or (labels.ndim == 2 and labels.shape != logits.shape):
+            raise ShapeError(f"softmax_cross_entropy: labels {self.inputs[1].name!r} of shape "
+                             f"{tuple(labels.shape)} do not match logits of shape "
+                             f"{tuple(logits.shape)} (labels are never broadcast)")
         out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
         loss, self._probs = ctx.b.softmax_cross_entropy(logits, labels, out)
         return loss
@@ -107,6 +111,10 @@ class MSE(Node):
         super().__init__((pred, target), shape=())
 
     def forward(self, ctx, pred, target):
+        if getattr(target, "ndim", 0) and target.shape != pred.shape:
+            raise ShapeError(f"mse: target {self.inputs[1].name!r} of shape {tuple(target.shape)} "
+                             f"does not match the prediction's {tuple(pred.shape)} "
+                             "(targets are never broadcast)")
         d = pred - target
         return (d * d).mean()
 
