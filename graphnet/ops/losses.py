@@ -111,10 +111,12 @@ class MSE(Node):
         super().__init__((pred, target), shape=())
 
     def forward(self, ctx, pred, target):
-        if getattr(target, "ndim", 0) and target.shape != pred.shape:
+        k = getattr(target, "ndim", 0)
+        if k and (k > pred.ndim or target.shape != pred.shape[pred.ndim - k:]):
             raise ShapeError(f"mse: target {self.inputs[1].name!r} of shape {tuple(target.shape)} "
-                             f"does not match the prediction's {tuple(pred.shape)} "
-                             "(targets are never broadcast)")
+                             f"does not match the prediction's {tuple(pred.shape)} (a target is "
+                             "never broadcast over the batch; a lower-rank one must equal the "
+                             "trailing axes)")
         d = pred - target
         return (d * d).mean()
 
