@@ -10,7 +10,7 @@ import numpy as np
 from . import dtypes
 from .backends import Backend, backend
 from .backends.host import dtype_of, is_floating, result_dtype
-from .checks import flag
+from .checks import flag, integer
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, ShapeError
 from .shapes import Shape, fmt
 
@@ -127,8 +127,9 @@ class Input(Node):
     op = "input"
 
     def __init__(self, name: Optional[str] = None, shape: Shape = None, dtype: Any = None) -> None:
-        super().__init__((), name, None if shape is None else tuple(shape),
-                         dtype_of(dtype) if dtype is not None else dtypes.get_default_dtype())
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(f"Input name must be a string, got {name!r}")
+        super().__init__((), name, _input_shape(name, shape), _input_dtype(name, dtype))
 
     def check_feed(self, b: Backend, value: Any) -> Any:
         """The fed value as an array of ``b`` with this input's dtype, or FeedError.
@@ -197,6 +198,30 @@ class Input(Node):
             if got[axis] != want:
                 raise FeedError(f"input {self.name!r} expects size {want} on axis {axis} "
                                 f"{fmt(self.shape)}, got shape {tuple(got)}")
+
+
+def _input_shape(name: Optional[str], shape: Any) -> Shape:
+    """A declared input shape: None, or a tuple of sizes (ints >= 0, or None for unknown)."""
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise ArgumentTypeError(f"Input {name!r} shape must be a tuple of sizes (None for "
+                                f"unknown), got {shape!r}")
+    return tuple(None if d is None else integer(d, f"Input {name!r} shape[{k}]", 0)
+                 for k, d in enumerate(shape))
+
+
+def _input_dtype(name: Optional[str], dtype: Any) -> Any:
+    """A declared input dtype: real numbers only (float for data, int for labels)."""
+    if dtype is None:
+        return dtypes.get_default_dtype()
+    try:
+        dt = dtype_of(dtype)
+    except TypeError:
+        raise ArgumentTypeError(f"Input {name!r} dtype {dtype!r} is not a dtype") from None
+    if dt.kind not in "iuf":
+        raise ArgumentError(f"Input {name!r} dtype must be a float or integer type, got {dt}")
+    return dt
 
 
 def _belongs_elsewhere(value: Any, b: Backend) -> bool:
@@ -297,6 +322,16 @@ class Constant(Node):
             self.value = float(value)
             super().__init__((), name or repr(value), (), None)
         else:
+            if not isinstance(value, np.ndarray) and type(value).__module__.split(".")[0] != "cupy":
+                try:
+                    value = np.asarray(value)
+                except (ValueError, TypeError) as exc:
+                    raise ArgumentError(f"a constant is not a regular array: "
+                                        f"{exc}") from None
+            if isinstance(value, np.ndarray):
+                _refuse_subclass("a constant", value, ArgumentError)
+            if value.dtype.kind not in "biuf":
+                raise ArgumentError(f"a constant needs real numbers, got dtype {value.dtype}")
             arr = backend().asarray(value)
             if is_floating(arr.dtype):
                 arr = arr.astype(dtypes.get_default_dtype(), copy=False)

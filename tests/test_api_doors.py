@@ -523,3 +523,24 @@ def test_mse_targets_are_never_broadcast(backend):
         g.run({p: np.ones((4, 3), np.float32), t: np.zeros((1, 3), np.float32)})
     assert float(gn.to_numpy(g.run({p: np.ones((4, 3), np.float32),
                                     t: np.zeros((4, 3), np.float32)}))) == 1.0
+
+
+def test_input_declarations_checked():
+    with pytest.raises(TypeError, match=r"shape\[1\]"):
+        gn.Input("x", shape=(None, 1.5))
+    with pytest.raises(ArgumentError, match="dtype"):
+        gn.Input("x", dtype="complex64")
+    with pytest.raises(TypeError, match="not a dtype"):
+        gn.Input("x", dtype="nonsense")
+    with pytest.raises(TypeError, match="name"):
+        gn.Input(3)
+
+
+def test_constants_must_be_real_regular_arrays():
+    x = _x()
+    with pytest.raises(ArgumentError, match="complex"):
+        x * np.ones(3, complex)
+    with pytest.raises(ArgumentError, match="not a regular array"):
+        x * [[1.0], [1.0, 2.0]]
+    with pytest.raises(ArgumentError, match="matrix"):
+        x * np.asmatrix(np.ones((1, 3)))
