@@ -8,7 +8,9 @@ from .backends import (Backend, BackendUnavailableError, available_backends, bac
 from .backends.host import seed_host as _seed_host
 from .backends.host import to_numpy
 from .dtypes import default_dtype, get_default_dtype, set_default_dtype
-from .errors import FeedError, GraphError, NumericsError, RunError, ShapeError
+from .errors import (ArgumentError, ArgumentTypeError, FeedError, GraphError, GraphnetError,
+                     NumericsError, RunError, ShapeError)
+from .io import CheckpointError
 from .graph import Graph
 from .node import Constant, Input, Node, Parameter
 from .ops import (add, concat, div, dropout, exp, flatten, linear, log, log_softmax, matmul,
@@ -34,7 +36,8 @@ def asarray(x: Any, dtype: Any = None) -> Any:
 
 __all__ = ["Backend", "BackendUnavailableError", "available_backends", "backend",
            "backend_names", "get_backend", "set_backend", "use_backend", "to_numpy", "asarray",
-           "seed", "default_dtype", "get_default_dtype", "set_default_dtype", "FeedError",
+           "seed", "default_dtype", "get_default_dtype", "set_default_dtype", "GraphnetError",
+           "ArgumentError", "ArgumentTypeError", "CheckpointError", "FeedError",
            "GraphError", "NumericsError", "RunError", "ShapeError", "Graph", "Constant", "Input",
            "Node", "Parameter", "nn", "optim", "add", "concat", "div", "dropout", "exp", "flatten", "linear",
            "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "power", "relu",

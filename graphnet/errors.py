@@ -1,7 +1,23 @@
-"""Errors graphnet raises, each naming the node, input or file at fault."""
+"""Errors graphnet raises, each naming the node, input, argument or file at fault.
+
+Every one is a :class:`GraphnetError` and also the matching builtin (ValueError,
+TypeError, ...), so ``except ValueError`` keeps working.
+"""
 
 
-class GraphError(ValueError):
+class GraphnetError(Exception):
+    """Base of every error graphnet raises on purpose."""
+
+
+class ArgumentError(GraphnetError, ValueError):
+    """An argument of a public function has a value that cannot be right (range, finiteness)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a public function has the wrong type."""
+
+
+class GraphError(GraphnetError, ValueError):
     """A graph is built in a way that cannot work (shapes, cost, cycles, membership)."""
 
 
@@ -9,13 +25,13 @@ class ShapeError(GraphError):
     """Operand shapes that cannot broadcast or multiply, found when a node is built."""
 
 
-class FeedError(ValueError):
+class FeedError(GraphnetError, ValueError):
     """A value fed to ``Graph.run`` is missing, unexpected, or of the wrong rank, size or dtype."""
 
 
-class NumericsError(FloatingPointError):
+class NumericsError(GraphnetError, FloatingPointError):
     """A node produced NaN or inf while ``check_numerics`` was on."""
 
 
-class RunError(RuntimeError):
+class RunError(GraphnetError, RuntimeError):
     """An op failed while the graph ran; the message names the node and its inputs."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .backends import Backend, backend
-from .errors import FeedError, GraphError, NumericsError, RunError
+from .checks import flag
+from .errors import ArgumentTypeError, FeedError, GraphError, NumericsError, RunError
 from .backends.host import is_floating
 from .node import Constant, Input, Node, Parameter
 from .ops.fused import LinearActivation
@@ -109,6 +110,18 @@ def topological_order(outputs: Sequence[Node]) -> list[Node]:
 Outputs = Union[Node, Sequence[Node]]
 
 
+def _output_list(outputs: Any) -> list[Node]:
+    """``outputs`` (a sequence of nodes) as a list, or GraphError naming what is not a node."""
+    if isinstance(outputs, (str, bytes, Mapping)) or not isinstance(outputs, Iterable):
+        raise GraphError(f"Graph outputs must be a node or a list of nodes, got "
+                         f"{type(outputs).__name__} {outputs!r}")
+    outs = list(outputs)
+    for k, o in enumerate(outs):
+        if not isinstance(o, Node):
+            raise GraphError(f"Graph outputs[{k}] must be a node, got {type(o).__name__} {o!r}")
+    return outs
+
+
 class Graph:
     """A computational graph from its outputs (and an optional scalar cost).
 
@@ -122,10 +135,14 @@ class Graph:
     def __init__(self, outputs: Outputs, cost: Optional[Node] = None,
                  check_numerics: bool = False, backend_: Optional[Backend] = None) -> None:
         self._single = isinstance(outputs, Node)
-        outs = [outputs] if self._single else list(outputs)
-        for o in outs + ([cost] if cost is not None else []):
-            if not isinstance(o, Node):
-                raise GraphError(f"graph outputs must be nodes, got {type(o).__name__}")
+        outs = [outputs] if self._single else _output_list(outputs)
+        if cost is not None and not isinstance(cost, Node):
+            raise GraphError(f"Graph cost must be a node (a scalar loss), got "
+                             f"{type(cost).__name__} {cost!r}")
+        check_numerics = flag(check_numerics, "Graph check_numerics")
+        if backend_ is not None and not isinstance(backend_, Backend):
+            raise ArgumentTypeError(f"Graph backend_ must be a Backend (gn.get_backend(name)), "
+                                    f"got {type(backend_).__name__}")
         if cost is not None and cost.shape is not None and cost.shape != ():
             raise GraphError(f"the cost must be a scalar, but {cost.name!r} has shape {fmt(cost.shape)}"
                              " (reduce it, e.g. with .mean())")
@@ -138,6 +155,7 @@ class Graph:
         self._args = [tuple(self._index[x.id] for x in node.inputs) for node in self.order]
         self.inputs = [n for n in self.order if isinstance(n, Input)]
         self._params = [n for n in self.order if isinstance(n, Parameter)]
+        self._constants = {id(n.value) for n in self.order if isinstance(n, Constant)}
         self._plans: dict[tuple, tuple[list, list]] = {}
         self._target_cache: dict[Optional[tuple], tuple] = {}
         self._by_name = {n.name: n for n in self.order if isinstance(n, Input)}
@@ -192,7 +210,7 @@ class Graph:
     def run(self, feed: Mapping[Any, Any], training: bool = False) -> Any:
         """The outputs' values for ``feed`` ({Input or its name: array})."""
         values = self._forward(feed, training, self._run_plan)
-        res = [values[self._index[o.id]] for o in self.outputs]
+        res = self._detach([values[self._index[o.id]] for o in self.outputs])
         return res[0] if self._single else res
 
     def values(self, feed: Mapping[Any, Any], nodes: Sequence[Node], training: bool = False) -> list:
@@ -205,7 +223,21 @@ class Graph:
                     raise GraphError(f"{n!r} is not part of this graph")
             plan = self._plans[key] = self._plan(nodes)
         values = self._forward(feed, training, plan)
-        return [values[self._index[n.id]] for n in nodes]
+        return self._detach([values[self._index[n.id]] for n in nodes])
+
+    def _detach(self, results: list) -> list:
+        """``results`` with every array that may alias live state (a view, a parameter's or
+        constant's own array, an array already handed out) replaced by a copy."""
+        live = {id(p._value) for p in self._params}
+        seen: set[int] = set()
+        out = []
+        for r in results:
+            if hasattr(r, "base") and (r.base is not None or id(r) in live or id(r) in seen
+                                       or id(r) in self._arena.ids or id(r) in self._constants):
+                r = r.copy()
+            seen.add(id(r))
+            out.append(r)
+        return out
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
                   training: bool = True, return_cost: bool = False,
@@ -316,6 +348,9 @@ class Graph:
     def _resolve_feed(self, feed: Mapping[Any, Any]) -> dict[int, Any]:
         b = self.backend
         by_name = self._by_name
+        if type(feed) is not dict and not isinstance(feed, Mapping):
+            raise FeedError(f"the feed must be a dict {{input or its name: array}}, got "
+                            f"{type(feed).__name__}")
         fed: dict[int, Any] = {}
         for key, value in feed.items():
             node = by_name.get(key) if isinstance(key, str) else key
@@ -324,6 +359,9 @@ class Graph:
                 other = " (a different Input of the same name)" if label in by_name else ""
                 raise FeedError(f"feed names {label!r}{other}, which is not an input of this graph "
                                 f"(inputs: {', '.join(repr(n.name) for n in self.inputs)})")
+            if node.id in fed:
+                raise FeedError(f"input {node.name!r} is fed twice (once by the node, once by "
+                                "its name): give it once")
             fed[node.id] = node.check_feed(b, value)
         return fed
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import GraphnetError
+
 FORMAT = "graphnet-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GraphnetError, ValueError):
     """A file is not a readable graphnet checkpoint, or does not fit the model."""
 
 
@@ -56,27 +59,139 @@ def _fsync_dir(folder: Path) -> None:
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a graphnet ``.npz``; CheckpointError names the file on any problem.
 
-    Loaded with ``allow_pickle=False``: nothing in the file is executed.
+    Total and bounded: only regular files are opened (a pipe or a device never blocks),
+    every array's header is checked against the bytes the file really holds before
+    anything is allocated, only real numeric arrays are read (no pickle, no complex,
+    strings or objects), and the metadata must be small, shallow JSON of a known version.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    with _open_regular(path) as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise CheckpointError(f"{path}: is a single-array .npy file, not a .npz checkpoint")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                arrays = {info.filename[:-4]: _read_member(path, zf, info)
+                          for info in zf.infolist()}
+        except CheckpointError:
+            raise
+        except Exception as exc:  # untrusted bytes: whatever the zip or .npy parsers raise
+            raise CheckpointError(f"{path}: not a readable .npz checkpoint (truncated or "
+                                  f"corrupted?): {type(exc).__name__}: {str(exc)[:200]}") from None
+    return arrays, _read_meta(path, arrays.pop("__meta__", None))
+
+
+MAX_META_BYTES = 16 * 2**20
+MAX_META_DEPTH = 64
+# Top-level metadata entries each kind of file must have, with their JSON type.
+REQUIRED = {"model": {"model": dict}, "checkpoint": {"model": dict, "optimizer": dict, "state": dict}}
+
+
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for binary reading, if it is a regular file (checked without blocking)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint (truncated or "
-                              f"corrupted?): {exc}") from None
-    raw = arrays.pop("__meta__", None)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file (a folder, pipe or device)")
+    try:  # O_NONBLOCK: should it have become a pipe since the stat, opening still returns
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be opened: {exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member, its header checked before its data is allocated."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise CheckpointError(f"{path}: holds {name!r}, which is not a .npy array")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1100 * info.compress_size + 2**20:
+        raise CheckpointError(f"{path}: member {name!r} claims {info.file_size} bytes from "
+                              f"{info.compress_size} compressed: refused (a zip bomb?)")
+    key = name[:-4]
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise CheckpointError(f"{path}: array {key!r} has .npy format version {version}, "
+                                  "which graphnet does not read")
+        _check_dtype(path, key, dtype)
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * dtype.itemsize
+        held = info.file_size - fp.tell()
+        if nbytes != held:
+            raise CheckpointError(f"{path}: array {key!r} claims shape {shape} ({nbytes} bytes) "
+                                  f"but the file holds {held} bytes for it (truncated or forged)")
+        buf = bytearray(nbytes)
+        if fp.readinto(buf) != nbytes or fp.read(1):
+            raise CheckpointError(f"{path}: array {key!r} is truncated")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _check_dtype(path: Path, key: str, dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise CheckpointError(f"{path}: array {key!r} holds pickled Python objects, which "
+                              "graphnet never loads (allow_pickle is off)")
+    if dtype.kind not in "biuf":
+        what = {"c": "complex numbers (graphnet stores real arrays only)",
+                "U": "strings", "S": "bytes", "V": "structured records"}.get(dtype.kind, "")
+        raise CheckpointError(f"{path}: array {key!r} has dtype {dtype}"
+                              + (f": {what}" if what else "") + "; only real numbers are read")
+
+
+def _read_meta(path: Path, raw: Any) -> dict[str, Any]:
+    """The JSON metadata, checked: small, shallow, a dict of the graphnet format and a known version."""
     if raw is None:
         raise CheckpointError(f"{path}: not a graphnet checkpoint (no metadata)")
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_META_BYTES:
+        raise CheckpointError(f"{path}: checkpoint metadata is malformed (expected at most "
+                              f"{MAX_META_BYTES} bytes of JSON)")
     try:
         meta = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is corrupted: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is corrupted: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a graphnet checkpoint")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')} is newer "
+    if _depth(meta) > MAX_META_DEPTH:
+        raise CheckpointError(f"{path}: checkpoint metadata is nested more than "
+                              f"{MAX_META_DEPTH} levels deep")
+    version = meta.get("version")
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path}: checkpoint format version must be a positive integer, "
+                              f"got {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer "
                               f"than this graphnet understands ({VERSION}); upgrade graphnet")
-    return arrays, meta
+    kind_ = meta.get("kind")
+    for key, kind in (REQUIRED.get(kind_, {}) if isinstance(kind_, str) else {}).items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{path}: a {meta['kind']} file needs a {key!r} entry "
+                                  f"({kind.__name__}), got {meta.get(key)!r:.80}")
+    if "model" in meta and not isinstance(meta["model"], dict):
+        raise CheckpointError(f"{path}: the 'model' entry must be a dict, got "
+                              f"{type(meta['model']).__name__}")
+    return meta
+
+
+def _depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in ``obj`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest

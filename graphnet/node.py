@@ -5,10 +5,13 @@ import functools
 import itertools
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from . import dtypes
 from .backends import Backend, backend
 from .backends.host import dtype_of, is_floating, result_dtype
-from .errors import FeedError, GraphError, ShapeError
+from .checks import flag, integer
+from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, ShapeError
 from .shapes import Shape, fmt
 
 _ids = itertools.count()
@@ -124,25 +127,51 @@ class Input(Node):
     op = "input"
 
     def __init__(self, name: Optional[str] = None, shape: Shape = None, dtype: Any = None) -> None:
-        super().__init__((), name, None if shape is None else tuple(shape),
-                         dtype_of(dtype) if dtype is not None else dtypes.get_default_dtype())
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(f"Input name must be a string, got {name!r}")
+        super().__init__((), name, _input_shape(name, shape), _input_dtype(name, dtype))
 
     def check_feed(self, b: Backend, value: Any) -> Any:
-        """The fed value as an array of ``b`` with this input's dtype, or FeedError."""
-        if not b.is_array(value):
-            if _belongs_elsewhere(value, b):
-                raise FeedError(f"input {self.name!r} was fed a {type(value).__module__}."
-                                f"{type(value).__name__}, "
-                                f"but the graph runs on the {b.name!r} backend: "
-                                f"convert it with gn.asarray(x) (or gn.to_numpy(x)) first")
-            value = b.asarray(value)
+        """The fed value as an array of ``b`` with this input's dtype, or FeedError.
+
+        Host (NumPy) arrays, lists and scalars are welcome on every backend and are
+        copied to the device once here; arrays of another device library are refused.
+        """
+        if type(value) is not b.xp.ndarray:  # the fast path: already a plain backend array
+            value = self._to_array(b, value)
         if value.dtype != self.dtype:
             value = self._convert(value)
+            if not b.is_array(value):
+                value = b.asarray(value)  # a host array converted on the host: one copy over
         if self.shape is not None:
             got = value.shape
             if len(got) != len(self.shape) or any(got[axis] != want for axis, want in self._fixed):
                 self._shape_error(got)
         return value
+
+    def _to_array(self, b: Backend, value: Any) -> Any:
+        """A plain array (of ``b``, or a host array still to convert) for a value of another type."""
+        if b.is_array(value):  # a subclass of the backend's array type
+            _refuse_subclass(f"input {self.name!r}", value)
+            return value
+        if _belongs_elsewhere(value, b):
+            raise FeedError(f"input {self.name!r} was fed a {type(value).__module__}."
+                            f"{type(value).__name__}, "
+                            f"but the graph runs on the {b.name!r} backend: "
+                            f"convert it with gn.to_numpy(x) (or gn.asarray(x)) first")
+        if isinstance(value, np.ndarray):
+            _refuse_subclass(f"input {self.name!r}", value)
+            host = value
+        else:
+            try:
+                host = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise FeedError(f"input {self.name!r} was fed a {type(value).__name__} that is not "
+                                f"a regular array (ragged nesting or mixed types?): {exc}") from None
+        if host.dtype.kind not in "biuf":
+            raise FeedError(f"input {self.name!r} needs numbers, got dtype {host.dtype}"
+                            + (" (a ragged or mixed list?)" if host.dtype.kind == "O" else ""))
+        return host if host.dtype != self.dtype else b.asarray(host)
 
     @functools.cached_property
     def _fixed(self) -> tuple:
@@ -171,27 +200,75 @@ class Input(Node):
                                 f"{fmt(self.shape)}, got shape {tuple(got)}")
 
 
+def _input_shape(name: Optional[str], shape: Any) -> Shape:
+    """A declared input shape: None, or a tuple of sizes (ints >= 0, or None for unknown)."""
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise ArgumentTypeError(f"Input {name!r} shape must be a tuple of sizes (None for "
+                                f"unknown), got {shape!r}")
+    return tuple(None if d is None else integer(d, f"Input {name!r} shape[{k}]", 0)
+                 for k, d in enumerate(shape))
+
+
+def _input_dtype(name: Optional[str], dtype: Any) -> Any:
+    """A declared input dtype: real numbers only (float for data, int for labels)."""
+    if dtype is None:
+        return dtypes.get_default_dtype()
+    try:
+        dt = dtype_of(dtype)
+    except TypeError:
+        raise ArgumentTypeError(f"Input {name!r} dtype {dtype!r} is not a dtype") from None
+    if dt.kind not in "iuf":
+        raise ArgumentError(f"Input {name!r} dtype must be a float or integer type, got {dt}")
+    return dt
+
+
 def _belongs_elsewhere(value: Any, b: Backend) -> bool:
-    """Whether ``value`` is an array of another array library than ``b``'s (host scalars pass)."""
+    """Whether ``value`` is an array of a device library other than ``b``'s (host arrays pass)."""
     root = type(value).__module__.split(".")[0]
-    if root == "numpy" and getattr(value, "ndim", 0) == 0:
-        return False  # NumPy scalars and 0-d arrays are plain host numbers
-    return root != b.xp.__name__.split(".")[0] and (
-        root in ("numpy", "cupy") or hasattr(value, "__array_namespace__"))
+    if root == "numpy" or root == b.xp.__name__.split(".")[0]:
+        return False
+    return root == "cupy" or any(hasattr(value, a) for a in _FOREIGN_MARKS)
+
+
+# What arrays of other libraries (CuPy, PyTorch, JAX, ...) carry and NumPy arrays do not.
+_FOREIGN_MARKS = ("__array_namespace__", "__cuda_array_interface__", "__dlpack__")
+_SUBCLASS_REASONS = {"matrix": "np.matrix makes * a matrix product; pass np.asarray(m)",
+                     "MaskedArray": "its mask would be ignored; pass m.filled(value) or drop "
+                                    "the masked rows"}
+
+
+def _refuse_subclass(what: str, value: Any, error: type = FeedError) -> None:
+    """Refuse array subclasses whose semantics graphnet would not honour (``what`` names the door)."""
+    for cls in type(value).__mro__:
+        reason = _SUBCLASS_REASONS.get(cls.__name__)
+        if reason and cls.__module__.split(".")[0] == "numpy":
+            raise error(f"{what} was given a {type(value).__name__}: {reason}")
 
 
 class Parameter(Node):
-    """A trainable array, stored on the active backend; ``.value`` reads and sets it."""
+    """A trainable array, stored on the active backend; ``.value`` reads and sets it.
+
+    Real numbers only: integer and bool values become the default float dtype; complex,
+    object and string values, ``np.matrix`` and masked arrays, and NaN or inf initial
+    values are refused with an error naming the parameter.
+    """
 
     op = "parameter"
 
     def __init__(self, value: Any, name: Optional[str] = None, trainable: bool = True) -> None:
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(f"Parameter name must be a string, got {name!r}")
+        what = f"parameter {name!r}" if name else "Parameter"
         b = backend()
-        arr = _to_backend(b, value)
+        arr = _to_backend(b, value, what=what)
+        if arr.dtype.kind == "f" and arr.size and not bool(b.xp.isfinite(arr).all()):
+            raise ArgumentError(f"{what} has NaN or inf initial values")
         super().__init__((), name, tuple(arr.shape), arr.dtype)
         self._value = arr
         self.backend = b
-        self.trainable = trainable
+        self.trainable = flag(trainable, "Parameter trainable")
 
     @property
     def value(self) -> Any:
@@ -199,7 +276,7 @@ class Parameter(Node):
 
     @value.setter
     def value(self, new: Any) -> None:
-        arr = _to_backend(self.backend, new, self.dtype)
+        arr = _to_backend(self.backend, new, self.dtype, f"parameter {self.name!r}")
         if tuple(arr.shape) != self.shape:
             raise ShapeError(f"parameter {self.name!r} has shape {self.shape}, "
                              f"cannot set a value of shape {tuple(arr.shape)}")
@@ -214,14 +291,24 @@ class Parameter(Node):
         return self._value
 
 
-def _to_backend(b: Backend, value: Any, dtype: Any = None) -> Any:
-    """A fresh copy of ``value`` on ``b``; floating data gets ``dtype`` (default: the default dtype)."""
-    if not b.is_array(value) and type(value).__module__.split(".")[0] == "cupy":
-        from .backends.host import to_numpy
-        value = to_numpy(value)
+def _to_backend(b: Backend, value: Any, dtype: Any = None, what: str = "Parameter") -> Any:
+    """A fresh copy of real ``value`` on ``b``; floating data gets ``dtype`` (default: the default dtype)."""
+    if not b.is_array(value):
+        if type(value).__module__.split(".")[0] == "cupy":
+            from .backends.host import to_numpy
+            value = to_numpy(value)
+        elif not isinstance(value, np.ndarray):
+            try:
+                value = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise ArgumentError(f"{what}: the value is not a regular array: {exc}") from None
+    _refuse_subclass(what, value, ArgumentError)
+    if value.dtype.kind not in "biuf":
+        raise ArgumentError(f"{what} needs real numbers (float, int or bool), got dtype "
+                            f"{value.dtype}")
     arr = b.asarray(value)
     if dtype is None:
-        dtype = dtypes.get_default_dtype() if is_floating(arr.dtype) or arr.dtype.kind in "iub" else arr.dtype
+        dtype = dtypes.get_default_dtype()
     return arr.astype(dtype, copy=True)
 
 
@@ -235,6 +322,16 @@ class Constant(Node):
             self.value = float(value)
             super().__init__((), name or repr(value), (), None)
         else:
+            if not isinstance(value, np.ndarray) and type(value).__module__.split(".")[0] != "cupy":
+                try:
+                    value = np.asarray(value)
+                except (ValueError, TypeError) as exc:
+                    raise ArgumentError(f"a constant is not a regular array: "
+                                        f"{exc}") from None
+            if isinstance(value, np.ndarray):
+                _refuse_subclass("a constant", value, ArgumentError)
+            if value.dtype.kind not in "biuf":
+                raise ArgumentError(f"a constant needs real numbers, got dtype {value.dtype}")
             arr = backend().asarray(value)
             if is_floating(arr.dtype):
                 arr = arr.astype(dtypes.get_default_dtype(), copy=False)

@@ -3,11 +3,35 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .backends import backend
 from .backends.host import to_numpy
-from .node import Parameter
+from .checks import flag, integer, real
+from .errors import ArgumentError, ArgumentTypeError, ShapeError
+from .io import CheckpointError
+from .node import Input, Node, Parameter
+
+
+def _param_list(params: Any, who: str) -> list[Parameter]:
+    """``params`` as a list of distinct Parameters, or an error naming the first misfit."""
+    if isinstance(params, (Node, str, bytes, Mapping)) or not isinstance(params, Iterable):
+        hint = " (wrap a single one in a list: [W])" if isinstance(params, Parameter) else ""
+        raise ArgumentTypeError(f"{who} takes a list of Parameters, got "
+                                f"{type(params).__name__}{hint}")
+    out, seen = [], set()
+    for k, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            what = f"{type(p).__name__} {p.name!r}" if isinstance(p, Node) else repr(p)
+            raise ArgumentTypeError(f"{who} params[{k}] is not a Parameter: {what}"
+                                    + (" (an Input is fed, not trained)" if isinstance(p, Input)
+                                       else ""))
+        if id(p) in seen:
+            raise ArgumentError(f"{who} got parameter {p.name!r} twice (it would be updated twice "
+                                "per step)")
+        seen.add(id(p))
+        out.append(p)
+    return out
 
 
 class Optimizer:
@@ -20,15 +44,12 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, params: Sequence[Parameter], lr: float, weight_decay: float = 0.0) -> None:
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.params = [p for p in params if p.trainable]
+        name = type(self).__name__
+        self.lr = real(lr, f"{name} lr", 0.0, low_open=True)
+        self.weight_decay = real(weight_decay, f"{name} weight_decay", 0.0)
+        self.params = [p for p in _param_list(params, name) if p.trainable]
         if not self.params:
-            raise ValueError("the optimizer got no trainable parameters")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+            raise ArgumentError(f"{name} got no trainable parameters")
         self.steps = 0
         self.state: dict[str, list[Any]] = {s: [None] * len(self.params) for s in self.slots}
         self._decays = [self.weight_decay if p.ndim and p.ndim >= 2 else 0.0 for p in self.params]
@@ -36,8 +57,31 @@ class Optimizer:
         self._wrt: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
     def step(self, grads: Mapping[Parameter, Any]) -> None:
-        """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are)."""
+        """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are).
+
+        Each gradient must be an array of the parameter's backend with exactly its shape
+        (no broadcasting); parameters missing from ``grads`` are left as they are.
+        """
+        self._check_grads(grads)
         self._apply(grads, False)
+
+    def _check_grads(self, grads: Mapping[Parameter, Any]) -> None:
+        if not isinstance(grads, Mapping):
+            raise ArgumentTypeError(f"{type(self).__name__}.step takes a dict {{parameter: "
+                                    f"gradient}}, got {type(grads).__name__}")
+        for p in self.params:
+            g = grads.get(p)
+            if g is None:
+                continue
+            if not p.backend.is_array(g):
+                raise ArgumentTypeError(f"the gradient for parameter {p.name!r} must be a "
+                                        f"{p.backend.name} array, got {type(g).__name__}")
+            if tuple(g.shape) != p.shape:
+                raise ShapeError(f"the gradient for parameter {p.name!r} has shape "
+                                 f"{tuple(g.shape)}, the parameter has shape {p.shape}")
+            if g.dtype.kind != "f":
+                raise ArgumentTypeError(f"the gradient for parameter {p.name!r} must be floating, "
+                                        f"got dtype {g.dtype}")
 
     def minimize(self, graph: Any, feed: Mapping[Any, Any]) -> Any:
         """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
@@ -84,15 +128,21 @@ class Optimizer:
 
     def load_host_state(self, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Restore what :meth:`host_state` returned."""
-        if meta.get("type") != type(self).__name__:
-            raise ValueError(f"optimizer state is for {meta.get('type')}, not {type(self).__name__}")
-        self.lr, self.steps = float(meta["lr"]), int(meta["steps"])
+        if not isinstance(meta, Mapping) or meta.get("type") != type(self).__name__:
+            got = meta.get("type") if isinstance(meta, Mapping) else type(meta).__name__
+            raise CheckpointError(f"optimizer state is for {got}, not {type(self).__name__}")
+        try:
+            lr = real(meta["lr"], "saved optimizer lr", 0.0, low_open=True)
+            steps = integer(meta["steps"], "saved optimizer steps", 0)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"optimizer state is malformed: {exc}") from None
+        self.lr, self.steps = lr, steps
         b = backend()
         for s in self.slots:
             for i, p in enumerate(self.params):
                 v = arrays.get(f"{s}.{i}")
                 if v is not None and tuple(v.shape) != p.shape:
-                    raise ValueError(f"optimizer slot {s}.{i} has shape {tuple(v.shape)}, "
+                    raise CheckpointError(f"optimizer slot {s}.{i} has shape {tuple(v.shape)}, "
                                      f"parameter {p.name!r} has {p.shape}")
                 self.state[s][i] = None if v is None else b.asarray(v).astype(p.dtype)
 
@@ -102,13 +152,13 @@ class SGD(Optimizer):
 
     def __init__(self, params: Sequence[Parameter], lr: float = 0.1, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        momentum = real(momentum, "SGD momentum", 0.0, 1.0, high_open=True)
+        nesterov = flag(nesterov, "SGD nesterov")
         if nesterov and not momentum:
-            raise ValueError("Nesterov momentum needs momentum > 0")
+            raise ArgumentError("SGD nesterov=True needs momentum > 0")
         self.slots = ("velocity",) if momentum else ()
         super().__init__(params, lr, weight_decay)
-        self.momentum, self.nesterov = float(momentum), nesterov
+        self.momentum, self.nesterov = momentum, nesterov
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
@@ -122,9 +172,12 @@ class Adam(Optimizer):
 
     def __init__(self, params: Sequence[Parameter], lr: float = 1e-3, betas: tuple = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+            raise ArgumentTypeError(f"Adam betas must be a pair (beta1, beta2), got {betas!r}")
+        self.beta1 = real(betas[0], "Adam betas[0]", 0.0, 1.0, high_open=True)
+        self.beta2 = real(betas[1], "Adam betas[1]", 0.0, 1.0, high_open=True)
+        self.eps = real(eps, "Adam eps", 0.0, low_open=True)
         super().__init__(params, lr, weight_decay)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.eps = float(eps)
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         p.backend.adam_update(p._value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
@@ -145,9 +198,8 @@ class StepLR(Schedule):
     """Multiply by ``gamma`` every ``step_size`` epochs."""
 
     def __init__(self, step_size: int, gamma: float = 0.1) -> None:
-        if step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = integer(step_size, "StepLR step_size", 1)
+        self.gamma = real(gamma, "StepLR gamma", 0.0, low_open=True)
 
     def __call__(self, epoch: float) -> float:
         return self.gamma ** int(epoch // self.step_size)
@@ -160,9 +212,9 @@ class CosineLR(Schedule):
     """Half a cosine from 1 down to ``floor`` over ``epochs``, after ``warmup`` linear epochs."""
 
     def __init__(self, epochs: float, floor: float = 0.0, warmup: float = 0.0) -> None:
-        if epochs <= 0:
-            raise ValueError(f"CosineLR needs epochs > 0, got {epochs}")
-        self.epochs, self.floor, self.warmup = float(epochs), float(floor), float(warmup)
+        self.epochs = real(epochs, "CosineLR epochs", 0.0, low_open=True)
+        self.floor = real(floor, "CosineLR floor", 0.0, 1.0)
+        self.warmup = real(warmup, "CosineLR warmup", 0.0, self.epochs)
 
     def __call__(self, epoch: float) -> float:
         if epoch < self.warmup:
@@ -182,4 +234,4 @@ def make_schedule(name: Optional[str], epochs: int, **kw: Any) -> Schedule:
         return StepLR(kw.get("step_size", max(epochs // 3, 1)), kw.get("gamma", 0.1))
     if name == "cosine":
         return CosineLR(epochs, kw.get("floor", 0.0), kw.get("warmup", 0.0))
-    raise ValueError(f"unknown schedule {name!r}; choose constant, step or cosine")
+    raise ArgumentError(f"unknown schedule {name!r}; choose constant, step or cosine")

@@ -62,6 +62,8 @@ def normalize_axes(axis: Any, ndim: int, who: Any) -> tuple:
         if not -ndim <= a < ndim:
             raise ShapeError(f"axis {a} is out of range for {describe(who)} of rank {ndim}")
         out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"axis {axis!r} names one axis twice for {describe(who)} of rank {ndim}")
     return tuple(sorted(out))
 
 

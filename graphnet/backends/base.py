@@ -4,8 +4,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from ..errors import GraphnetError
 
-class BackendUnavailableError(RuntimeError):
+
+class BackendUnavailableError(GraphnetError, RuntimeError):
     """A backend was asked for but cannot run here (library or device missing)."""
 
 

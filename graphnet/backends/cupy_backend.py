@@ -17,8 +17,9 @@ def _import_cupy() -> Any:
                 "or use GRAPHNET_BACKEND=numpy") from exc
         raise BackendUnavailableError(
             "the 'cupy' backend needs CuPy, which is not installed: "
-            "install it with `pip install graphnet[cuda12]` (CUDA 12) or "
-            "`pip install graphnet[cuda13]` (CUDA 13), or use GRAPHNET_BACKEND=numpy"
+            "install it with `pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` "
+            "(CUDA 13), or from a graphnet checkout `pip install -e \".[cuda12]\"`; "
+            "or use GRAPHNET_BACKEND=numpy"
         ) from exc
     try:
         available = cupy.cuda.is_available()

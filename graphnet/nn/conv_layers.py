@@ -6,17 +6,14 @@ from typing import Any, Optional
 
 from .. import ops
 from ..backends.host import host_normal, host_uniform, host_zeros
+from ..checks import choice, fits_in_memory, flag, int_pair, integer, real
 from ..node import Node, Parameter
 from .layers import Dropout, Flatten, Layer, Linear, ReLU, Sequential, register
 
 
-def _pair(v: Any) -> list:
-    """An int or a pair as a JSON-friendly [h, w] list."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected an int or a pair of ints, got {v!r}")
-        return [int(v[0]), int(v[1])]
-    return [int(v), int(v)]
+def _pair(v: Any, what: str, minimum: int = 1) -> list:
+    """An int or a pair (each ``>= minimum``) as a JSON-friendly [h, w] list."""
+    return list(int_pair(v, what, minimum))
 
 
 @register
@@ -29,29 +26,23 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size: Any = 3,
                  stride: Any = 1, padding: Any = 0, bias: bool = True, init: str = "he") -> None:
-        if out_channels is None or int(out_channels) <= 0:
-            raise ValueError(f"Conv2d needs out_channels > 0, got {out_channels}")
-        if init not in ("he", "glorot"):
-            raise ValueError(f"Conv2d init must be 'he' or 'glorot', got {init!r}")
+        self.out_channels = integer(out_channels, "Conv2d out_channels", 1)
+        self.init = choice(init, "Conv2d init", ("he", "glorot"))
+        self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
+        self.stride = _pair(stride, "Conv2d stride")
+        self.padding = _pair(padding, "Conv2d padding", 0)
+        self.bias = flag(bias, "Conv2d bias")
         self.in_channels = in_channels
-        self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"Conv2d needs kernel_size, stride >= 1 and padding >= 0, got "
-                             f"{kernel_size!r}, {stride!r}, {padding!r}")
-        self.bias = bool(bias)
-        self.init = init
         self.W: Optional[Parameter] = None
         self.b: Optional[Parameter] = None
         if in_channels is not None:
-            self._build(int(in_channels))
+            self._build(integer(in_channels, "Conv2d in_channels", 1))
 
     def _build(self, c_in: int) -> None:
-        self.in_channels = c_in
         kh, kw = self.kernel_size
         c_out = self.out_channels
+        fits_in_memory((c_out, c_in, kh, kw), 8, "Conv2d weights")
+        self.in_channels = c_in
         fan_in, fan_out = c_in * kh * kw, c_out * kh * kw
         shape = (c_out, c_in, kh, kw)
         if self.init == "he":
@@ -89,8 +80,8 @@ class _Pool(Layer):
     fn: Any
 
     def __init__(self, size: Any = 2, stride: Any = None) -> None:
-        self.size = _pair(size)
-        self.stride = None if stride is None else _pair(stride)
+        self.size = _pair(size, f"{type(self).__name__} size")
+        self.stride = None if stride is None else _pair(stride, f"{type(self).__name__} stride")
 
     def __call__(self, x: Node) -> Node:
         return type(self).fn(x, tuple(self.size), None if self.stride is None else tuple(self.stride))
@@ -125,12 +116,15 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: Optional[int] = None, momentum: float = 0.1,
                  eps: float = 1e-5) -> None:
-        self.num_features = num_features
-        self.momentum = float(momentum)
-        self.eps = float(eps)
+        name = type(self).__name__
+        self.num_features = None if num_features is None else integer(
+            num_features, f"{name} num_features", 1)
+        self.momentum = real(momentum, f"{name} momentum", 0.0, 1.0)
+        self.eps = real(eps, f"{name} eps", 0.0, low_open=True)
         self.gamma = self.beta = self.running_mean = self.running_var = None
         if num_features is not None:
-            self._build(int(num_features))
+            fits_in_memory((self.num_features,), 8, f"{name} statistics")
+            self._build(self.num_features)
 
     def _build(self, c: int) -> None:
         if c <= 0:

@@ -6,6 +6,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .. import ops
 from ..backends.host import host_normal, host_uniform, host_zeros
+from ..checks import choice, fits_in_memory, flag, integer, real, sizes
+from ..errors import ArgumentTypeError
 from ..node import Node, Parameter
 
 LAYERS: dict[str, type] = {}
@@ -59,22 +61,19 @@ class Linear(Layer):
 
     def __init__(self, in_features: Optional[int], out_features: int, bias: bool = True,
                  init: str = "glorot") -> None:
-        if out_features is None or int(out_features) <= 0:
-            raise ValueError(f"Linear needs out_features > 0, got {out_features}")
-        if init not in ("glorot", "he"):
-            raise ValueError(f"Linear init must be 'glorot' or 'he', got {init!r}")
+        self.out_features = integer(out_features, "Linear out_features", 1)
+        self.init = choice(init, "Linear init", ("glorot", "he"))
+        self.bias = flag(bias, "Linear bias")
         self.in_features = in_features
-        self.out_features = int(out_features)
-        self.bias = bias
-        self.init = init
         self.W: Optional[Parameter] = None
         self.b: Optional[Parameter] = None
         if in_features is not None:
-            self._build(int(in_features))
+            self._build(integer(in_features, "Linear in_features", 1))
 
     def _build(self, n_in: int) -> None:
-        self.in_features = n_in
         n_out = self.out_features
+        fits_in_memory((n_in, n_out), 8, f"Linear({n_in}, {n_out}) weights")
+        self.in_features = n_in
         if self.init == "glorot":
             limit = math.sqrt(6.0 / (n_in + n_out))
             w = host_uniform(-limit, limit, (n_in, n_out))
@@ -142,9 +141,7 @@ class Dropout(Layer):
     """Inverted dropout with rate ``p`` (identity when the graph runs for evaluation)."""
 
     def __init__(self, p: float = 0.5) -> None:
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = real(p, "Dropout p", 0.0, 1.0, high_open=True)
 
     def __call__(self, x: Node) -> Node:
         return ops.dropout(x, self.p)
@@ -158,6 +155,8 @@ class Sequential(Layer):
     """Layers applied in order. After a call, ``taps`` holds each layer's output node."""
 
     def __init__(self, layers: Iterable[Any] = ()) -> None:
+        if isinstance(layers, (str, bytes, dict, Layer)) or not isinstance(layers, Iterable):
+            raise ArgumentTypeError(f"Sequential takes a list of layers, got {type(layers).__name__}")
         self.layers = [from_config(l) if isinstance(l, dict) else l for l in layers]
         for l in self.layers:
             if not isinstance(l, Layer):
@@ -203,17 +202,16 @@ def MLP(layers: Sequence[int], in_features: int = 784, activation: str = "tanh",
 
     Each hidden layer is Linear then the activation (then Dropout when ``dropout`` > 0).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
-    sizes = [int(n) for n in layers]
-    if not sizes or any(n <= 0 for n in sizes):
-        raise ValueError(f"layer sizes must be positive integers, got {list(layers)}")
+    choice(activation, "MLP activation", ACTIVATIONS)
+    sizes_ = sizes(layers, "MLP layers")
+    in_features = integer(in_features, "MLP in_features", 1)
+    dropout = real(dropout, "MLP dropout", 0.0, 1.0, high_open=True)
     init = "he" if activation == "relu" else "glorot"
     out: list[Layer] = []
     n_in = in_features
-    for i, n in enumerate(sizes):
+    for i, n in enumerate(sizes_):
         out.append(Linear(n_in, n, init=init))
-        if i < len(sizes) - 1:
+        if i < len(sizes_) - 1:
             out.append(ACTIVATIONS[activation]())
             if dropout:
                 out.append(Dropout(dropout))

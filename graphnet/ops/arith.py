@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numbers
+
+from ..checks import real
+from ..errors import ArgumentTypeError
 from ..node import Constant, Node, as_node
 from ..shapes import broadcast, sum_to
 
@@ -92,10 +96,11 @@ class Power(Node):
     op = "pow"
 
     def __init__(self, x: Any, exponent: float) -> None:
-        if isinstance(exponent, Node) or not isinstance(exponent, (int, float)):
-            raise TypeError(f"x ** p needs a Python number p, got {type(exponent).__name__}")
+        if isinstance(exponent, Node):
+            raise ArgumentTypeError("x ** p needs a fixed number p, not a node (use gn.exp(p * gn.log(x)))")
+        real(exponent, "the exponent p of x ** p")
         x = as_node(x)
-        self.exponent = exponent
+        self.exponent = int(exponent) if isinstance(exponent, numbers.Integral) else float(exponent)
         super().__init__((x,), shape=x.shape)
 
     def forward(self, ctx, x):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..checks import real
 from ..errors import ShapeError
 from ..node import Node, Parameter, as_node
 from ..shapes import describe
@@ -31,11 +32,8 @@ class BatchNorm(Node):
             if r is not None and not isinstance(r, Parameter):
                 raise TypeError(f"batch_norm running statistics must be Parameters "
                                 f"(Parameter(..., trainable=False)), got {type(r).__name__}")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"batch_norm momentum must be in [0, 1], got {momentum}")
-        if not eps > 0:
-            raise ValueError(f"batch_norm eps must be > 0, got {eps}")
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.momentum = real(momentum, "batch_norm momentum", 0.0, 1.0)
+        self.eps = real(eps, "batch_norm eps", 0.0, low_open=True)
         self.running = None if running_mean is None else (running_mean, running_var)
         inputs = (x, gamma, beta) + (() if self.running is None else self.running)
         if x.shape is not None and len(x.shape) < 2:

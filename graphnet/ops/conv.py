@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..checks import int_pair, integer
 from ..errors import ShapeError
 from ..node import Node, as_node
 from ..shapes import describe
@@ -54,20 +55,12 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20  # for backends without an ``im2col_chunk_byte
 def set_im2col_limit(nbytes: int) -> int:
     """Set the largest im2col chunk (bytes) conv2d allocates at once; return the old limit."""
     global IM2COL_LIMIT_BYTES
-    if int(nbytes) <= 0:
-        raise ValueError(f"the im2col limit must be a positive number of bytes, got {nbytes}")
-    old, IM2COL_LIMIT_BYTES = IM2COL_LIMIT_BYTES, int(nbytes)
+    old, IM2COL_LIMIT_BYTES = IM2COL_LIMIT_BYTES, integer(nbytes, "the im2col limit (bytes)", 1)
     return old
 
 
-def _pair(v: Any, what: str) -> tuple:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
-        a, b = int(v[0]), int(v[1])
-    else:
-        a = b = int(v)
-    return a, b
+def _pair(v: Any, what: str, minimum: int = 1) -> tuple:
+    return int_pair(v, what, minimum)
 
 
 def _out_size(n: Optional[int], k: int, s: int, p: int) -> Optional[int]:
@@ -91,7 +84,7 @@ class Conv2d(Node):
         w = as_node(w, like=x)
         inputs = (x, w) if b is None else (x, w, as_node(b, like=x))
         self.stride = _pair(stride, "conv2d stride")
-        self.padding = _pair(padding, "conv2d padding")
+        self.padding = _pair(padding, "conv2d padding", 0)
         if min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"conv2d needs stride >= 1 and padding >= 0, "
                              f"got stride={stride!r}, padding={padding!r}")

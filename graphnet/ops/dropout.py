@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import real
 from ..node import Node, as_node
 
 
@@ -10,10 +11,8 @@ class Dropout(Node):
     op = "dropout"
 
     def __init__(self, x: Any, rate: float) -> None:
-        if not 0 <= rate < 1:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = real(rate, "dropout rate", 0.0, 1.0, high_open=True)
         x = as_node(x)
-        self.rate = float(rate)
         self._mask = None
         super().__init__((x,), shape=x.shape)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import integer
 from ..errors import GraphError, ShapeError
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
@@ -13,7 +14,10 @@ class Softmax(Node):
 
     def __init__(self, x: Any, axis: int = -1) -> None:
         x = as_node(x)
-        self.axis = axis
+        self.axis = integer(axis, f"{self.op} axis")
+        if x.shape is not None and not -len(x.shape) <= self.axis < max(len(x.shape), 1):
+            raise ShapeError(f"{self.op} axis {self.axis} is out of range for {describe(x)} "
+                             f"of rank {len(x.shape)}")
         super().__init__((x,), shape=x.shape)
 
     def forward(self, ctx, x):
@@ -54,6 +58,10 @@ class SoftmaxCrossEntropy(Node):
         if labels.ndim == 1 and labels.dtype.kind not in "iu":
             raise TypeError(f"class-index labels {self.inputs[1].name!r} must be integers, "
                             f"got {labels.dtype}")
+        if labels.shape[0] != logits.shape[0] or (labels.ndim == 2 and labels.shape != logits.shape):
+            raise ShapeError(f"softmax_cross_entropy: labels {self.inputs[1].name!r} of shape "
+                             f"{tuple(labels.shape)} do not match logits of shape "
+                             f"{tuple(logits.shape)} (labels are never broadcast)")
         out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
         loss, self._probs = ctx.b.softmax_cross_entropy(logits, labels, out)
         return loss
@@ -103,6 +111,12 @@ class MSE(Node):
         super().__init__((pred, target), shape=())
 
     def forward(self, ctx, pred, target):
+        k = getattr(target, "ndim", 0)
+        if k and (k > pred.ndim or target.shape != pred.shape[pred.ndim - k:]):
+            raise ShapeError(f"mse: target {self.inputs[1].name!r} of shape {tuple(target.shape)} "
+                             f"does not match the prediction's {tuple(pred.shape)} (a target is "
+                             "never broadcast over the batch; a lower-rank one must equal the "
+                             "trailing axes)")
         d = pred - target
         return (d * d).mean()
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..errors import ShapeError
+from ..checks import integer
+from ..errors import ArgumentTypeError, ShapeError
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
 from .arith import _pair
@@ -64,7 +65,9 @@ class Transpose(Node):
 
     def __init__(self, x: Any, axes: Optional[tuple] = None) -> None:
         x = as_node(x)
-        self.axes = None if axes is None else tuple(int(a) for a in axes)
+        if axes is not None and (isinstance(axes, str) or not isinstance(axes, (tuple, list))):
+            raise ArgumentTypeError(f"transpose axes must be a tuple of ints, got {axes!r}")
+        self.axes = None if axes is None else tuple(integer(a, "transpose axis") for a in axes)
         shape = None
         if x.shape is not None:
             n = len(x.shape)

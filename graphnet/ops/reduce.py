@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import axes, flag
 from ..node import Node, as_node
 from ..shapes import normalize_axes, reduce_shape
 
@@ -12,9 +13,8 @@ class Sum(Node):
 
     def __init__(self, x: Any, axis: Any = None, keepdims: bool = False) -> None:
         x = as_node(x)
-        self.axis = None if axis is None else int(axis) if hasattr(axis, "__index__") \
-            else tuple(int(a) for a in axis)
-        self.keepdims = keepdims
+        self.axis = axes(axis, f"{self.op} axis")
+        self.keepdims = flag(keepdims, f"{self.op} keepdims")
         super().__init__((x,), shape=reduce_shape(x.shape, self.axis, keepdims, x))
 
     def forward(self, ctx, x):

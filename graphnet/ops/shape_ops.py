@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import ShapeError
+import numpy as np
+
+from ..checks import integer
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ..node import Node, as_node
 from ..shapes import describe, known_size
 
@@ -13,10 +16,10 @@ class Reshape(Node):
 
     def __init__(self, x: Any, shape: Sequence[int]) -> None:
         x = as_node(x)
-        self.target = tuple(int(d) for d in shape)
-        if any(d < -1 for d in self.target):
-            raise ShapeError(f"reshape of {describe(x)}: sizes must be >= 0 (or one -1), "
-                             f"got {self.target}")
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+            raise ArgumentTypeError(f"reshape of {describe(x)}: the shape must be a tuple of ints, "
+                                    f"got {shape!r}")
+        self.target = tuple(integer(d, f"reshape size {k}", -1) for k, d in enumerate(shape))
         if sum(d == -1 for d in self.target) > 1:
             raise ShapeError(f"reshape of {describe(x)}: only one size may be -1, got {self.target}")
         n_in, n_out = known_size(x.shape), known_size(self.target)
@@ -65,6 +68,7 @@ class GetItem(Node):
 
     def __init__(self, x: Any, index: Any) -> None:
         x = as_node(x)
+        _check_index(index)
         self.index = index
         self._basic = _is_basic(index)
         super().__init__((x,), shape=_index_shape(x, index) if self._basic else None)
@@ -79,6 +83,27 @@ class GetItem(Node):
         else:
             ctx.b.scatter_add(out, self.index, g)
         return (out,)
+
+
+def _check_index(index: Any) -> None:
+    """Refuse index items NumPy would reject at run time (floats, strings, ...) at build time."""
+    for it in index if isinstance(index, tuple) else (index,):
+        if it is None or it is Ellipsis or isinstance(it, Node):
+            continue
+        if isinstance(it, slice):
+            for part in (it.start, it.stop, it.step):
+                if part is not None:
+                    integer(part, f"slice bound in index {index!r}")
+            if it.step == 0:
+                raise ArgumentError(f"slice step cannot be zero in index {index!r}")
+        elif hasattr(it, "dtype") or isinstance(it, list):
+            kind = np.asarray(it).dtype.kind if isinstance(it, list) else it.dtype.kind
+            if kind not in "iu":
+                raise ArgumentTypeError(f"index arrays must hold integers, got dtype "
+                                        f"{np.asarray(it).dtype if isinstance(it, list) else it.dtype}"
+                                        f" in {index!r}")
+        else:
+            integer(it, f"index item in {index!r}")
 
 
 def _is_basic(index: Any) -> bool:
@@ -118,10 +143,12 @@ class Concat(Node):
     op = "concat"
 
     def __init__(self, nodes: Sequence[Any], axis: int = 0) -> None:
+        if isinstance(nodes, (Node, str)) or not isinstance(nodes, (list, tuple)):
+            raise ArgumentTypeError(f"concat takes a list of nodes, got {type(nodes).__name__}")
         nodes = [as_node(n) for n in nodes]
         if not nodes:
             raise ShapeError("concat needs at least one node")
-        self.axis = axis
+        self.axis = integer(axis, "concat axis")
         super().__init__(nodes, shape=_concat_shape(nodes, axis))
 
     def forward(self, ctx, *xs):
