@@ -39,8 +39,11 @@ class Optimizer:
         """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are)."""
         self._apply(grads, False)
 
-    def minimize(self, graph: Any, feed: Mapping[Any, Any]) -> Any:
+    def minimize(self, graph: Any, feed: Mapping[Any, Any],
+                 rng_key: Optional[tuple[int, ...]] = None) -> Any:
         """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
+
+        ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
 
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
@@ -52,7 +55,8 @@ class Optimizer:
             for p in wrt:
                 if p not in self._grad_bufs:
                     self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
-        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs)
+        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
+                                     rng_key=rng_key)
         self._apply(grads, True)
         return cost
 

@@ -1,6 +1,7 @@
 """The backend interface: everything the engine computes goes through one of these."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -65,9 +66,18 @@ class Backend(ABC):
     def permutation(self, n: int) -> Any:
         """A random permutation of ``range(n)`` on the device."""
 
+    def keyed_bits(self, key: tuple[int, int], shape: tuple) -> Any:
+        """uint64 words of the Philox4x64-10 stream of ``key``, the same on every backend.
+
+        See :mod:`graphnet.backends.keyed`; here computed on the host and copied over.
+        """
+        from .keyed import random_bits
+        shape = tuple(shape)
+        return self.asarray(random_bits(key, math.prod(shape)).reshape(shape))
+
     @abstractmethod
     def rng_state(self) -> Any:
-        """A host-side snapshot of the device generator (for checkpoints)."""
+        """A host-side snapshot of the device generator (for checkpoints); no side effect."""
 
     @abstractmethod
     def set_rng_state(self, state: Any) -> None:
@@ -157,7 +167,8 @@ class Backend(ABC):
         """Mean cross-entropy of ``softmax(logits)`` and the probabilities (in ``out`` if given).
 
         ``labels`` are class indices (integer, shape ``(N,)``) or one-hot /
-        soft targets with the logits' shape.
+        soft targets with the logits' shape. A class index outside ``[0, C)`` makes its
+        term NaN (see :meth:`label_poison`), never another class's.
         """
         xp = self.xp
         z = logits - logits.max(axis=1, keepdims=True)
@@ -167,21 +178,45 @@ class Backend(ABC):
         logs = xp.log(s)
         n = logits.shape[0]
         if labels.ndim == 1:
-            picked = xp.take_along_axis(z, labels[:, None].astype(xp.intp), axis=1)
-            loss = (logs - picked).sum() / n
+            index, poison = self.label_poison(labels, logits.shape[1], logits.dtype)
+            picked = xp.take_along_axis(z, index[:, None].astype(xp.intp), axis=1)
+            terms = logs - picked
+            if poison is not None:
+                terms = terms + poison
+            loss = terms.sum() / n
         else:
             loss = ((logs - z) * labels).sum() / n
         return loss.astype(logits.dtype), probs
 
+    def label_poison(self, labels: Any, classes: int, dtype: Any) -> tuple[Any, Any]:
+        """``(index, poison)`` for class-index ``labels``: the labels clipped into range (safe to
+        gather with: the GPU does not check bounds) and an ``(N, 1)`` column, NaN where the
+        label was out of range and 0 elsewhere, added to that row's loss and gradient
+        (None may stand for a column of zeros).
+
+        Computed on the device, with no host synchronisation.
+        """
+        xp = self.xp
+        bad = (labels < 0) | (labels >= classes)
+        index = xp.clip(labels, 0, classes - 1)
+        poison = xp.where(bad, xp.asarray(float("nan"), dtype=dtype), xp.asarray(0, dtype=dtype))
+        return index, poison[:, None]
+
     def softmax_cross_entropy_backward(self, probs: Any, labels: Any, g: Any,
                                        out: Any = None) -> Any:
-        """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given)."""
+        """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given).
+
+        Rows whose class index is out of range are NaN.
+        """
         n = probs.shape[0]
         scale = (g / n).astype(probs.dtype)
         if labels.ndim == 1:
+            index, poison = self.label_poison(labels, probs.shape[1], probs.dtype)
             grad = self.xp.multiply(probs, scale, out=out)
             rows = self.xp.arange(n)
-            grad[rows, labels] -= scale
+            grad[rows, index] -= scale
+            if poison is not None:
+                grad += poison
             return grad
         return self.xp.multiply(probs - labels.astype(probs.dtype), scale, out=out)
 

@@ -68,9 +68,8 @@ class CupyBackend(Backend):
 
     def __init__(self) -> None:
         self.xp = _import_cupy()
-        self._base_seed = 0
-        self._reseeds = 0
-        self._rs = self.xp.random.RandomState(0)
+        self._seed = 0
+        self._draws = 0
         self._kernels: dict[str, Any] = {}
 
     # --- arrays and transfers -------------------------------------------------
@@ -109,30 +108,39 @@ class CupyBackend(Backend):
         return out
 
     # --- random numbers -------------------------------------------------------
+    # The backend's own stream is keyed too: draw k after seed s uses the key (s, k), so
+    # the state is two numbers, read and restored with no side effect.
     def seed(self, seed: int) -> None:
-        self._base_seed, self._reseeds = int(seed), 0
-        self._rs = self.xp.random.RandomState(int(seed))
+        self._seed, self._draws = int(seed), 0
+
+    def _next_words(self, shape: tuple) -> Any:
+        from .keyed import STREAM_POSITION, philox_key
+        key = philox_key((self._seed % 2**64, self._draws), STREAM_POSITION)
+        self._draws += 1
+        return self.keyed_bits(key, shape)
 
     def uniform(self, shape: tuple, dtype: Any) -> Any:
-        return self._rs.random_sample(shape, dtype=dtype)
+        from .keyed import uniform
+        return uniform(self.xp, self._next_words(tuple(shape)), dtype)
 
     def permutation(self, n: int) -> Any:
-        return self._rs.permutation(n)
+        return self.xp.argsort(self._next_words((int(n),)))
 
     def rng_state(self) -> Any:
-        # cuRAND state is not portable; a checkpoint records a reseed point instead.
-        self._reseeds += 1
-        self._rs = self.xp.random.RandomState(self._derived_seed())
-        return {"base_seed": self._base_seed, "reseeds": self._reseeds}
+        return {"seed": self._seed, "draws": self._draws}
 
     def set_rng_state(self, state: Any) -> None:
-        if not (isinstance(state, dict) and "reseeds" in state):
+        if not (isinstance(state, dict) and "seed" in state and "draws" in state):
             raise ValueError("this RNG state was not saved by the cupy backend")
-        self._base_seed, self._reseeds = int(state["base_seed"]), int(state["reseeds"])
-        self._rs = self.xp.random.RandomState(self._derived_seed())
+        self._seed, self._draws = int(state["seed"]), int(state["draws"])
 
-    def _derived_seed(self) -> int:
-        return (self._base_seed * 1_000_003 + self._reseeds) % (2**63)
+    def keyed_bits(self, key: tuple[int, int], shape: tuple) -> Any:
+        from numpy import uint64
+        from .keyed import PHILOX_BODY
+        out = self.xp.empty(tuple(shape), self.xp.uint64)
+        self._elementwise("philox", "uint64 k0, uint64 k1", "uint64 out", PHILOX_BODY)(
+            uint64(key[0]), uint64(key[1]), out)
+        return out
 
     # --- scatter-add ----------------------------------------------------------
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
