@@ -162,6 +162,49 @@ class Backend(ABC):
                 view = self._offset_view(out, i, j, stride, out_hw)
                 view += c6[:, i, j]
 
+    # --- max pooling --------------------------------------------------------------------
+    @staticmethod
+    def pool_offsets(x_hw: tuple, size: tuple, stride: tuple):
+        """``(k, slice)`` per window offset, in row-major window order: the strided view
+        of an NCHW array that offset ``k`` of every window reads."""
+        (kh, kw), (sh, sw) = size, stride
+        h, w = x_hw
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, (slice(None), slice(None),
+                                   slice(i, i + sh * (oh - 1) + 1, sh),
+                                   slice(j, j + sw * (ow - 1) + 1, sw))
+
+    def max_pool_backward(self, x: Any, y: Any, g: Any, size: tuple, stride: tuple,
+                          out: Any = None) -> Any:
+        """The gradient of max pooling: each window's ``g`` goes to the window's first
+        element equal to its maximum ``y`` (row-major order); a NaN maximum passes nothing.
+
+        One pass of comparisons and products per window offset, no host synchronisation.
+        ``out`` (x's shape, g's dtype), when given, receives the result.
+        """
+        xp = self.xp
+        (kh, kw), (sh, sw) = size, stride
+        gx = out if out is not None and out.shape == x.shape else xp.empty(x.shape, dtype=g.dtype)
+        gx[...] = 0
+        overlap = sh < kh or sw < kw
+        taken = None
+        last = kh * kw - 1
+        for k, sl in self.pool_offsets(x.shape[2:], size, stride):
+            hit = x[sl] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit &= ~taken
+                if k < last:
+                    taken |= hit
+            if overlap:
+                gx[sl] += g * hit
+            else:
+                gx[sl] = g * hit
+        return gx
+
     # --- fused kernels (hot paths) --------------------------------------------
     def softmax_cross_entropy(self, logits: Any, labels: Any, out: Any = None) -> tuple[Any, Any]:
         """Mean cross-entropy of ``softmax(logits)`` and the probabilities (in ``out`` if given).
@@ -225,16 +268,28 @@ class Backend(ABC):
         return g.sum(axis=0, out=out)
 
     def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given)."""
+        """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given).
+
+        A product: NaN in ``g`` or ``y`` gives NaN, and so does inf times a zero factor.
+        """
         return self.xp.multiply(g, 1 - y * y, out=out)
 
     def sigmoid_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g * y * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given)."""
+        """``(g * y) * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given); NaN as for tanh."""
         return self.xp.multiply(g * y, 1 - y, out=out)
 
     def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g`` where ``y > 0``, else 0 (in ``out`` if given)."""
-        return self.xp.multiply(g, y > 0, out=out)
+        """``g`` where ``y > 0``, else exactly 0, even where ``g`` is NaN or inf (in ``out`` if given).
+
+        A select, not ``g * (y > 0)`` (whose ``inf * 0`` is NaN): an inactive unit passes
+        no gradient at all, as in PyTorch and JAX. Every backend gives these same bits.
+        """
+        xp = self.xp
+        res = xp.where(y > 0, g, xp.zeros((), dtype=g.dtype))
+        if out is None:
+            return res
+        out[...] = res
+        return out
 
     def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
                    nesterov: bool, weight_decay: float, scratch: bool = False) -> None:

@@ -61,6 +61,40 @@ out = out + acc;
 """
 
 
+# The body of the max-pool backward kernel: ``i`` runs over the gradient of x (N, C, H, W);
+# each element adds, for every window that holds it, the window's gradient times 1 if it
+# is the window's first maximum (row-major) and 0 otherwise, in window order: the sums
+# and products of Backend.max_pool_backward, in one pass with no host synchronisation.
+MAX_POOL_BW_BODY = """
+const ptrdiff_t wi = i % width;
+const ptrdiff_t t = i / width;
+const ptrdiff_t hi = t % height;
+const ptrdiff_t plane = t / height;
+T acc = 0;
+for (int ki = 0; ki < k_h; ++ki) {
+    const ptrdiff_t hh = hi - ki;
+    if (hh < 0 || hh % s_h != 0 || hh / s_h >= o_h) continue;
+    const ptrdiff_t oy = hh / s_h;
+    for (int kj = 0; kj < k_w; ++kj) {
+        const ptrdiff_t ww = wi - kj;
+        if (ww < 0 || ww % s_w != 0 || ww / s_w >= o_w) continue;
+        const ptrdiff_t o = (plane * o_h + oy) * o_w + ww / s_w;
+        const X m = ys[o];
+        int hit = xs[i] == m;
+        const ptrdiff_t corner = (plane * height + oy * s_h) * width + ww;
+        for (int a = 0; a <= ki && hit; ++a) {
+            const int stop = a == ki ? kj : k_w;
+            for (int b = 0; b < stop && hit; ++b) {
+                if (xs[corner + (ptrdiff_t)a * width + b] == m) hit = 0;
+            }
+        }
+        acc += gs[o] * (T)hit;
+    }
+}
+out = acc;
+"""
+
+
 class CupyBackend(Backend):
     """Runs on the current CUDA device with CuPy, with fused elementwise kernels."""
 
@@ -165,6 +199,22 @@ class CupyBackend(Backend):
             "raw T cols, int32 n_img, int32 height, int32 width, int32 k_h, int32 k_w, "
             "int32 s_h, int32 s_w, int32 o_h, int32 o_w, int32 q_w",
             "T out", COL2IM_BODY)(cols, n, h, w, kh, kw, sh, sw, oh, ow, q, out)
+
+    def max_pool_backward(self, x: Any, y: Any, g: Any, size: tuple, stride: tuple,
+                          out: Any = None) -> Any:
+        """One gather kernel (:data:`MAX_POOL_BW_BODY`), one launch, no host synchronisation."""
+        xp = self.xp
+        (kh, kw), (sh, sw) = size, stride
+        if out is None or out.shape != x.shape or not out.flags.c_contiguous:
+            out = xp.empty(x.shape, dtype=g.dtype)
+        self._elementwise(
+            "max_pool_bw",
+            "raw X xs, raw X ys, raw T gs, int32 height, int32 width, int32 k_h, int32 k_w, "
+            "int32 s_h, int32 s_w, int32 o_h, int32 o_w",
+            "T out", MAX_POOL_BW_BODY)(xp.ascontiguousarray(x), xp.ascontiguousarray(y),
+                                       xp.ascontiguousarray(g), x.shape[2], x.shape[3],
+                                       kh, kw, sh, sw, y.shape[2], y.shape[3], out)
+        return out
 
     # --- fused kernels ----------------------------------------------------------
     def _elementwise(self, name: str, params: str, out: str, body: str) -> Any:
