@@ -8,6 +8,7 @@ NumPy (not GPU evidence: the same C, run on the CPU).
 from __future__ import annotations
 
 import ctypes
+import types
 import shutil
 import subprocess
 
@@ -17,7 +18,7 @@ import pytest
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.backends.base import Backend
-from graphnet.backends.cupy_backend import MAX_POOL_BW_BODY
+from graphnet.backends.cupy_backend import MAX_POOL_BW_BODY, CupyBackend
 from graphnet.backends.numpy_backend import NumpyBackend
 from graphnet.backends.keyed import PHILOX_BODY, keep_threshold, philox_key, random_bits
 from graphnet.ops.losses import check_class_labels
@@ -417,7 +418,7 @@ def test_bad_rng_keys_are_refused_by_name(backend, bad):
         graph.run({x: ones}, training=True, rng_key=bad)
 
 
-def test_rng_state_is_side_effect_free_and_restores(backend):
+def _check_rng_state(backend):
     backend.seed(3)
     first = gn.to_numpy(backend.uniform((50,), "float32"))
     state = backend.rng_state()
@@ -428,6 +429,21 @@ def test_rng_state_is_side_effect_free_and_restores(backend):
     np.testing.assert_array_equal(gn.to_numpy(backend.uniform((50,), "float32")), second)
     backend.set_rng_state(state)
     np.testing.assert_array_equal(gn.to_numpy(backend.uniform((50,), "float32")), second)
+    perm = gn.to_numpy(backend.permutation(20))
+    assert sorted(perm.tolist()) == list(range(20))
+
+
+def test_rng_state_is_side_effect_free_and_restores(backend):
+    _check_rng_state(backend)
+
+
+def test_cupy_generator_logic_on_numpy_arrays():
+    """CupyBackend's own stream (seed, draws) with NumPy standing in for CuPy (keyed words
+    from the host reference): reading the state must not reseed it."""
+    b = object.__new__(CupyBackend)
+    b.xp, b._kernels = np, {}
+    b.keyed_bits = types.MethodType(Backend.keyed_bits, b)
+    _check_rng_state(b)
 
 
 def _dropout_model(seed=0):
