@@ -387,8 +387,9 @@ def test_same_key_same_mask_different_key_or_position_another(backend):
     assert set(np.unique(a1)) == {0.0, 2.0}
     # the mask is a documented function of (key, position): the host reference
     pos = graph.order.index(graph.outputs[0])
-    words = random_bits(philox_key((1, 0, 0), pos), ones.size).reshape(ones.shape)
-    np.testing.assert_array_equal(a1, np.where(words >= np.uint64(keep_threshold(0.5)), 2.0, 0.0))
+    words = random_bits(philox_key((1, 0, 0), pos), ones.size // 2)
+    halves = np.stack([words & 0xFFFFFFFF, words >> 32], -1).reshape(ones.shape)  # low, high
+    np.testing.assert_array_equal(a1, np.where(halves >= keep_threshold(0.5), 2.0, 0.0))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])

@@ -4,10 +4,12 @@ A random op derives its numbers from the run's ``rng_key`` (a tuple of non-negat
 ints, e.g. ``(seed, epoch, sample_offset)``) and its position in the graph's order, never
 from a stateful stream: the same key gives the same numbers whatever ran before.
 
-The pair is hashed on the host (BLAKE2b, 128 bits) into a Philox4x64-10 key. Element
-``i`` of a draw gets the 64-bit word ``i % 4`` of the Philox block with counter
-``(i // 4 + 1, 0, 0, 0)``: exactly NumPy's ``Philox(key=...).random_raw()`` stream, which
-the NumPy path uses, and which :data:`PHILOX_BODY` (CUDA C, for CuPy) computes per element.
+The pair is hashed on the host (BLAKE2b, 128 bits) into a Philox4x64-10 key. Word ``j``
+of a draw is the 64-bit word ``j % 4`` of the Philox block with counter
+``(j // 4 + 1, 0, 0, 0)``: exactly NumPy's ``Philox(key=...).random_raw()`` stream, which
+the NumPy path uses, and which :data:`PHILOX_BODY` (CUDA C, for CuPy) computes per word.
+Everything after the words (thresholds, scaling) is the same array code on every backend.
+A dropout mask uses each word for two elements (its low, then its high 32 bits).
 """
 from __future__ import annotations
 
@@ -59,14 +61,27 @@ def random_bits(key: tuple[int, int], size: int) -> np.ndarray:
 
 
 def keep_threshold(rate: float) -> int:
-    """The smallest 64-bit word that keeps an element: P(word >= it) = 1 - rate (to 2**-64)."""
-    return min(math.ceil(Fraction(rate) * _U64), _U64 - 1)
+    """The smallest 32-bit number that keeps an element: P(number >= it) = 1 - rate (to 2**-32)."""
+    return min(math.ceil(Fraction(rate) * 2**32), 2**32 - 1)
 
 
-def dropout_mask(xp: Any, words: Any, dtype: Any, rate: float) -> Any:
-    """``1/(1-rate)`` where a word >= :func:`keep_threshold` ``(rate)``, else 0."""
+def dropout_words(size: int) -> int:
+    """How many 64-bit words a mask of ``size`` elements takes (two 32-bit halves each)."""
+    return -(-size // 2)
+
+
+def dropout_mask(xp: Any, words: Any, shape: tuple, dtype: Any, rate: float) -> Any:
+    """``1/(1-rate)`` where an element's 32-bit number >= :func:`keep_threshold`, else 0.
+
+    Element ``2j`` takes the low half of word ``j`` and element ``2j + 1`` its high half.
+    """
     dtype = np.dtype(dtype)
-    keep = words >= np.uint64(keep_threshold(rate))
+    if np.little_endian or xp is not np:
+        halves = words.view(np.uint32)  # GPUs are little-endian too
+    else:
+        halves = np.stack([words & np.uint64(0xFFFFFFFF), words >> np.uint64(32)], -1)
+        halves = halves.astype(np.uint32).reshape(-1)
+    keep = halves[:math.prod(shape)].reshape(shape) >= np.uint32(keep_threshold(rate))
     return xp.multiply(keep, dtype.type(1 / (1 - rate)), dtype=dtype)
 
 

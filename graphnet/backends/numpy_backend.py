@@ -194,9 +194,10 @@ class NumpyBackend(Backend):
     def label_poison(self, labels: Any, classes: int, dtype: Any) -> tuple[Any, Any]:
         # The base class's result, but on the host it is free to see that all labels are
         # good (the usual case) and skip the clip and the NaN column: None stands for zeros.
-        # ufunc.reduce rather than .min()/.max(): this runs every step, on small arrays.
-        if not labels.size or (np.minimum.reduce(labels) >= 0
-                               and np.maximum.reduce(labels) < classes):
+        # One ufunc.reduce, on the labels read as unsigned (negatives become huge): this
+        # runs every step, on small arrays.
+        unsigned = labels.view(f"u{labels.dtype.itemsize}") if labels.dtype.kind == "i" else labels
+        if not labels.size or np.maximum.reduce(unsigned, axis=None) < classes:
             return labels, None
         return super().label_poison(labels, classes, dtype)
 

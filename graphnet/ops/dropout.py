@@ -1,9 +1,10 @@
 """Inverted dropout: active only when the graph runs with ``training=True``."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ..backends.keyed import dropout_mask, philox_key
+from ..backends.keyed import dropout_mask, dropout_words, philox_key
 from ..node import Node, as_node
 
 
@@ -31,8 +32,8 @@ class Dropout(Node):
             m = keep.astype(dtype)
             m *= 1 / (1 - self.rate)
             return m
-        words = b.keyed_bits(philox_key(ctx.rng_key, ctx.key), shape)
-        return dropout_mask(ctx.xp, words, dtype, self.rate)
+        words = b.keyed_bits(philox_key(ctx.rng_key, ctx.key), (dropout_words(math.prod(shape)),))
+        return dropout_mask(ctx.xp, words, shape, dtype, self.rate)
 
     def forward(self, ctx, x):
         if not ctx.training or self.rate == 0:
