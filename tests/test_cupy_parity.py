@@ -109,6 +109,14 @@ def test_out_of_range_labels_give_nan_never_another_class(backend, bad):
     assert np.isfinite(ok).all()
 
 
+def test_check_numerics_shows_the_bad_label(backend):
+    z = gn.Input("z", shape=(None, 4))
+    y = gn.Input("y", shape=(None,), dtype="int64")
+    graph = gn.Graph(z, cost=gn.softmax_cross_entropy(z, y), check_numerics=True)
+    with pytest.raises(gn.NumericsError, match=r"'y' \(3,\) range \[0, 9\]"):
+        graph.gradients({z: np.zeros((3, 4)), y: np.array([0, 9, 1])})
+
+
 def test_one_label_is_not_broadcast_over_the_batch(backend):
     graph, z, y = _ce_graph()
     with pytest.raises(gn.ShapeError, match="'y' hold 1 class indices for a batch of 5"):
