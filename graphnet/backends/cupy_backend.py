@@ -165,7 +165,8 @@ class CupyBackend(Backend):
 
     def set_rng_state(self, state: Any) -> None:
         if not (isinstance(state, dict) and "seed" in state and "draws" in state):
-            raise ValueError("this RNG state was not saved by the cupy backend")
+            raise ValueError("this RNG state was not saved by this version of the cupy backend "
+                             f"(expected {{'seed': ..., 'draws': ...}}, got {state!r})")
         self._seed, self._draws = int(state["seed"]), int(state["draws"])
 
     def keyed_bits(self, key: tuple[int, int], shape: tuple) -> Any:
