@@ -219,7 +219,10 @@ class Graph:
 
     def values(self, feed: Mapping[Any, Any], nodes: Sequence[Node], training: bool = False,
                rng_key: Optional[tuple[int, ...]] = None) -> list:
-        """Values of any ``nodes`` of this graph (the cost included) for ``feed`` (``rng_key``: see :meth:`run`)."""
+        """Values of any ``nodes`` of this graph (the cost included) for ``feed``.
+
+        ``rng_key``: see :meth:`run`.
+        """
         key = tuple(n.id for n in nodes)
         plan = self._plans.get(key)
         if plan is None:

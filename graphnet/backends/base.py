@@ -279,7 +279,7 @@ class Backend(ABC):
         return self.xp.multiply(g * y, 1 - y, out=out)
 
     def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g`` where ``y > 0``, else exactly 0, even where ``g`` is NaN or inf (in ``out`` if given).
+        """``g`` where ``y > 0``, else exactly 0 even where ``g`` is NaN or inf (in ``out`` if given).
 
         A select, not ``g * (y > 0)`` (whose ``inf * 0`` is NaN): an inactive unit passes
         no gradient at all, as in PyTorch and JAX. Every backend gives these same bits.
