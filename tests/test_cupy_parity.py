@@ -225,6 +225,13 @@ POOLS = [((2, 2), (2, 2), (2, 3, 6, 8)), ((3, 3), (2, 2), (1, 2, 7, 9)),
          ((2, 3), (1, 2), (2, 1, 5, 8)), ((2, 2), (3, 3), (1, 2, 8, 7))]
 
 
+def _pool_grad(shape, seed):
+    """An upstream gradient with an inf and a NaN: only each window's maximum may get them."""
+    g = np.random.default_rng(seed).normal(size=shape)
+    g.ravel()[[0, -1]] = [np.inf, np.nan]
+    return g
+
+
 def _pool_data(shape, seed):
     """Values from a small set (many ties), a few NaNs."""
     rng = np.random.default_rng(seed)
@@ -238,11 +245,11 @@ def test_max_pool_gradient_matches_a_float64_reference(backend, size, stride, sh
     x = _pool_data(shape, 1)
     xn = gn.Input("x", shape=(None,) + shape[1:])
     y = gn.max_pool2d(xn, size, stride)
-    g = np.random.default_rng(2).normal(size=(shape[0],) + y.shape[1:])
+    g = _pool_grad((shape[0],) + y.shape[1:], 2)
     cost = (y * gn.Constant(g)).sum()
     graph = gn.Graph(y, cost=cost)
-    gx = graph.gradients({xn: x}, wrt=[xn])[xn]
     with np.errstate(invalid="ignore"):
+        gx = graph.gradients({xn: x}, wrt=[xn])[xn]
         want = _pool_reference(x, g, size, stride)
     assert_close(gx, want, rtol=1e-6, atol=1e-7, what=f"max-pool {size}/{stride} gradient")
 
@@ -284,7 +291,7 @@ def test_max_pool_backward_needs_no_host_value(numpy_backend, size, stride, shap
     host; the NumPy fast path does (it is free there), which shows the check can fail."""
     x = _pool_data(shape, 3)
     y = gn.Graph(gn.max_pool2d(gn.Constant(x), size, stride)).run({})
-    g = np.random.default_rng(4).normal(size=y.shape)
+    g = _pool_grad(y.shape, 4)
     gx = _Generic().max_pool_backward(*_device(x, y, g), size, stride)
     with np.errstate(invalid="ignore"):
         assert_close(np.asarray(gx), _pool_reference(x, g, size, stride), rtol=1e-6, atol=1e-7,
@@ -333,7 +340,7 @@ def test_max_pool_kernel_body_matches_the_reference(tmp_path, size, stride, shap
     windows = [[x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] for j in range(ow)]
                for i in range(oh)]
     y = np.stack([np.stack([w.max(axis=(2, 3)) for w in row], -1) for row in windows], -2)
-    g = np.random.default_rng(6).normal(size=y.shape)
+    g = _pool_grad(y.shape, 6)
     got = np.empty_like(x)
     dp = ctypes.POINTER(ctypes.c_double)
     lib.bw(*[np.ascontiguousarray(a).ctypes.data_as(dp) for a in (x, y, g, got)],

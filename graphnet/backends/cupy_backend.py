@@ -62,9 +62,8 @@ out = out + acc;
 
 
 # The body of the max-pool backward kernel: ``i`` runs over the gradient of x (N, C, H, W);
-# each element adds, for every window that holds it, the window's gradient times 1 if it
-# is the window's first maximum (row-major) and 0 otherwise, in window order: the sums
-# and products of Backend.max_pool_backward, in one pass with no host synchronisation.
+# each element adds, in window order, the gradient of every window whose first maximum
+# (row-major) it is: Backend.max_pool_backward's sums, in one pass with no host sync.
 MAX_POOL_BW_BODY = """
 const ptrdiff_t wi = i % width;
 const ptrdiff_t t = i / width;
@@ -88,7 +87,7 @@ for (int ki = 0; ki < k_h; ++ki) {
                 if (xs[corner + (ptrdiff_t)a * width + b] == m) hit = 0;
             }
         }
-        acc += gs[o] * (T)hit;
+        if (hit) acc += gs[o];
     }
 }
 out = acc;
