@@ -7,6 +7,7 @@ from .backends import Backend, backend
 from .checks import flag
 from .errors import ArgumentTypeError, FeedError, GraphError, NumericsError, RunError
 from .backends.host import is_floating
+from .backends.keyed import check_rng_key
 from .node import Constant, Input, Node, Parameter
 from .ops.fused import LinearActivation
 from .ops.matrix import Linear
@@ -20,14 +21,21 @@ class RunContext:
     In a training step (``Graph.gradients``) an op may ask for its output array with
     :meth:`empty` and gets the same array back every step, and it may write the gradient
     of input ``k`` into :meth:`grad_out` ``(k)`` (with ``out=``) instead of a new array.
+    What an op's backward needs from its forward goes through :meth:`save` and
+    :meth:`saved`: it belongs to this run, not to the node (nodes are shared by graphs).
+    ``rng_key`` is the run's key for random ops (None: the backend's own generator);
+    ``key`` is the running node's position in the graph's order.
     """
 
-    __slots__ = ("b", "xp", "training", "needs", "dests", "arena", "key")
+    __slots__ = ("b", "xp", "training", "needs", "dests", "arena", "key", "rng_key", "_saved")
 
-    def __init__(self, b: Backend, training: bool, arena: Optional["Arena"] = None) -> None:
+    def __init__(self, b: Backend, training: bool, arena: Optional["Arena"] = None,
+                 rng_key: Optional[tuple] = None, saved: Optional[dict] = None) -> None:
         self.b = b
         self.xp = b.xp
         self.training = training
+        self.rng_key = rng_key
+        self._saved = {} if saved is None else saved
         # In backward: which of the node's inputs need a gradient (None: all).
         self.needs: Optional[tuple] = None
         # In backward: per input, an array to write its gradient into, or None.
@@ -40,6 +48,14 @@ class RunContext:
         if self.arena is None:
             return self.xp.empty(shape, dtype)
         return self.arena.get((self.key, slot), shape, dtype)
+
+    def save(self, value: Any) -> None:
+        """Keep ``value`` for the running node's backward in this run."""
+        self._saved[self.key] = value
+
+    def saved(self) -> Any:
+        """What the running node's forward kept with :meth:`save` in this run (or None)."""
+        return self._saved.get(self.key)
 
     def grad_out(self, k: int, dtype: Any) -> Any:
         """The array to write input ``k``'s gradient (of ``dtype``) into, or None for a new one."""
@@ -207,14 +223,24 @@ class Graph:
         return node.id in self._index
 
     # --- running ----------------------------------------------------------------------
-    def run(self, feed: Mapping[Any, Any], training: bool = False) -> Any:
-        """The outputs' values for ``feed`` ({Input or its name: array})."""
-        values = self._forward(feed, training, self._run_plan)
+    def run(self, feed: Mapping[Any, Any], training: bool = False,
+            rng_key: Optional[tuple[int, ...]] = None) -> Any:
+        """The outputs' values for ``feed`` ({Input or its name: array}).
+
+        ``rng_key`` (a tuple of non-negative ints, e.g. ``(seed, epoch, sample_offset)``)
+        makes random ops (dropout) draw from that key and their position in the graph
+        only, the same on every backend; None draws from the backend's generator.
+        """
+        values = self._forward(feed, training, self._run_plan, rng_key=rng_key)
         res = self._detach([values[self._index[o.id]] for o in self.outputs])
         return res[0] if self._single else res
 
-    def values(self, feed: Mapping[Any, Any], nodes: Sequence[Node], training: bool = False) -> list:
-        """Values of any ``nodes`` of this graph (the cost included) for ``feed``."""
+    def values(self, feed: Mapping[Any, Any], nodes: Sequence[Node], training: bool = False,
+               rng_key: Optional[tuple[int, ...]] = None) -> list:
+        """Values of any ``nodes`` of this graph (the cost included) for ``feed``.
+
+        ``rng_key``: see :meth:`run`.
+        """
         key = tuple(n.id for n in nodes)
         plan = self._plans.get(key)
         if plan is None:
@@ -222,7 +248,7 @@ class Graph:
                 if n.id not in self._index:
                     raise GraphError(f"{n!r} is not part of this graph")
             plan = self._plans[key] = self._plan(nodes)
-        values = self._forward(feed, training, plan)
+        values = self._forward(feed, training, plan, rng_key=rng_key)
         return self._detach([values[self._index[n.id]] for n in nodes])
 
     def _detach(self, results: list) -> list:
@@ -241,13 +267,15 @@ class Graph:
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
                   training: bool = True, return_cost: bool = False,
-                  into: Optional[Mapping[Node, Any]] = None) -> Any:
+                  into: Optional[Mapping[Node, Any]] = None,
+                  rng_key: Optional[tuple[int, ...]] = None) -> Any:
         """``{node: d cost / d node}`` for the parameters (or the nodes in ``wrt``).
 
         A node the cost does not depend on gets a zero gradient. With
         ``return_cost`` the cost's value comes too: ``(cost, grads)``. With ``into``
         (``{node: array}`` for every node differentiated) the gradients are written
         into those arrays, which come back as the dict; otherwise each is a new array.
+        ``rng_key``: see :meth:`run`.
         """
         if self.cost is None:
             raise GraphError("this graph has no cost: build it as gn.Graph(outputs, cost=loss)")
@@ -258,7 +286,8 @@ class Graph:
         plans = self._step_plans.get(key)
         if plans is None:
             plans = self._step_plans[key] = self._step_plan(ci, targets)
-        values = self._forward(feed, training, plans[0], arena, ci)
+        saved: dict = {}
+        values = self._forward(feed, training, plans[0], arena, ci, rng_key, saved)
         if tuple(getattr(values[ci], "shape", ())) != ():
             raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
                              f"{tuple(values[ci].shape)} at run time "
@@ -268,7 +297,7 @@ class Graph:
             if seen != self._into_checked:  # checked once while the same arrays come back
                 self._check_into(targets, values, into)
                 self._into_checked = seen
-        grads = self._backward(values, ci, plans[1], arena, into)
+        grads = self._backward(values, ci, plans[1], arena, into, saved)
         out = self._collect(targets, grads, values, into)
         if not return_cost:
             return out
@@ -366,15 +395,20 @@ class Graph:
         return fed
 
     def _forward(self, feed: Mapping[Any, Any], training: bool, plan: tuple[list, list],
-                 arena: Optional[Arena] = None, escape: int = -1) -> list:
-        """Values of the nodes in ``plan``; with an arena, all but node ``escape`` may reuse it."""
+                 arena: Optional[Arena] = None, escape: int = -1,
+                 rng_key: Optional[tuple] = None, saved: Optional[dict] = None) -> list:
+        """Values of the nodes in ``plan``; with an arena, all but node ``escape`` may reuse it.
+
+        What ops keep for their backward goes into ``saved``.
+        """
+        rng_key = check_rng_key(rng_key)
         fed = self._resolve_feed(feed)
         values: list = [None] * len(self.order)
         leaves, ops = plan
         for i, kind, node in leaves:
             values[i] = self._leaf(kind, node, fed)
         check = self.check_numerics
-        ctx = RunContext(self.backend, training, None if check else arena)
+        ctx = RunContext(self.backend, training, None if check else arena, rng_key, saved)
         i, args = 0, ()
         try:
             if check:
@@ -390,6 +424,8 @@ class Graph:
         except (FeedError, NumericsError, GraphError):
             raise
         except Exception as exc:
+            if _out_of_memory(exc):  # as it is: the caller's advice is about the batch size
+                raise
             raise RunError(self._describe_failure(node, values, args, exc)) from exc
         return values
 
@@ -411,12 +447,12 @@ class Graph:
                 f"but this graph runs on {self.backend.name!r}: move the model first")
 
     def _backward(self, values: list, ci: int, plan: list, arena: Optional[Arena] = None,
-                  into: Optional[Mapping[Node, Any]] = None) -> list:
+                  into: Optional[Mapping[Node, Any]] = None, saved: Optional[dict] = None) -> list:
         grads: list = [None] * (ci + 1)
         owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
         cost = values[ci]
         grads[ci] = self.backend.xp.ones(cost.shape, dtype=cost.dtype)
-        ctx = RunContext(self.backend, True, arena)
+        ctx = RunContext(self.backend, True, arena, saved=saved)
         offer = arena is not None or into is not None
         order = self.order
         for i, node, args, needs, wanted, slots in plan:
@@ -559,6 +595,11 @@ class Graph:
         shapes = ", ".join(f"{self.order[j].name!r} {tuple(getattr(values[j], 'shape', ()))}"
                            for j in arg_idx)
         return f"op {node.op!r} at node {node.name!r} failed on inputs [{shapes}]: {exc}"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host's MemoryError or an array library's out-of-memory error."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 __all__ = ["Arena", "Graph", "RunContext", "topological_order", "Constant"]

@@ -83,8 +83,11 @@ class Optimizer:
                 raise ArgumentTypeError(f"the gradient for parameter {p.name!r} must be floating, "
                                         f"got dtype {g.dtype}")
 
-    def minimize(self, graph: Any, feed: Mapping[Any, Any]) -> Any:
+    def minimize(self, graph: Any, feed: Mapping[Any, Any],
+                 rng_key: Optional[tuple[int, ...]] = None) -> Any:
         """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
+
+        ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
 
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
@@ -96,7 +99,8 @@ class Optimizer:
             for p in wrt:
                 if p not in self._grad_bufs:
                     self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
-        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs)
+        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
+                                     rng_key=rng_key)
         self._apply(grads, True)
         return cost
 

@@ -508,11 +508,11 @@ def test_labels_are_never_broadcast_over_the_batch(backend):
     y = gn.Input("y", shape=(None,), dtype="int64")
     w = gn.Parameter(np.ones((3, 3)), name="W")
     g = gn.Graph([], cost=gn.softmax_cross_entropy(x @ w, y))
-    with pytest.raises(gn.ShapeError, match=r"labels 'y' of shape \(1,\).*\(5, 3\)"):
+    with pytest.raises(gn.ShapeError, match=r"labels 'y' hold 1 class indices for a batch of 5 logits \(5, 3\)"):
         g.gradients({x: np.ones((5, 3), np.float32), y: np.array([2])})
     onehot = gn.Input("t", shape=(None, None))
     g1 = gn.Graph(gn.softmax_cross_entropy(x @ w, onehot))
-    with pytest.raises(gn.ShapeError, match="labels 't'"):
+    with pytest.raises(gn.ShapeError, match=r"targets 't' of shape \(4, 1\)"):
         g1.run({x: np.ones((4, 3), np.float32), onehot: np.ones((4, 1), np.float32)})
 
 

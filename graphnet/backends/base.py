@@ -1,6 +1,7 @@
 """The backend interface: everything the engine computes goes through one of these."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -67,9 +68,18 @@ class Backend(ABC):
     def permutation(self, n: int) -> Any:
         """A random permutation of ``range(n)`` on the device."""
 
+    def keyed_bits(self, key: tuple[int, int], shape: tuple) -> Any:
+        """uint64 words of the Philox4x64-10 stream of ``key``, the same on every backend.
+
+        See :mod:`graphnet.backends.keyed`; here computed on the host and copied over.
+        """
+        from .keyed import random_bits
+        shape = tuple(shape)
+        return self.asarray(random_bits(key, math.prod(shape)).reshape(shape))
+
     @abstractmethod
     def rng_state(self) -> Any:
-        """A host-side snapshot of the device generator (for checkpoints)."""
+        """A host-side snapshot of the device generator (for checkpoints); no side effect."""
 
     @abstractmethod
     def set_rng_state(self, state: Any) -> None:
@@ -154,12 +164,58 @@ class Backend(ABC):
                 view = self._offset_view(out, i, j, stride, out_hw)
                 view += c6[:, i, j]
 
+    # --- max pooling --------------------------------------------------------------------
+    @staticmethod
+    def pool_offsets(x_hw: tuple, size: tuple, stride: tuple):
+        """``(k, slice)`` per window offset, in row-major window order: the strided view
+        of an NCHW array that offset ``k`` of every window reads."""
+        (kh, kw), (sh, sw) = size, stride
+        h, w = x_hw
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, (slice(None), slice(None),
+                                   slice(i, i + sh * (oh - 1) + 1, sh),
+                                   slice(j, j + sw * (ow - 1) + 1, sw))
+
+    def max_pool_backward(self, x: Any, y: Any, g: Any, size: tuple, stride: tuple,
+                          out: Any = None) -> Any:
+        """The gradient of max pooling: each window's ``g`` goes to the window's first
+        element equal to its maximum ``y`` (row-major order); a NaN maximum passes nothing.
+
+        One pass of comparisons and products per window offset, no host synchronisation.
+        ``out`` (x's shape, g's dtype), when given, receives the result.
+        """
+        xp = self.xp
+        (kh, kw), (sh, sw) = size, stride
+        gx = out if out is not None and out.shape == x.shape else xp.empty(x.shape, dtype=g.dtype)
+        gx[...] = 0
+        overlap = sh < kh or sw < kw
+        taken = None
+        last = kh * kw - 1
+        zero = xp.zeros((), dtype=g.dtype)
+        for k, sl in self.pool_offsets(x.shape[2:], size, stride):
+            hit = x[sl] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit &= ~taken
+                if k < last:
+                    taken |= hit
+            part = xp.where(hit, g, zero)  # a select: NaN/inf in g reach only the maximum
+            if overlap:
+                gx[sl] += part
+            else:
+                gx[sl] = part
+        return gx
+
     # --- fused kernels (hot paths) --------------------------------------------
     def softmax_cross_entropy(self, logits: Any, labels: Any, out: Any = None) -> tuple[Any, Any]:
         """Mean cross-entropy of ``softmax(logits)`` and the probabilities (in ``out`` if given).
 
         ``labels`` are class indices (integer, shape ``(N,)``) or one-hot /
-        soft targets with the logits' shape.
+        soft targets with the logits' shape. A class index outside ``[0, C)`` makes its
+        term NaN (see :meth:`label_poison`), never another class's.
         """
         xp = self.xp
         z = logits - logits.max(axis=1, keepdims=True)
@@ -169,21 +225,45 @@ class Backend(ABC):
         logs = xp.log(s)
         n = logits.shape[0]
         if labels.ndim == 1:
-            picked = xp.take_along_axis(z, labels[:, None].astype(xp.intp), axis=1)
-            loss = (logs - picked).sum() / n
+            index, poison = self.label_poison(labels, logits.shape[1], logits.dtype)
+            picked = xp.take_along_axis(z, index[:, None].astype(xp.intp), axis=1)
+            terms = logs - picked
+            if poison is not None:
+                terms = terms + poison
+            loss = terms.sum() / n
         else:
             loss = ((logs - z) * labels).sum() / n
         return loss.astype(logits.dtype), probs
 
+    def label_poison(self, labels: Any, classes: int, dtype: Any) -> tuple[Any, Any]:
+        """``(index, poison)`` for class-index ``labels``: the labels clipped into range (safe to
+        gather with: the GPU does not check bounds) and an ``(N, 1)`` column, NaN where the
+        label was out of range and 0 elsewhere, added to that row's loss and gradient
+        (None may stand for a column of zeros).
+
+        Computed on the device, with no host synchronisation.
+        """
+        xp = self.xp
+        bad = (labels < 0) | (labels >= classes)
+        index = xp.clip(labels, 0, classes - 1)
+        poison = xp.where(bad, xp.asarray(float("nan"), dtype=dtype), xp.asarray(0, dtype=dtype))
+        return index, poison[:, None]
+
     def softmax_cross_entropy_backward(self, probs: Any, labels: Any, g: Any,
                                        out: Any = None) -> Any:
-        """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given)."""
+        """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given).
+
+        Rows whose class index is out of range are NaN.
+        """
         n = probs.shape[0]
         scale = (g / n).astype(probs.dtype)
         if labels.ndim == 1:
+            index, poison = self.label_poison(labels, probs.shape[1], probs.dtype)
             grad = self.xp.multiply(probs, scale, out=out)
             rows = self.xp.arange(n)
-            grad[rows, labels] -= scale
+            grad[rows, index] -= scale
+            if poison is not None:
+                grad += poison
             return grad
         return self.xp.multiply(probs - labels.astype(probs.dtype), scale, out=out)
 
@@ -192,16 +272,28 @@ class Backend(ABC):
         return g.sum(axis=0, out=out)
 
     def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given)."""
+        """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given).
+
+        A product: NaN in ``g`` or ``y`` gives NaN, and so does inf times a zero factor.
+        """
         return self.xp.multiply(g, 1 - y * y, out=out)
 
     def sigmoid_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g * y * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given)."""
+        """``(g * y) * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given); NaN as for tanh."""
         return self.xp.multiply(g * y, 1 - y, out=out)
 
     def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        """``g`` where ``y > 0``, else 0 (in ``out`` if given)."""
-        return self.xp.multiply(g, y > 0, out=out)
+        """``g`` where ``y > 0``, else exactly 0 even where ``g`` is NaN or inf (in ``out`` if given).
+
+        A select, not ``g * (y > 0)`` (whose ``inf * 0`` is NaN): an inactive unit passes
+        no gradient at all, as in PyTorch and JAX. Every backend gives these same bits.
+        """
+        xp = self.xp
+        res = xp.where(y > 0, g, xp.zeros((), dtype=g.dtype))
+        if out is None:
+            return res
+        out[...] = res
+        return out
 
     def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
                    nesterov: bool, weight_decay: float, scratch: bool = False) -> None:

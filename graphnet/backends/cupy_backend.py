@@ -62,6 +62,39 @@ out = out + acc;
 """
 
 
+# The body of the max-pool backward kernel: ``i`` runs over the gradient of x (N, C, H, W);
+# each element adds, in window order, the gradient of every window whose first maximum
+# (row-major) it is: Backend.max_pool_backward's sums, in one pass with no host sync.
+MAX_POOL_BW_BODY = """
+const ptrdiff_t wi = i % width;
+const ptrdiff_t t = i / width;
+const ptrdiff_t hi = t % height;
+const ptrdiff_t plane = t / height;
+T acc = 0;
+for (int ki = 0; ki < k_h; ++ki) {
+    const ptrdiff_t hh = hi - ki;
+    if (hh < 0 || hh % s_h != 0 || hh / s_h >= o_h) continue;
+    const ptrdiff_t oy = hh / s_h;
+    for (int kj = 0; kj < k_w; ++kj) {
+        const ptrdiff_t ww = wi - kj;
+        if (ww < 0 || ww % s_w != 0 || ww / s_w >= o_w) continue;
+        const ptrdiff_t o = (plane * o_h + oy) * o_w + ww / s_w;
+        const X m = ys[o];
+        int hit = xs[i] == m;
+        const ptrdiff_t corner = (plane * height + oy * s_h) * width + ww;
+        for (int a = 0; a <= ki && hit; ++a) {
+            const int stop = a == ki ? kj : k_w;
+            for (int b = 0; b < stop && hit; ++b) {
+                if (xs[corner + (ptrdiff_t)a * width + b] == m) hit = 0;
+            }
+        }
+        if (hit) acc += gs[o];
+    }
+}
+out = acc;
+"""
+
+
 class CupyBackend(Backend):
     """Runs on the current CUDA device with CuPy, with fused elementwise kernels."""
 
@@ -69,9 +102,8 @@ class CupyBackend(Backend):
 
     def __init__(self) -> None:
         self.xp = _import_cupy()
-        self._base_seed = 0
-        self._reseeds = 0
-        self._rs = self.xp.random.RandomState(0)
+        self._seed = 0
+        self._draws = 0
         self._kernels: dict[str, Any] = {}
 
     # --- arrays and transfers -------------------------------------------------
@@ -110,30 +142,40 @@ class CupyBackend(Backend):
         return out
 
     # --- random numbers -------------------------------------------------------
+    # The backend's own stream is keyed too: draw k after seed s uses the key (s, k), so
+    # the state is two numbers, read and restored with no side effect.
     def seed(self, seed: int) -> None:
-        self._base_seed, self._reseeds = int(seed), 0
-        self._rs = self.xp.random.RandomState(int(seed))
+        self._seed, self._draws = int(seed), 0
+
+    def _next_words(self, shape: tuple) -> Any:
+        from .keyed import STREAM_POSITION, philox_key
+        key = philox_key((self._seed % 2**64, self._draws), STREAM_POSITION)
+        self._draws += 1
+        return self.keyed_bits(key, shape)
 
     def uniform(self, shape: tuple, dtype: Any) -> Any:
-        return self._rs.random_sample(shape, dtype=dtype)
+        from .keyed import uniform
+        return uniform(self.xp, self._next_words(tuple(shape)), dtype)
 
     def permutation(self, n: int) -> Any:
-        return self._rs.permutation(n)
+        return self.xp.argsort(self._next_words((int(n),)))
 
     def rng_state(self) -> Any:
-        # cuRAND state is not portable; a checkpoint records a reseed point instead.
-        self._reseeds += 1
-        self._rs = self.xp.random.RandomState(self._derived_seed())
-        return {"base_seed": self._base_seed, "reseeds": self._reseeds}
+        return {"seed": self._seed, "draws": self._draws}
 
     def set_rng_state(self, state: Any) -> None:
-        if not (isinstance(state, dict) and "reseeds" in state):
-            raise ValueError("this RNG state was not saved by the cupy backend")
-        self._base_seed, self._reseeds = int(state["base_seed"]), int(state["reseeds"])
-        self._rs = self.xp.random.RandomState(self._derived_seed())
+        if not (isinstance(state, dict) and "seed" in state and "draws" in state):
+            raise ValueError("this RNG state was not saved by this version of the cupy backend "
+                             f"(expected {{'seed': ..., 'draws': ...}}, got {state!r})")
+        self._seed, self._draws = int(state["seed"]), int(state["draws"])
 
-    def _derived_seed(self) -> int:
-        return (self._base_seed * 1_000_003 + self._reseeds) % (2**63)
+    def keyed_bits(self, key: tuple[int, int], shape: tuple) -> Any:
+        from numpy import uint64
+        from .keyed import PHILOX_BODY
+        out = self.xp.empty(tuple(shape), self.xp.uint64)
+        self._elementwise("philox", "uint64 k0, uint64 k1", "uint64 out", PHILOX_BODY)(
+            uint64(key[0]), uint64(key[1]), out)
+        return out
 
     # --- scatter-add ----------------------------------------------------------
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
@@ -158,6 +200,22 @@ class CupyBackend(Backend):
             "raw T cols, int32 n_img, int32 height, int32 width, int32 k_h, int32 k_w, "
             "int32 s_h, int32 s_w, int32 o_h, int32 o_w, int32 q_w",
             "T out", COL2IM_BODY)(cols, n, h, w, kh, kw, sh, sw, oh, ow, q, out)
+
+    def max_pool_backward(self, x: Any, y: Any, g: Any, size: tuple, stride: tuple,
+                          out: Any = None) -> Any:
+        """One gather kernel (:data:`MAX_POOL_BW_BODY`), one launch, no host synchronisation."""
+        xp = self.xp
+        (kh, kw), (sh, sw) = size, stride
+        if out is None or out.shape != x.shape or not out.flags.c_contiguous:
+            out = xp.empty(x.shape, dtype=g.dtype)
+        self._elementwise(
+            "max_pool_bw",
+            "raw X xs, raw X ys, raw T gs, int32 height, int32 width, int32 k_h, int32 k_w, "
+            "int32 s_h, int32 s_w, int32 o_h, int32 o_w",
+            "T out", MAX_POOL_BW_BODY)(xp.ascontiguousarray(x), xp.ascontiguousarray(y),
+                                       xp.ascontiguousarray(g), x.shape[2], x.shape[3],
+                                       kh, kw, sh, sw, y.shape[2], y.shape[3], out)
+        return out
 
     # --- fused kernels ----------------------------------------------------------
     def _elementwise(self, name: str, params: str, out: str, body: str) -> Any:

@@ -45,7 +45,6 @@ class BatchNorm(Node):
             if len(p.shape) != 1 or (channels is not None and p.shape[0] not in (None, channels)):
                 raise ShapeError(f"batch_norm: {describe(p)} must have shape ({channels},) "
                                  f"for the channels of {describe(x)}")
-        self._cache: Optional[tuple] = None  # (x, training, mean, inv_std) of the last forward
         super().__init__(inputs, shape=x.shape, dtype=x.dtype)
 
     @staticmethod
@@ -75,7 +74,7 @@ class BatchNorm(Node):
             d = x - mean
             var = self._per_channel(running_var, x).astype(x.dtype)
         inv = 1.0 / xp.sqrt(var + self.eps)
-        self._cache = (x, use_batch, mean, inv)
+        ctx.save((x, use_batch, mean, inv))
         d *= inv * self._per_channel(gamma, x)
         d += self._per_channel(beta, x)
         return d
@@ -89,7 +88,7 @@ class BatchNorm(Node):
 
     def backward(self, ctx, g, xs, y):
         x, gamma = xs[0], xs[1]
-        cache, self._cache = self._cache, None
+        cache = ctx.saved()
         if cache is None or cache[0] is not x:
             raise RuntimeError(f"batch_norm {self.name!r}: backward without its forward "
                                "(run the graph forward first)")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..backends.base import Backend
 from ..checks import int_pair, integer
 from ..errors import ShapeError
 from ..node import Node, as_node
@@ -232,16 +233,12 @@ class _Pool2d(Node):
 
     def _offsets(self, x: Any):
         """``(index, slice)`` of every kernel offset: the strided view it reads of ``x``."""
-        (kh, kw), (sh, sw) = self.size, self.stride
-        h, w = x.shape[2], x.shape[3]
-        if h < kh or w < kw:
+        self._check_fits(x)
+        return Backend.pool_offsets(x.shape[2:], self.size, self.stride)
+
+    def _check_fits(self, x: Any) -> None:
+        if x.shape[2] < self.size[0] or x.shape[3] < self.size[1]:
             raise ShapeError(f"{self.op}: window {self.size} is larger than the input {tuple(x.shape)}")
-        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        for i in range(kh):
-            for j in range(kw):
-                yield i * kw + j, (slice(None), slice(None),
-                                   slice(i, i + sh * (oh - 1) + 1, sh),
-                                   slice(j, j + sw * (ow - 1) + 1, sw))
 
 
 class MaxPool2d(_Pool2d):
@@ -259,55 +256,11 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, ctx, g, xs, y):
-        # Each window's gradient goes to its first maximum (in row-major window order).
-        # Only comparisons, boolean arithmetic and products: masked writes are far slower.
-        xp = ctx.xp
+        # Each window's gradient goes to its first maximum (in row-major window order);
+        # a window whose maximum is NaN passes none. No host synchronisation.
         x = xs[0]
-        (kh, kw), (sh, sw) = self.size, self.stride
-        oh, ow = y.shape[2], y.shape[3]
-        tiles = (sh, sw) == (kh, kw) and x.shape[2] == oh * kh and x.shape[3] == ow * kw
-        if tiles:
-            gx = self._backward_tiles(xp, x, g, y, ctx.grad_out(0, g.dtype))
-            if gx is not None:
-                return (gx,)
-        gx = (xp.empty if tiles else xp.zeros)(x.shape, dtype=g.dtype)
-        overlap = sh < kh or sw < kw
-        taken = None
-        for k, sl in self._offsets(x):
-            hit = x[sl] == y
-            if taken is None:
-                taken = hit
-            elif k < kh * kw - 1:
-                hit &= ~taken
-                taken |= hit
-            else:
-                hit &= ~taken
-            if overlap:
-                gx[sl] += g * hit
-            else:
-                gx[sl] = g * hit
-        return (gx,)
-
-    def _backward_tiles(self, xp: Any, x: Any, g: Any, y: Any, out: Any = None) -> Any:
-        """Windows that tile ``x`` exactly, each with a single maximum: whole rows at once.
-
-        Compares each window row with ``y`` repeated along the row (contiguous operands,
-        unlike the per-offset strided slices). None when some window has a tie or a NaN,
-        whose gradient the per-offset loop assigns.
-        """
-        (kh, kw) = self.size
-        n, c, oh, ow = y.shape
-        rows = n * c * oh
-        y_wide = xp.repeat(y.reshape(rows, ow), kw, axis=1)[:, None, :]  # (rows, 1, ow*kw)
-        hit = x.reshape(rows, kh, ow * kw) == y_wide
-        if int(xp.count_nonzero(hit)) != rows * ow or bool(xp.isnan(y).any()):
-            return None
-        g_wide = xp.repeat(g.reshape(rows, ow), kw, axis=1)[:, None, :]
-        if out is not None and out.shape == x.shape and out.flags.c_contiguous:
-            xp.multiply(hit, g_wide, out=out.reshape(hit.shape), dtype=g.dtype)
-            return out
-        return xp.multiply(hit, g_wide, dtype=g.dtype).reshape(x.shape)
-
+        self._check_fits(x)
+        return (ctx.b.max_pool_backward(x, y, g, self.size, self.stride, ctx.grad_out(0, g.dtype)),)
 
 class AvgPool2d(_Pool2d):
     op = "avg_pool2d"

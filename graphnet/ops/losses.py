@@ -6,7 +6,7 @@ from typing import Any
 from ..checks import integer
 from ..errors import GraphError, ShapeError
 from ..node import Node, as_node
-from ..shapes import broadcast, describe, sum_to
+from ..shapes import describe, sum_to
 
 
 class Softmax(Node):
@@ -44,7 +44,15 @@ class LogSoftmax(Softmax):
 
 
 class SoftmaxCrossEntropy(Node):
-    """Mean over the batch of ``-log softmax(logits)[label]`` (or against soft targets)."""
+    """Mean over the batch of ``-log softmax(logits)[label]`` (or against soft targets).
+
+    Labels must match the batch exactly: class indices of shape ``(N,)`` or targets of the
+    logits' shape ``(N, C)``, never broadcast. A class index outside ``[0, C)`` never wraps
+    round to another class: its loss term and its row of the gradient are NaN, so the cost
+    is NaN, on every backend alike and with no host synchronisation (the check runs on the
+    device; :func:`check_class_labels` names the culprit where a sync is affordable, e.g.
+    once per epoch on the whole label vector).
+    """
 
     op = "softmax_cross_entropy"
 
@@ -52,24 +60,51 @@ class SoftmaxCrossEntropy(Node):
         logits, labels = as_node(logits), as_node(labels)
         _check_labels(logits, labels)
         super().__init__((logits, labels), shape=(), dtype=logits.dtype)
-        self._probs = None
 
     def forward(self, ctx, logits, labels):
-        if labels.ndim == 1 and labels.dtype.kind not in "iu":
-            raise TypeError(f"class-index labels {self.inputs[1].name!r} must be integers, "
-                            f"got {labels.dtype}")
-        if labels.shape[0] != logits.shape[0] or (labels.ndim == 2 and labels.shape != logits.shape):
-            raise ShapeError(f"softmax_cross_entropy: labels {self.inputs[1].name!r} of shape "
-                             f"{tuple(labels.shape)} do not match logits of shape "
-                             f"{tuple(logits.shape)} (labels are never broadcast)")
+        self._check_run_shapes(logits, labels)
         out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
-        loss, self._probs = ctx.b.softmax_cross_entropy(logits, labels, out)
+        loss, probs = ctx.b.softmax_cross_entropy(logits, labels, out)
+        ctx.save(probs)
         return loss
 
     def backward(self, ctx, g, xs, y):
-        probs = self._probs
+        probs = ctx.saved()
         out = ctx.grad_out(0, probs.dtype) if probs.dtype == xs[0].dtype else None
         return ctx.b.softmax_cross_entropy_backward(probs, xs[1], g, out), None
+
+    def _check_run_shapes(self, logits: Any, labels: Any) -> None:
+        name = self.inputs[1].name
+        if labels.ndim == 1:
+            if labels.dtype.kind not in "iu":
+                raise TypeError(f"class-index labels {name!r} must be integers, got {labels.dtype}")
+            if labels.shape[0] != logits.shape[0]:
+                raise ShapeError(f"softmax_cross_entropy: labels {name!r} hold {labels.shape[0]} "
+                                 f"class indices for a batch of {logits.shape[0]} logits "
+                                 f"{tuple(logits.shape)}: they must match exactly")
+        elif tuple(labels.shape) != tuple(logits.shape):
+            raise ShapeError(f"softmax_cross_entropy: targets {name!r} of shape "
+                             f"{tuple(labels.shape)} must have exactly the logits' shape "
+                             f"{tuple(logits.shape)} (no broadcasting)")
+
+
+def check_class_labels(labels: Any, classes: int, name: str = "labels") -> None:
+    """FeedError unless ``labels`` (any backend) are integers in ``[0, classes)``.
+
+    One reduction and one host read: meant for a whole label vector once (per epoch or
+    per evaluation), not per step.
+    """
+    from ..errors import FeedError
+    kind = getattr(getattr(labels, "dtype", None), "kind", None)
+    if kind not in ("i", "u"):
+        raise FeedError(f"{name} must be an integer array of class indices, got "
+                        f"{type(labels).__name__} of dtype {getattr(labels, 'dtype', None)}")
+    if getattr(labels, "size", 0) == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        bad = lo if lo < 0 else hi
+        raise FeedError(f"{name} must be class indices in [0, {classes}), got {bad}")
 
 
 def _check_labels(logits: Node, labels: Node) -> None:
@@ -97,26 +132,26 @@ def _check_labels(logits: Node, labels: Node) -> None:
 
 
 class MSE(Node):
-    """Mean over all elements of ``(pred - target) ** 2``."""
+    """Mean over all elements of ``(pred - target) ** 2``.
+
+    The target has exactly the prediction's shape (no broadcasting, which would average
+    the wrong pairs), or is a scalar.
+    """
 
     op = "mse"
 
     def __init__(self, pred: Any, target: Any) -> None:
         pred = as_node(pred)
         target = as_node(target, like=pred)
-        shape = broadcast("mse", pred, target)
-        if shape is not None and pred.shape is not None and shape != pred.shape:
-            raise ShapeError(f"mse: target {describe(target)} would broadcast "
-                             f"{describe(pred)} up to {shape}")
+        _check_targets(pred, target)
         super().__init__((pred, target), shape=())
 
     def forward(self, ctx, pred, target):
-        k = getattr(target, "ndim", 0)
-        if k and (k > pred.ndim or target.shape != pred.shape[pred.ndim - k:]):
-            raise ShapeError(f"mse: target {self.inputs[1].name!r} of shape {tuple(target.shape)} "
-                             f"does not match the prediction's {tuple(pred.shape)} (a target is "
-                             "never broadcast over the batch; a lower-rank one must equal the "
-                             "trailing axes)")
+        tshape = getattr(target, "shape", ())
+        if tshape != () and tuple(tshape) != tuple(pred.shape):
+            raise ShapeError(f"mse: target {self.inputs[1].name!r} of shape {tuple(tshape)} must "
+                             f"have exactly the prediction's shape {tuple(pred.shape)} "
+                             "(no broadcasting)")
         d = pred - target
         return (d * d).mean()
 
@@ -127,6 +162,15 @@ class MSE(Node):
         if not hasattr(target, "shape"):
             return gp, None
         return gp, sum_to(-gp, target.shape)
+
+
+def _check_targets(pred: Node, target: Node) -> None:
+    if pred.shape is None or target.shape is None or target.shape == ():
+        return
+    if len(pred.shape) != len(target.shape) or any(
+            a is not None and b is not None and a != b for a, b in zip(pred.shape, target.shape)):
+        raise ShapeError(f"mse: target {describe(target)} must have exactly the shape of the "
+                         f"prediction {describe(pred)} (no broadcasting)")
 
 
 def softmax(x: Any, axis: int = -1) -> Node:
