@@ -300,3 +300,23 @@ def test_out_of_memory_inside_a_graph_run_names_the_batch_size(monkeypatch):
     x, y = blobs(N)
     with pytest.raises(OutOfMemory, match=r"batch size 64 .*1,073,741,824 bytes.*smaller batch"):
         trainer.fit(x, y, epochs=1)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    x, y = blobs(N)
+    calls = {"n": 0}
+
+    def ctrl_c_twice(xb):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+    trainer = _trainer(tmp_path, augment=ctrl_c_twice)
+    with pytest.raises(KeyboardInterrupt) as info:
+        trainer.fit(x, y, epochs=3)
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert calls["n"] == 10  # not one batch more
+    kept = _trainer()
+    kept.load_checkpoint(tmp_path / CHECKPOINT)
+    assert (kept.state.epoch, kept.state.sample) == (1, 0)  # the last checkpoint, untouched
