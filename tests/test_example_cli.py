@@ -33,7 +33,6 @@ def _module(name: str):
     """examples/mnist/<name>.py as a module (other examples have a train.py too)."""
     key = f"graphnet_examples_mnist_{name}"
     if key not in sys.modules:
-        sys.path.insert(0, str(EXAMPLE))
         spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
