@@ -23,10 +23,18 @@ from . import nn, optim  # noqa: E402  (after the engine they build on)
 __version__ = "0.1.0"
 
 
+_last_seed: Any = None  # the Trainer's default seed
+
+
 def seed(n: int) -> None:
-    """Seed the host generator (initial weights) and the active backend's generator."""
+    """Seed the host generator (initial weights) and the active backend's generator.
+
+    The value is also the default ``seed`` of :class:`graphnet.train.Trainer`.
+    """
+    global _last_seed
     _seed_host(n)
     backend().seed(n)
+    _last_seed = n
 
 
 def asarray(x: Any, dtype: Any = None) -> Any:

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from .backends import backend
 
+_STREAM = 0x617567  # separates these draws from any other use of the same key
+
 
 def random_shift(x: Any, max_shift: int = 2, image_shape: Sequence[int] = (1, 28, 28),
-                 rotate: float = 0.0) -> Any:
+                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Any:
     """Each image moved by up to ``max_shift`` pixels (and turned by up to ``rotate`` degrees).
 
     ``x`` is a batch of prepared images, shape ``(N, *image_shape)``; uncovered pixels
     take the batch's background value (its minimum). One gather per batch; nearest-pixel
-    sampling.
+    sampling. With ``rng_key`` (non-negative ints, e.g. ``(seed, epoch, offset)``) the draws are
+    a pure function of the key, made on the host: the same on every backend; without it they
+    come from the backend's generator.
     """
     b = backend()
     xp = b.xp
@@ -21,7 +27,8 @@ def random_shift(x: Any, max_shift: int = 2, image_shape: Sequence[int] = (1, 28
     h, w = int(image_shape[-2]), int(image_shape[-1])
     flat = x.reshape(n, -1, h * w)
     c = flat.shape[1]
-    u = b.uniform((n, 3), x.dtype)
+    u = b.uniform((n, 3), x.dtype) if rng_key is None else b.asarray(keyed_uniform(rng_key, (n, 3)),
+                                                                     x.dtype)
     dy = xp.floor(u[:, 0] * (2 * max_shift + 1)) - max_shift
     dx = xp.floor(u[:, 1] * (2 * max_shift + 1)) - max_shift
     theta = (u[:, 2] * 2 - 1) * (rotate * math.pi / 180)
@@ -38,3 +45,13 @@ def random_shift(x: Any, max_shift: int = 2, image_shape: Sequence[int] = (1, 28
     background = flat.min()
     out = xp.where(inside.reshape(n, 1, h * w), out, background)
     return out.reshape(x.shape)
+
+
+def keyed_uniform(rng_key: Sequence[int], shape: tuple) -> np.ndarray:
+    """Host float32 draws in [0, 1), a pure function of ``rng_key`` (Philox via SeedSequence)."""
+    key = [int(k) for k in rng_key]
+    if any(k < 0 for k in key):
+        raise ValueError(f"rng_key must hold non-negative integers, got {tuple(rng_key)}")
+    bits = np.random.Philox(np.random.SeedSequence(key + [_STREAM])).random_raw(math.prod(shape))
+    # 24 random bits: exactly representable in float32, so never rounded up to 1.0
+    return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)

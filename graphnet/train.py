@@ -1,22 +1,37 @@
-"""The training loop: shuffled mini-batches on the device, metrics, checkpoints, resume."""
+"""The training loop: keyed shuffles, mini-batches on the device, metrics, checkpoints, resume.
+
+Training randomness is a pure function of ``(seed, epoch, sample offset)``: the epoch's order
+comes from :func:`epoch_permutation` and each step passes ``rng_key=(seed, epoch, offset)`` to
+the optimizer (dropout) and the augmentation. A checkpoint therefore needs no generator state,
+and a resumed run equals an uninterrupted one on every backend, whenever checkpoints were written.
+The position within an epoch is counted in samples, so the batch size may change on resume.
+"""
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from .backends.host import host_rng_state, set_host_rng_state, to_numpy
+from .backends.host import to_numpy
+from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
 from .nn.model import Classifier, model_from_config
-from .optim import Optimizer, Schedule
+from .optim import CosineLR, Optimizer, Schedule, StepLR
 
 CHECKPOINT = "checkpoint.npz"
+# 1: position in batches, the epoch's permutation and the generators' states saved.
+# 2: position in samples, keyed randomness (seed saved), run settings and their segments.
+CHECKPOINT_VERSION = 2
+_MAX_KEY = 2**64
 
 
 class DivergenceError(FloatingPointError):
@@ -35,9 +50,29 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order (int64 indices, a permutation of ``range(n)``) of the training samples in ``epoch``.
+
+    A pure function of its arguments, computed on the host from the raw Philox stream keyed
+    by ``(seed, epoch)``: identical on every backend and in every resumed run.
+    """
+    for name, v in (("seed", seed), ("epoch", epoch)):
+        if not _is_int(v) or not 0 <= v < _MAX_KEY:
+            raise ValueError(f"{name} must be an integer in [0, 2**64), got {v!r}")
+    if not _is_int(n) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    bits = np.random.Philox(key=np.array([seed, epoch], dtype=np.uint64)).random_raw(int(n))
+    return np.argsort(bits, kind="stable").astype(np.int64)
+
+
 @dataclass
 class History:
-    """Per-epoch metrics and the learning curve (every ``eval_every`` batches), as floats."""
+    """Per-epoch metrics, the learning curve (every ``eval_every`` batches) and the settings used.
+
+    ``segments``: one entry per stretch of training with the same settings, from the position
+    (in epochs) where it began: ``{"from_epoch", "batch_size", "lr", "schedule", "schedule_from"}``;
+    the learning rate there is ``lr * schedule(position - schedule_from)``.
+    """
 
     epoch: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
@@ -51,6 +86,7 @@ class History:
     curve_test_accuracy: list = field(default_factory=list)
     curve_train_loss: list = field(default_factory=list)
     curve_test_loss: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list]:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -66,30 +102,44 @@ class History:
 
 @dataclass
 class TrainState:
-    """Where training stands: the next epoch, the batch within it, and its running sums."""
+    """Where training stands: the epoch in progress, how many of its samples are done, running sums.
+
+    ``epoch`` counts complete epochs (0-based index of the one in progress); ``sample`` is the
+    number of samples of that epoch already trained on; ``n`` the size of the training set
+    it was trained on; ``loss_sum`` the sum of the batch losses weighted by batch rows.
+    """
 
     epoch: int = 0
-    batch: int = 0
+    sample: int = 0
+    n: int = 0
     loss_sum: float = 0.0
     batches_seen: int = 0
-    permutation: Any = None  # host copy, only while an epoch is in progress
+
+    @property
+    def position(self) -> float:
+        """Progress in epochs (e.g. 2.25: a quarter into the third epoch)."""
+        return self.epoch + (self.sample / self.n if self.n else 0.0)
 
 
 class Trainer:
-    """Trains a Classifier with an optimizer; see :func:`fit`."""
+    """Trains a Classifier with an optimizer; see :func:`fit`.
+
+    ``seed`` keys the shuffles, dropout masks and augmentation (default: the value last given
+    to ``gn.seed``, else 0). ``augment(xb)`` or ``augment(xb, rng_key=...)`` transforms each batch.
+    """
 
     def __init__(self, model: Classifier, optimizer: Optimizer, schedule: Optional[Schedule] = None,
                  batch_size: int = 128, eval_every: Optional[int] = None,
                  checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
-                 augment: Optional[Callable[[Any], Any]] = None) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+                 augment: Optional[Callable[..., Any]] = None, seed: Optional[int] = None) -> None:
         self.model, self.optimizer = model, optimizer
+        self.batch_size = _checked_batch_size(batch_size)
         self.schedule = schedule or Schedule()
         self.base_lr = optimizer.lr
-        self.batch_size = int(batch_size)
+        self.schedule_from = 0.0
+        self.seed = _checked_seed(_default_seed() if seed is None else seed)
         self.eval_every = eval_every
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.progress = progress
@@ -101,115 +151,167 @@ class Trainer:
         self.state = TrainState()
         self._stop_requested = False
         self._buffers: Optional[tuple[Any, Any]] = None
+        self._keyed_step = _accepts(optimizer.minimize, "rng_key")
+        self._keyed_augment = augment is not None and _accepts(augment, "rng_key")
 
     # --- public -----------------------------------------------------------------------
     def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
             epochs: int = 10) -> History:
         """Train until ``epochs`` epochs are complete (counting any resumed ones)."""
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
-        b = self.model.backend
-        X, Y = self.model.prepare(x_train), _labels(b, y_train)
+        st = self.state
+        if not _is_int(epochs) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if st.sample and epochs <= st.epoch:
+            raise ValueError(f"epochs={epochs}, but the run is already part-way through epoch "
+                             f"{st.epoch + 1}: give epochs >= {st.epoch + 1}")
+        if (x_test is None) != (y_test is None):
+            raise ValueError("give both x_test and y_test, or neither")
+        classes = self.model.num_classes
+        X = self.model.prepare(x_train)
+        Y = _labels(self.model.backend, y_train, X.shape[0], classes, "y_train")
         Xt = None if x_test is None else self.model.prepare(x_test)
-        Yt = None if y_test is None else _labels(b, y_test)
-        if X.shape[0] != Y.shape[0]:
-            raise ValueError(f"{X.shape[0]} training images but {Y.shape[0]} labels")
+        Yt = None if y_test is None else _labels(self.model.backend, y_test, Xt.shape[0], classes,
+                                                  "y_test")
+        n = X.shape[0]
+        if st.sample and st.n != n:
+            raise CheckpointError(f"the run stopped part-way through an epoch of {st.n} training "
+                                  f"images, but is resumed on {n}: was the checkpoint written "
+                                  "for another training set?")
+        st.n = n
+        self._note_segment()
         with _sigint_finishes_batch(self):
             try:
-                while self.state.epoch < epochs:
+                while st.epoch < epochs:
                     self._run_epoch(X, Y, Xt, Yt)
             except Exception as exc:
-                if type(exc).__name__ != "OutOfMemoryError" and not isinstance(exc, MemoryError):
+                if not _is_out_of_memory(exc):
                     raise
                 raise OutOfMemory(
                     f"out of memory on {self.model.backend.device_name()} with batch size "
-                    f"{self.batch_size} (epoch {self.state.epoch + 1}, batch {self.state.batch + 1}): "
-                    f"{exc}. Try a smaller batch size or a smaller network"
+                    f"{self.batch_size} (epoch {st.epoch + 1}, sample {st.sample}): "
+                    f"{_root_cause(exc)}. Try a smaller batch size or a smaller network"
                     + ("; the last complete epoch is in the checkpoint" if self.checkpoint_dir else "")
                 ) from exc
         return self.history
 
+    def replan(self, *, batch_size: Optional[int] = None, lr: Optional[float] = None,
+               schedule: Optional[Schedule] = None) -> list[str]:
+        """Change settings from the current position on; return what changed, in words.
+
+        ``batch_size`` applies from the next sample of the epoch in progress. ``lr`` or
+        ``schedule`` start a new schedule segment here: the rate becomes
+        ``lr * schedule(epochs since here)``; a missing one keeps its current value.
+        Every change is recorded in ``history.segments``.
+        """
+        notes, st = [], self.state
+        where = f"epoch {st.epoch + 1}, sample {st.sample}" + (f" of {st.n}" if st.n else "")
+        if batch_size is not None and batch_size != self.batch_size:
+            notes.append(f"batch size {self.batch_size} -> {batch_size} from {where}")
+            self.batch_size = _checked_batch_size(batch_size)
+        if lr is not None or schedule is not None:
+            if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+            was = self.current_lr()
+            self.base_lr = float(lr) if lr is not None else self.base_lr
+            self.schedule = schedule or self.schedule
+            self.schedule_from = st.position
+            notes.append(f"learning rate re-planned from {where} (after {st.position:.4g} "
+                         f"epochs): {self.base_lr:g} x {_describe(self.schedule)} from here "
+                         f"(the rate there was {was:.4g})")
+        self._note_segment()
+        return notes
+
+    def current_lr(self) -> float:
+        """The learning rate of the next step."""
+        return self.base_lr * self.schedule(max(self.state.position - self.schedule_from, 0.0))
+
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
-        """Write model, optimizer, RNG state, position and history atomically."""
+        """Write model, optimizer, position, run settings and history atomically."""
         path = path or self._checkpoint_path()
         arrays = {f"model/{k}": v for k, v in self.model.host_arrays().items()}
         opt_arrays, opt_meta = self.optimizer.host_state()
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
         st = self.state
-        if st.permutation is not None:
-            arrays["train/permutation"] = st.permutation
-        meta = {"kind": "checkpoint", "model": self.model.config(), "optimizer": opt_meta,
-                "base_lr": self.base_lr, "schedule": self.schedule.config(),
-                "state": {"epoch": st.epoch, "batch": st.batch, "loss_sum": st.loss_sum,
-                          "batches_seen": st.batches_seen},
-                "rng": {"backend": self.model.backend.name,
-                        "device": _jsonable(self.model.backend.rng_state()),
-                        "host": _jsonable(host_rng_state())},
+        meta = {"kind": "checkpoint", "checkpoint_version": CHECKPOINT_VERSION,
+                "model": self.model.config(), "optimizer": opt_meta,
+                "run": {"seed": self.seed, "batch_size": self.batch_size, "base_lr": self.base_lr,
+                        "schedule": self.schedule.config(), "schedule_from": self.schedule_from},
+                "state": {"epoch": st.epoch, "sample": st.sample, "n": st.n,
+                          "loss_sum": st.loss_sum, "batches_seen": st.batches_seen},
                 "history": self.history.to_dict()}
+        if not self._keyed_step:
+            # an engine without rng_key draws dropout from the device generator: keep its state
+            b = self.model.backend
+            meta["rng"] = {"backend": b.name, "device": _jsonable(b.rng_state())}
         return atomic_write_npz(path, arrays, meta)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote (onto the active backend)."""
+        """Restore everything :meth:`save_checkpoint` wrote (onto the active backend).
+
+        The run's settings (seed, batch size, learning rate, schedule) are restored as they
+        were; change them afterwards with :meth:`replan`.
+        """
         arrays, meta = read_npz(path)
         if meta.get("kind") != "checkpoint":
             raise CheckpointError(f"{path}: is a saved model, not a training checkpoint")
+        meta = _current_format(meta, path)
         if meta["model"] != self.model.config():
             raise CheckpointError(f"{path}: was written for a different architecture: "
-                                  f"{meta['model']['network']} vs {self.model.config()['network']}")
+                                  f"{meta['model'].get('network')} vs "
+                                  f"{self.model.config()['network']}")
         self.model.load_host_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("model/")},
                                     str(path))
-        self.optimizer.load_host_state(
-            {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}, meta["optimizer"])
-        self.base_lr = meta["base_lr"]
-        s = meta["state"]
-        perm = arrays.get("train/permutation")
-        self.state = TrainState(s["epoch"], s["batch"], s["loss_sum"], s["batches_seen"], perm)
-        set_host_rng_state(meta["rng"]["host"])
-        if meta["rng"]["backend"] == self.model.backend.name:
-            self.model.backend.set_rng_state(meta["rng"]["device"])
-        self.history = History.from_dict(meta["history"])
+        try:
+            self.optimizer.load_host_state(
+                {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}, meta["optimizer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: optimizer state does not fit: {exc}") from None
+        try:
+            self._restore(meta, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
 
     # --- one epoch --------------------------------------------------------------------
+    def _epoch_rows(self, epoch: int) -> np.ndarray:
+        """The training rows of ``epoch``, in order (host int64)."""
+        return epoch_permutation(self.seed, epoch, self.state.n)
+
     def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
-        b, st = self.model.backend, self.state
-        n = X.shape[0]
-        n_batches = math.ceil(n / self.batch_size)
-        if st.permutation is None:
-            st.permutation = to_numpy(b.permutation(n))
-            st.batch, st.loss_sum = 0, 0.0
-        perm = self._checked_permutation(b.asarray(st.permutation), X.shape[0])
-        losses = b.xp.zeros(n_batches, dtype=X.dtype)
-        start, t0 = st.batch, time.perf_counter()
-        bar = tqdm(total=n_batches, initial=start, desc=f"epoch {st.epoch + 1}",
-                   disable=not self.progress, leave=False, unit="batch")
-        for i in range(start, n_batches):
-            self._set_lr(st.epoch + i / n_batches)
-            xb, yb = self._batch(X, Y, perm[i * self.batch_size:(i + 1) * self.batch_size])
+        b, st, bs = self.model.backend, self.state, self.batch_size
+        n = st.n
+        rows = b.asarray(self._epoch_rows(st.epoch))
+        starts = range(st.sample, n, bs)
+        losses = b.xp.zeros(len(starts), dtype=X.dtype)
+        sizes = np.array([min(bs, n - s) for s in starts], dtype=np.float64)
+        t0 = time.perf_counter()
+        bar = tqdm(total=n, initial=st.sample, desc=f"epoch {st.epoch + 1}", leave=False,
+                   unit="img", disable=None if self.progress else True)
+        for i, s in enumerate(starts):
+            self._set_lr(st.epoch + s / n)
+            key = (self.seed, st.epoch, s)
+            xb, yb = self._batch(X, Y, rows[s:s + bs])
             if self.augment is not None:
-                xb = self.augment(xb)
-            losses[i] = self._step(xb, yb)
-            st.batch, st.batches_seen = i + 1, st.batches_seen + 1
-            bar.update(1)
-            if (i + 1) % self.check_every == 0 or i + 1 == n_batches:
-                self._check_finite(losses, start, i + 1)
+                xb = self.augment(xb, rng_key=key) if self._keyed_augment else self.augment(xb)
+            losses[i] = self._step(xb, yb, key)
+            st.sample, st.batches_seen = s + xb.shape[0], st.batches_seen + 1
+            bar.update(xb.shape[0])
+            if (i + 1) % self.check_every == 0 or i + 1 == len(starts):
+                self._check_finite(losses, starts, i + 1)
             if self.eval_every and st.batches_seen % self.eval_every == 0:
-                self._record_curve(X, Y, Xt, Yt, float(losses[i]))
+                self._record_curve(X, Y, Xt, Yt)
             if self._stop_requested:
-                st.loss_sum += float(losses[start:i + 1].sum())
+                st.loss_sum += self._weighted_sum(losses, sizes, i + 1)
                 bar.close()
                 self._interrupt()
         bar.close()
-        st.loss_sum += float(losses[start:].sum())
-        self._finish_epoch(X, Y, Xt, Yt, n_batches, time.perf_counter() - t0)
+        st.loss_sum += self._weighted_sum(losses, sizes, len(starts))
+        self._finish_epoch(X, Y, Xt, Yt, time.perf_counter() - t0)
 
-    @staticmethod
-    def _checked_permutation(perm: Any, n: int) -> Any:
-        if perm.shape != (n,) or perm.dtype.kind not in "iu" or (n and not (
-                int(perm.min()) >= 0 and int(perm.max()) < n)):
-            raise CheckpointError(f"the epoch's permutation (shape {tuple(perm.shape)}, dtype "
-                                  f"{perm.dtype}) does not index {n} training images: was the "
-                                  "checkpoint written for another training set?")
-        return perm
+    def _weighted_sum(self, losses: Any, sizes: np.ndarray, stop: int) -> float:
+        """Sum of the first ``stop`` batch losses times their batch sizes (one host read)."""
+        if stop == 0:
+            return 0.0
+        return float(to_numpy(losses[:stop]).astype(np.float64) @ sizes[:stop])
 
     def _batch(self, X: Any, Y: Any, rows: Any) -> tuple[Any, Any]:
         """The batch ``X[rows], Y[rows]``, gathered into two arrays reused every step.
@@ -228,29 +330,33 @@ class Trainer:
         b.take_rows(Y, rows, yb)
         return xb, yb
 
-    def _step(self, xb: Any, yb: Any) -> Any:
-        graph = self.model.train_graph
-        return self.optimizer.minimize(graph, {self.model.images: xb, self.model.labels: yb})
+    def _step(self, xb: Any, yb: Any, rng_key: tuple[int, int, int]) -> Any:
+        graph, feed = self.model.train_graph, {self.model.images: xb, self.model.labels: yb}
+        if self._keyed_step:
+            return self.optimizer.minimize(graph, feed, rng_key=rng_key)
+        return self.optimizer.minimize(graph, feed)
 
     def _set_lr(self, epoch: float) -> None:
-        self.optimizer.lr = self.base_lr * self.schedule(epoch)
+        self.optimizer.lr = self.base_lr * self.schedule(max(epoch - self.schedule_from, 0.0))
 
-    def _check_finite(self, losses: Any, start: int, stop: int) -> None:
-        xp = self.model.backend.xp
-        bad = ~xp.isfinite(losses[start:stop])
+    def _check_finite(self, losses: Any, starts: range, stop: int) -> None:
+        xp, check_from = self.model.backend.xp, max(stop - self.check_every, 0)
+        bad = ~xp.isfinite(losses[check_from:stop])
         if bool(bad.any()):
-            first = start + int(bad.argmax())
-            where = f"epoch {self.state.epoch + 1}, batch {first + 1}"
+            first = check_from + int(bad.argmax())
+            s = starts[first]
+            where = (f"epoch {self.state.epoch + 1}, batch {s // self.batch_size + 1} "
+                     f"(samples {s}-{min(s + self.batch_size, self.state.n) - 1})")
             kept = (f"; the last good checkpoint ({self._checkpoint_path()}) is untouched"
                     if self.checkpoint_dir else "")
             raise DivergenceError(f"training diverged: the loss became {float(losses[first])} at "
                                   f"{where} (lr={self.optimizer.lr:g}); lower the learning rate{kept}")
 
-    def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, n_batches: int, secs: float) -> None:
+    def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, secs: float) -> None:
         st, h = self.state, self.history
         train = self.model.evaluate(X[:self.eval_subset], Y[:self.eval_subset], prepared=True)
         h.epoch.append(st.epoch + 1)
-        h.train_loss.append(st.loss_sum / n_batches)
+        h.train_loss.append(st.loss_sum / st.n)
         h.train_accuracy.append(train["accuracy"])
         if Xt is not None:
             test = self.model.evaluate(Xt, Yt, prepared=True)
@@ -258,7 +364,7 @@ class Trainer:
             h.test_loss.append(test["loss"])
         h.seconds.append(secs)
         h.lr.append(self.optimizer.lr)
-        st.epoch, st.batch, st.loss_sum, st.permutation = st.epoch + 1, 0, 0.0, None
+        st.epoch, st.sample, st.loss_sum = st.epoch + 1, 0, 0.0
         if self.progress:
             tail = f", test accuracy {h.test_accuracy[-1]:.4f}" if Xt is not None else ""
             tqdm.write(f"epoch {st.epoch}: train loss {h.train_loss[-1]:.4f}{tail} ({secs:.1f} s)")
@@ -267,7 +373,7 @@ class Trainer:
         if self.on_epoch_end:
             self.on_epoch_end(self)
 
-    def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any, batch_loss: float) -> None:
+    def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
         h = self.history
         train = self.model.evaluate(X[:2000], Y[:2000], prepared=True)
         h.curve_batches.append(self.state.batches_seen)
@@ -281,20 +387,161 @@ class Trainer:
     def _interrupt(self) -> None:
         path = self.save_checkpoint() if self.checkpoint_dir else None
         st = self.state
-        where = f"epoch {st.epoch + 1}, batch {st.batch}"
-        msg = (f"interrupted after {where}; saved {path}: resume with --resume {path.parent}"
-               if path else f"interrupted after {where} (no checkpoint directory, nothing saved)")
+        where = f"epoch {st.epoch + 1}, sample {st.sample} of {st.n}"
+        msg = (f"interrupted at {where}; saved {path}: resume with --resume {path.parent}"
+               if path else f"interrupted at {where} (no checkpoint directory, nothing saved)")
         raise TrainingInterrupted(msg, path)
 
     def _checkpoint_path(self) -> Path:
         return (self.checkpoint_dir or Path(".")) / CHECKPOINT
 
+    # --- settings and their history ---------------------------------------------------
+    def _segment(self) -> dict[str, Any]:
+        return {"from_epoch": self.state.position, "batch_size": self.batch_size,
+                "lr": self.base_lr, "schedule": self.schedule.config(),
+                "schedule_from": self.schedule_from}
 
-def _labels(b: Any, y: Any) -> Any:
+    def _note_segment(self) -> None:
+        """Record the current settings in ``history.segments`` if they changed."""
+        seg, segs = self._segment(), self.history.segments
+        if segs and {k: v for k, v in segs[-1].items() if k != "from_epoch"} == \
+                {k: v for k, v in seg.items() if k != "from_epoch"}:
+            return
+        if segs and segs[-1]["from_epoch"] == seg["from_epoch"]:
+            segs.pop()  # replaced before any step was taken with it
+        segs.append(seg)
+
+    def _restore(self, meta: dict[str, Any], path: Any) -> None:
+        run, s = meta["run"], meta["state"]
+        self.seed = _checked_seed(run.get("seed", self.seed))
+        self.batch_size = _checked_batch_size(run.get("batch_size", self.batch_size))
+        self.base_lr = float(run["base_lr"])
+        if self.schedule.config() != run["schedule"]:
+            self.schedule = schedule_from_config(run["schedule"], path)
+        self.schedule_from = float(run["schedule_from"])
+        self.state = TrainState(int(s["epoch"]), int(s["sample"]), int(s["n"]),
+                                float(s["loss_sum"]), int(s["batches_seen"]))
+        if not 0 <= self.state.sample <= self.state.n or self.state.epoch < 0:
+            raise ValueError(f"position epoch {self.state.epoch}, sample {self.state.sample} "
+                             f"of {self.state.n}")
+        rng = meta.get("rng")
+        if rng and not self._keyed_step and rng["backend"] == self.model.backend.name:
+            self.model.backend.set_rng_state(rng["device"])
+        self.history = History.from_dict(meta["history"])
+
+
+def schedule_from_config(cfg: Any, source: Any = "checkpoint") -> Schedule:
+    """The built-in Schedule that ``Schedule.config()`` described."""
+    kind = cfg.get("type") if isinstance(cfg, dict) else None
+    try:
+        if kind == "constant":
+            return Schedule()
+        if kind == "step":
+            return StepLR(cfg["step_size"], cfg["gamma"])
+        if kind == "cosine":
+            return CosineLR(cfg["epochs"], cfg["floor"], cfg["warmup"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad schedule {cfg!r}: {exc}") from None
+    raise CheckpointError(f"{source}: unknown schedule {cfg!r}; pass the same schedule object "
+                          "to the Trainer that wrote it")
+
+
+def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
+    """Checkpoint metadata in the current version's layout (or a CheckpointError saying why not)."""
+    version = meta.get("checkpoint_version", 1)
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(f"{path}: bad checkpoint_version {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: training checkpoint version {version} is newer than this "
+                              f"graphnet understands ({CHECKPOINT_VERSION}); upgrade graphnet")
+    if version == CHECKPOINT_VERSION:
+        return meta
+    try:  # version 1
+        s = meta["state"]
+        mid_epoch = s["batch"] != 0
+        run = {"base_lr": meta["base_lr"], "schedule": meta["schedule"], "schedule_from": 0.0}
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: malformed version-1 checkpoint ({exc!r})") from None
+    if mid_epoch:
+        raise CheckpointError(
+            f"{path}: a version-1 checkpoint written part-way through epoch {s['epoch'] + 1} "
+            f"(batch {s['batch']}) cannot be continued exactly by this graphnet (version "
+            f"{CHECKPOINT_VERSION}: keyed shuffles, position in samples). Resume it with the "
+            "graphnet that wrote it, or start the run again; version-1 checkpoints written at "
+            "the end of an epoch are converted")
+    # version 1 saved neither seed nor batch size: the Trainer's own are used
+    return {**meta, "run": run, "state": {"epoch": s["epoch"], "sample": 0, "n": 0,
+                                          "loss_sum": 0.0, "batches_seen": s["batches_seen"]},
+            "checkpoint_version": CHECKPOINT_VERSION, "rng": None}
+
+
+# --- input checks --------------------------------------------------------------------
+def _labels(b: Any, y: Any, n: int, classes: int, name: str) -> Any:
+    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
     y = y if b.is_array(y) else b.asarray(to_numpy(y))
     if y.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
+                         f"got shape {tuple(y.shape)}")
+    if n:
+        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
     return y.astype(b.xp.int64)
+
+
+def _checked_batch_size(v: Any) -> int:
+    if not _is_int(v) or v <= 0:
+        raise ValueError(f"batch_size must be an integer > 0, got {v!r}")
+    return int(v)
+
+
+def _checked_seed(v: Any) -> int:
+    if not _is_int(v) or not 0 <= v < _MAX_KEY:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {v!r}")
+    return int(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _default_seed() -> int:
+    """The value last given to ``gn.seed`` (0 if it was never called)."""
+    gn = sys.modules.get("graphnet")
+    seed = getattr(gn, "_last_seed", None)
+    return seed if _is_int(seed) and 0 <= seed < _MAX_KEY else 0
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    cause = _root_cause(exc)
+    return type(cause).__name__ == "OutOfMemoryError" or isinstance(cause, MemoryError)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """``exc``, or what an engine RunError wrapped."""
+    while isinstance(exc, RunError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _describe(schedule: Schedule) -> str:
+    cfg = schedule.config()
+    if cfg.get("type") == "cosine":
+        return f"cosine to {cfg['floor']:g} over {cfg['epochs']:.4g} epochs"
+    if cfg.get("type") == "step":
+        return f"x{cfg['gamma']:g} every {cfg['step_size']} epochs"
+    return "constant" if cfg.get("type") == "constant" else repr(cfg)
 
 
 def _jsonable(x: Any) -> Any:
@@ -318,6 +565,9 @@ class _sigint_finishes_batch:
         if self.trainer._stop_requested:
             raise KeyboardInterrupt
         self.trainer._stop_requested = True
+        if self.trainer.checkpoint_dir:
+            print("\nCtrl-C: finishing this batch and saving a checkpoint "
+                  "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "_sigint_finishes_batch":
         try:
@@ -332,6 +582,19 @@ class _sigint_finishes_batch:
         self.trainer._stop_requested = False
 
 
+def checkpoint_position(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(complete epochs, samples into the next, training-set size)`` of a checkpoint."""
+    _, meta = read_npz(path)
+    if meta.get("kind") != "checkpoint":
+        raise CheckpointError(f"{path}: is a saved model, not a training checkpoint")
+    meta = _current_format(meta, path)
+    try:
+        s = meta["state"]
+        return int(s["epoch"]), int(s["sample"]), int(s["n"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
+
+
 def resume_model(path: str | os.PathLike) -> Classifier:
     """An untrained Classifier with the architecture a checkpoint was written for."""
     _, meta = read_npz(path)
@@ -344,5 +607,6 @@ def fit(model: Classifier, optimizer: Optimizer, x_train: Any, y_train: Any, x_t
     return Trainer(model, optimizer, **kwargs).fit(x_train, y_train, x_test, y_test, epochs)
 
 
-__all__ = ["Trainer", "History", "fit", "DivergenceError", "OutOfMemory", "TrainingInterrupted", "CHECKPOINT",
-           "resume_model"]
+__all__ = ["Trainer", "History", "TrainState", "fit", "epoch_permutation", "DivergenceError",
+           "OutOfMemory", "TrainingInterrupted", "CHECKPOINT", "CHECKPOINT_VERSION",
+           "checkpoint_position", "resume_model", "schedule_from_config"]

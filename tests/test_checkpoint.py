@@ -101,7 +101,7 @@ def test_ctrl_c_finishes_batch_saves_and_resumes_exactly(tmp_path):
     stopped = _trainer(tmp_path, augment=_interrupt_at_batch(10))
     with pytest.raises(TrainingInterrupted, match="resume with --resume"):
         stopped.fit(x, y, epochs=2)
-    assert stopped.state.epoch == 1 and stopped.state.batch == 3  # 7 batches per epoch
+    assert stopped.state.epoch == 1 and stopped.state.sample == 3 * 32  # 7 batches per epoch
     resumed = _trainer(tmp_path)
     resumed.load_checkpoint(tmp_path / CHECKPOINT)
     resumed.fit(x, y, epochs=2)
@@ -158,7 +158,7 @@ def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
     model = tiny_model(layers=(24, 10))
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05), progress=False)
     trainer.load_checkpoint(ckpt)  # complete and readable, whatever moment the kill came
-    assert trainer.state.epoch >= 1 and trainer.state.batch == 0
+    assert trainer.state.epoch >= 1 and trainer.state.sample == 0
 
 
 def _write_model(tmp_path) -> Path:
@@ -225,7 +225,7 @@ def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
     class OutOfMemoryError(Exception):  # what cupy raises, by name
         pass
 
-    def fail(self, xb, yb):
+    def fail(self, *batch):
         raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes")
     trainer = _trainer(tmp_path)
     monkeypatch.setattr(Trainer, "_step", fail)
@@ -235,14 +235,14 @@ def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
         trainer.fit(x, y, epochs=1)
 
 
-def test_resume_on_another_training_set_names_the_permutation(tmp_path):
-    """A mid-epoch checkpoint holds the epoch's shuffle: it must fit the data resumed on."""
+def test_resume_on_another_training_set_is_refused(tmp_path):
+    """A mid-epoch checkpoint's position counts samples of its training set: it must be the same size."""
     x, y = blobs(200)
     with pytest.raises(TrainingInterrupted):
         _trainer(tmp_path, augment=_interrupt_at_batch(3)).fit(x, y, epochs=1)
     again = _trainer(tmp_path)
     again.load_checkpoint(tmp_path / CHECKPOINT)
-    with pytest.raises(CheckpointError, match="permutation .* does not index 150"):
+    with pytest.raises(CheckpointError, match="epoch of 200 training images, but is resumed on 150"):
         again.fit(x[:150], y[:150], epochs=1)
 
 

@@ -7,26 +7,38 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
 from graphnet.io import CheckpointError
 from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
-                            TrainingInterrupted)
+                            TrainingInterrupted, checkpoint_position)
 
-EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET, EXIT_INTERRUPTED = 2, 3, 1, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET = EXIT_USAGE, EXIT_FAILED, EXIT_FAILED
+RUN_FILES = (CHECKPOINT, "model.npz", "metrics.json", "config.json")
+LOCK = ".lock"
+# Parameters of the fixed convolutional networks, and floats of activations per image
+# (forward values kept for the backward pass), for the memory estimate.
+CNN_SIZES = {"cnn": (1_200_000, 120_000), "cnn-best": (360_000, 110_000)}
+
+
+class LockHeld(RuntimeError):
+    """Another live run holds the output folder."""
 
 
 def build_network(cfg: dict[str, Any]) -> tuple[Any, tuple]:
     """The network and its input shape for a config."""
     if cfg.get("model", "mlp") == "mlp":
         return nn.MLP(cfg["layers"], 784, cfg["activation"], cfg["dropout"]), (784,)
-    builder = getattr(nn, "mnist_cnn", None)
-    if builder is None:
-        raise SystemExit(f"model {cfg['model']!r} is not available in this graphnet")
-    return builder(cfg), (1, 28, 28)
+    return nn.mnist_cnn(cfg), (1, 28, 28)
 
 
 def describe_network(cfg: dict[str, Any]) -> str:
@@ -44,73 +56,255 @@ def build_optimizer(cfg: dict[str, Any], params: list) -> optim.Optimizer:
 
 
 def augmenter(cfg: dict[str, Any]) -> Any:
-    """The batch augmentation for a config, or None."""
+    """The batch augmentation for a config (keyed by the trainer's rng_key), or None."""
     if not cfg.get("augment"):
         return None
     from graphnet.augment import random_shift
-    return lambda xb: random_shift(xb, max_shift=2, image_shape=(28, 28),
-                                   rotate=cfg.get("rotate", 0.0))
+    return lambda xb, rng_key=None: random_shift(xb, max_shift=2, image_shape=(28, 28),
+                                                 rotate=cfg.get("rotate", 0.0), rng_key=rng_key)
 
 
+# --- before any work --------------------------------------------------------------------
+def training_bytes(cfg: dict[str, Any]) -> int:
+    """About how much memory training needs: data, parameters with gradients and optimizer
+    state, and one batch of activations."""
+    item = gn.get_default_dtype().itemsize
+    if cfg.get("model", "mlp") == "mlp":
+        widths = [784] + list(cfg["layers"])
+        params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+        acts = 3 * sum(widths)
+    else:
+        params, acts = CNN_SIZES.get(cfg["model"], (0, 0))
+    slots = 2 if cfg["optimizer"] == "adam" else (1 if cfg["momentum"] else 0)
+    data = 70_000 * 784 * (item + 1)
+    return item * (params * (2 + slots) + cfg["batch_size"] * acts) + data
+
+
+def available_bytes(b: Any) -> Optional[int]:
+    """Free memory where the backend allocates (None if unknown)."""
+    info = b.memory_info()
+    if "device_free_bytes" in info:
+        return int(info["device_free_bytes"]) + int(info.get("pool_held_bytes", 0))
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_problem(cfg: dict[str, Any], b: Any) -> Optional[str]:
+    need, have = training_bytes(cfg), available_bytes(b)
+    if have is None or need <= have:
+        return None
+    what = f"--layers {','.join(map(str, cfg['layers']))}" if cfg["model"] == "mlp" else cfg["model"]
+    return (f"{what} with --batch-size {cfg['batch_size']} needs about {_gb(need)} to train "
+            f"(parameters, gradients, optimizer state, data, one batch), but only {_gb(have)} "
+            f"is free on {b.device_name()}: use smaller layers or a smaller batch")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+class RunLock:
+    """One run at a time per output folder: ``DIR/.lock`` holds the owner's PID under flock,
+    so the kernel releases it when that process dies, however it dies."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.path = folder, folder / LOCK
+        self.fd: Optional[int] = None
+        self.stale_pid: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_pid(fd)
+                os.close(fd)
+                raise LockHeld(f"{self.folder} is in use by another training run (PID "
+                               f"{owner or 'unknown'}, see {self.path}); wait for it to finish "
+                               "or choose another --out") from None
+            try:
+                same_file = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                break
+            os.close(fd)  # its owner removed the file as we opened it: lock the new one
+        previous = _read_pid(fd)
+        if previous and previous != os.getpid():
+            self.stale_pid = previous  # it exited without removing the file (killed?)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+# --- the run ----------------------------------------------------------------------------
 def run_training(args: argparse.Namespace) -> int:
-    cfg = args.config
-    out = Path(args.out or args.resume or f"runs/{cfg['preset'] or 'custom'}")
+    """Train as ``args`` say; the exit code (see train.py's docstring)."""
+    t_start = time.perf_counter()
+    cfg, out = args.config, Path(args.out or args.resume or f"runs/{args.config['preset'] or 'custom'}")
     try:
         b = gn.backend()
     except (gn.BackendUnavailableError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETUP
+        return _usage(exc)
+    problem = memory_problem(cfg, b)
+    if problem:
+        return _usage(problem)
     try:
-        x_train, y_train, x_test, y_test = mnist.load(args.data)
-    except mnist.MNISTError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETUP
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
+        lock.acquire()
+    except LockHeld as exc:
+        return _usage(exc)
+    except OSError as exc:
+        return _usage(f"--out {out}: cannot write there ({exc.strerror or exc})")
+    try:
+        if lock.stale_pid:
+            print(f"note: {lock.path} was left by PID {lock.stale_pid}, which is no longer "
+                  "running; taking it over")
+        return _run_locked(args, cfg, out, b, t_start)
+    except (CheckpointError, mnist.MNISTError) as exc:
+        return _usage(exc)
+    except (DivergenceError, OutOfMemory, gn.NumericsError, gn.RunError) as exc:
+        print(f"error: training failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start: float) -> int:
+    if args.resume:
+        done = _resume_position_problem(cfg, out)
+        if done is not None:
+            return done
+    else:
+        existing = [name for name in RUN_FILES if (out / name).exists()]
+        if existing and not args.overwrite:
+            return _usage(f"{out} already holds a run ({', '.join(existing)}): continue it with "
+                          f"--resume {out}, or replace it with --overwrite")
+        for name in existing:
+            (out / name).unlink()
+    x_train, y_train, x_test, y_test = mnist.load(args.data)
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
     model = nn.Classifier(network, input_shape, check_numerics=args.check_numerics)
     model.fit_preprocessing(x_train)
-    opt = build_optimizer(cfg, model.parameters())
-    trainer = Trainer(model, opt, optim.make_schedule(cfg["schedule"], cfg["epochs"]),
-                      batch_size=cfg["batch_size"], eval_every=args.eval_every, checkpoint_dir=out,
-                      progress=not args.no_progress, augment=augmenter(cfg))
-    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
+                      optim.make_schedule(cfg["schedule"], cfg["epochs"]),
+                      batch_size=cfg["batch_size"], eval_every=args.eval_every or None,
+                      checkpoint_dir=out, progress=not args.no_progress, augment=augmenter(cfg),
+                      seed=cfg["seed"])
     if args.resume:
-        try:
-            trainer.load_checkpoint(out / CHECKPOINT)
-        except CheckpointError as exc:
-            print(f"error: cannot resume: {exc}", file=sys.stderr)
-            return EXIT_BAD_SETUP
-        print(f"resuming {out} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch + 1}")
-    else:
-        write_json(out / "config.json", cfg)
+        trainer.load_checkpoint(out / CHECKPOINT)
+        st = trainer.state
+        print(f"resuming {out} at epoch {st.epoch + 1}, sample {st.sample} of {st.n}")
+        for note in resume_changes(trainer, cfg, args.changes):
+            print(f"  on resume: {note}")
+    write_json(out / "config.json", cfg)
     print(f"graphnet {gn.__version__} on {b.name} ({b.device_name()}); "
-          f"network {describe_network(cfg)}, {cfg['epochs']} epochs -> {out}")
+          f"network {describe_network(cfg)}, {cfg['epochs']} epochs, seed {cfg['seed']} -> {out}")
     try:
         history = trainer.fit(x_train, y_train, x_test, y_test, epochs=cfg["epochs"])
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DivergenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except OutOfMemory as exc:
-        print(f"error: {exc} (--batch-size)", file=sys.stderr)
-        return EXIT_BAD_SETUP
     metrics = final_metrics(model, history, cfg, b, x_train, y_train, x_test, y_test)
     model.save(out / "model.npz")
     write_json(out / "metrics.json", metrics)
-    print(f"test accuracy {metrics['test_accuracy']:.4f}, train accuracy "
-          f"{metrics['train_accuracy']:.4f}; median epoch {metrics['median_seconds_per_epoch']:.2f} s; "
-          f"wrote {out / 'model.npz'} and {out / 'metrics.json'}")
+    figures = ""
     if args.plots:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from visualize import write_all
-        print(f"figures: {write_all(out / 'model.npz', out, data=args.data)}")
+        figures = f", figures {write_all(out / 'model.npz', out, data=args.data)}"
+    print(f"done in {time.perf_counter() - t_start:.1f} s: test accuracy "
+          f"{metrics['test_accuracy']:.4f} (train {metrics['train_accuracy']:.4f}) after "
+          f"{metrics['epochs']} epochs; model {out / 'model.npz'}, metrics "
+          f"{out / 'metrics.json'}{figures}")
     if args.min_accuracy is not None and metrics["test_accuracy"] < args.min_accuracy:
-        print(f"FAIL: test accuracy {metrics['test_accuracy']:.4f} < {args.min_accuracy}",
-              file=sys.stderr)
-        return EXIT_BELOW_TARGET
+        print(f"FAIL: test accuracy {metrics['test_accuracy']:.4f} < --min-accuracy "
+              f"{args.min_accuracy:g}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _resume_position_problem(cfg: dict, out: Path) -> Optional[int]:
+    """An exit code if the run in ``out`` is finished or past --epochs (None: train on)."""
+    epoch, sample, _ = checkpoint_position(out / CHECKPOINT)
+    if epoch < cfg["epochs"]:
+        return None
+    if sample or epoch > cfg["epochs"]:
+        return _usage(f"the run in {out} is already at epoch {epoch + (1 if sample else 0)}: "
+                      f"--epochs must be at least {epoch + (1 if sample else 0)}")
+    if (out / "model.npz").exists() and (out / "metrics.json").exists():
+        print(f"{out}: the run is finished ({epoch} of {cfg['epochs']} epochs{_recorded(out)}); "
+              f"nothing to do. To train on, resume with --epochs above {epoch}")
+        return 0
+    print(f"{out}: training is complete; writing the final model and metrics")
+    return None
+
+
+def _recorded(out: Path) -> str:
+    try:
+        return f", test accuracy {json.loads((out / 'metrics.json').read_text())['test_accuracy']:.4f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def resume_changes(trainer: Trainer, cfg: dict, changes: dict) -> list[str]:
+    """Apply the flags changed on --resume to a restored trainer; say what changed."""
+    notes = [f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changes.items()
+             if k in ("epochs", "augment")]
+    notes += trainer.replan(batch_size=cfg["batch_size"])
+    remaining = cfg["epochs"] - trainer.state.position
+    if remaining <= 0:
+        return notes
+    # the plan the run follows if nothing changed: the schedule over [schedule_from, epochs]
+    planned = optim.make_schedule(cfg["schedule"], cfg["epochs"] - trainer.schedule_from)
+    if cfg["lr"] != trainer.base_lr or planned.config() != trainer.schedule.config():
+        notes += trainer.replan(lr=cfg["lr"],
+                                schedule=optim.make_schedule(cfg["schedule"], remaining))
+    return notes
+
+
+def _usage(problem: Any) -> int:
+    print(f"error: {problem}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def final_metrics(model: nn.Classifier, history: Any, cfg: dict, b: Any, x_train: Any,
@@ -123,8 +317,8 @@ def final_metrics(model: nn.Classifier, history: Any, cfg: dict, b: Any, x_train
             "epochs": len(history.epoch), "seconds_per_epoch": secs,
             "median_seconds_per_epoch": sorted(secs)[len(secs) // 2] if secs else 0.0,
             "total_train_seconds": sum(secs), "backend": b.name, "device": b.device_name(),
-            "graphnet_version": gn.__version__, "config": cfg, "history": history.to_dict(),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "graphnet_version": gn.__version__, "config": cfg, "segments": history.segments,
+            "history": history.to_dict(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def write_json(path: Path, obj: Any) -> None:

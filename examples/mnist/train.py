@@ -4,11 +4,18 @@
     python examples/mnist/train.py --preset seed-128-64-10
     GRAPHNET_BACKEND=cupy python examples/mnist/train.py --preset best
     python examples/mnist/train.py --resume runs/fast   # continue after Ctrl-C or a crash
+
+On --resume, --epochs, --batch-size, --lr, --schedule and --augment may change: the position
+in the epoch is kept in samples and the learning-rate schedule is re-planned from there.
+
+Exit codes: 0 done, 1 training failed (diverged, out of memory, below --min-accuracy),
+2 bad flags or setup (nothing trained), 130 interrupted (resume with --resume DIR).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -37,41 +44,69 @@ DEFAULTS: dict[str, Any] = dict(layers=[512, 256, 10], activation="relu", epochs
                                 optimizer="sgd", lr=0.05, momentum=0.0, nesterov=False,
                                 weight_decay=0.0, dropout=0.0, schedule="constant", seed=0,
                                 augment=False, model="mlp", rotate=0.0)
+FLAG_KEYS = ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "momentum",
+             "nesterov", "weight_decay", "dropout", "schedule", "seed", "augment")
+CHANGEABLE_ON_RESUME = ("epochs", "batch_size", "lr", "schedule", "augment")
+MLP_ONLY = ("layers", "activation", "dropout")
+SGD_ONLY = ("momentum", "nesterov")
+CHOICES = {"activation": ("tanh", "relu", "sigmoid"), "optimizer": ("sgd", "adam"),
+           "schedule": ("constant", "step", "cosine"), "model": ("mlp", "cnn", "cnn-best")}
+MAX_SEED = 2**32 - 1
+
+
+class UsageError(ValueError):
+    """A flag or saved configuration that cannot be honoured; nothing has been done yet."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line on stderr and exit code 2 (argparse's, without the long usage text)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags, checked, with ``args.config`` (the resolved configuration) and
+    ``args.changes`` (``{key: (saved, new)}`` on --resume); exits 2 on any problem."""
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named configuration (default: fast); other flags override it")
-    p.add_argument("--layers", type=_int_list, help="layer sizes after the input, e.g. 128,64,10")
-    p.add_argument("--activation", choices=["tanh", "relu", "sigmoid"])
+    p.add_argument("--layers", type=_int_list, help="MLP layer sizes after the input, e.g. 128,64,10")
+    p.add_argument("--activation", choices=CHOICES["activation"], help="MLP activation")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
+    p.add_argument("--optimizer", choices=CHOICES["optimizer"])
+    p.add_argument("--lr", type=float, help="base learning rate (> 0)")
+    p.add_argument("--momentum", type=float, help="SGD momentum in [0, 1)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--schedule", choices=["constant", "step", "cosine"])
+    p.add_argument("--dropout", type=float, help="MLP dropout in [0, 1)")
+    p.add_argument("--schedule", choices=CHOICES["schedule"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random shifts of up to 2 pixels, on the active backend")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help=f"0..{MAX_SEED}: initial weights, shuffles, dropout")
     p.add_argument("--backend", help="numpy or cupy (overrides GRAPHNET_BACKEND)")
     p.add_argument("--data", help="folder with the MNIST IDX files (default: the cache)")
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
-    p.add_argument("--min-accuracy", type=float, help="exit 1 if the test accuracy is below this")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse)")
+    p.add_argument("--min-accuracy", type=_accuracy, metavar="A",
+                   help="exit 1 if the test accuracy is below A: a fraction (0.98) or a percent "
+                        "(98 or 98%%; values above 1 are percents)")
     p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR")
-    p.add_argument("--eval-every", type=int, default=100, help="batches between learning-curve points")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="batches between learning-curve points (0: none)")
     p.add_argument("--check-numerics", action="store_true", help="name the first node producing NaN/inf")
     p.add_argument("--plots", action="store_true", help="write the figures of visualize.py at the end")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     args = p.parse_args(argv)
-    cfg = resolve_config(args)
-    problems = validate(cfg)
+    try:
+        args.config, args.changes = resolve_config(args)
+        problems = validate(args.config) + flags_that_do_not_apply(args) + path_problems(args)
+    except UsageError as exc:
+        problems = [str(exc)]
     if problems:
         p.error("; ".join(problems))
-    args.config = cfg
     return args
 
 
@@ -82,43 +117,173 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the preset, then explicit flags."""
-    saved = Path(args.resume or "", "config.json")
-    if args.resume and saved.exists():
-        cfg = dict(DEFAULTS, **json.loads(saved.read_text()))
-    else:
+def _accuracy(text: str) -> float:
+    """A fraction in [0, 1], or a percent: ``98%`` or any value in (1, 100]."""
+    raw = text.strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw.rstrip("%"))
+    except ValueError:
+        value = math.nan
+    if percent or value > 1:
+        value /= 100
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction 0-1 or a percent up to 100 "
+                                         f"(e.g. 0.98, 98 or 98%), got {text!r}")
+    return value
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """Where the run writes: --out, else the --resume folder, else runs/PRESET."""
+    return Path(args.out or args.resume or f"runs/{args.config.get('preset') or 'custom'}")
+
+
+# --- the configuration ----------------------------------------------------------------
+def resolve_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """Defaults, then the preset (or the resumed run's config.json), then explicit flags."""
+    changes: dict[str, tuple] = {}
+    if not args.resume:
         preset = args.preset or "fast"
-        cfg = dict(DEFAULTS, **PRESETS[preset])
-        cfg["preset"] = preset
-    for key in ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "nesterov", "weight_decay", "dropout", "schedule", "seed", "augment"):
+        cfg = dict(DEFAULTS, **PRESETS[preset], preset=preset)
+    else:
+        folder = Path(args.resume)
+        saved = read_saved_config(folder)
+        cfg = dict(DEFAULTS, **saved)
+        if args.preset is not None and args.preset != cfg.get("preset"):
+            raise UsageError(f"--resume cannot change --preset (the run in {folder} uses "
+                             f"{cfg.get('preset')!r}); start a new run in another --out")
+    for key in FLAG_KEYS:
         value = getattr(args, key)
-        if value is not None:
-            cfg[key] = value
-    return cfg
+        if value is None or value == cfg[key]:
+            continue
+        if args.resume and key not in CHANGEABLE_ON_RESUME:
+            raise UsageError(f"--resume cannot change {_flag(key)} (the run in {args.resume} uses "
+                             f"{cfg[key]!r}); only {', '.join(map(_flag, CHANGEABLE_ON_RESUME))} "
+                             "may change. Start a new run in another --out")
+        if args.resume:
+            changes[key] = (cfg[key], value)
+        cfg[key] = value
+    return cfg, changes
 
 
-def validate(cfg: dict[str, Any]) -> list[str]:
-    """Every problem with a configuration, before any work is done."""
+def read_saved_config(folder: Path) -> dict[str, Any]:
+    """The config.json of the run in ``folder``, checked (UsageError naming the file)."""
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise UsageError(f"--resume {folder}: no such folder")
+    if not path.is_file():
+        raise UsageError(f"--resume {folder}: no config.json there (not a run folder?)")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path}: expected a JSON object of settings, got {type(saved).__name__}")
+    problems = validate(dict(DEFAULTS, **saved), name=lambda k: repr(k))
+    if problems:
+        raise UsageError(f"{path}: " + "; ".join(problems))
+    return saved
+
+
+def validate(cfg: dict[str, Any], name: Any = None) -> list[str]:
+    """Every problem with a configuration (types, then ranges), before any work is done."""
+    name = name or _flag
     bad = []
-    if cfg["model"] == "mlp" and (not cfg["layers"] or cfg["layers"][-1] != 10):
-        bad.append(f"--layers must end in 10 (the ten digit classes), got {cfg['layers']}")
+    for key, value in cfg.items():
+        want = _expected_type(key, value)
+        if want:
+            bad.append(f"{name(key)} must be {want}, got {value!r}" if want != "unknown"
+                       else f"unknown setting {name(key)} (known: {', '.join(sorted(DEFAULTS))})")
+    if bad:
+        return bad
     if any(n <= 0 for n in cfg["layers"]):
-        bad.append(f"--layers must be positive, got {cfg['layers']}")
-    if cfg["epochs"] < 0:
-        bad.append(f"--epochs must be >= 0, got {cfg['epochs']}")
-    if cfg["batch_size"] <= 0:
-        bad.append(f"--batch-size must be > 0, got {cfg['batch_size']}")
+        bad.append(f"{name('layers')} must be positive, got {cfg['layers']}")
+    elif cfg["model"] == "mlp" and cfg["layers"][-1] != 10:
+        bad.append(f"{name('layers')} must end in 10 (the ten digit classes), got {cfg['layers']}")
+    for key, low in (("epochs", 1), ("batch_size", 1)):
+        if cfg[key] < low:
+            bad.append(f"{name(key)} must be >= {low}, got {cfg[key]}")
+    if not 0 <= cfg["seed"] <= MAX_SEED:
+        bad.append(f"{name('seed')} must be in 0..{MAX_SEED}, got {cfg['seed']}")
     if not cfg["lr"] > 0:
-        bad.append(f"--lr must be > 0, got {cfg['lr']}")
-    if not 0 <= cfg["momentum"] < 1:
-        bad.append(f"--momentum must be in [0, 1), got {cfg['momentum']}")
+        bad.append(f"{name('lr')} must be > 0, got {cfg['lr']}")
+    for key in ("momentum", "dropout"):
+        if not 0 <= cfg[key] < 1:
+            bad.append(f"{name(key)} must be in [0, 1), got {cfg[key]}")
     if cfg["weight_decay"] < 0:
-        bad.append(f"--weight-decay must be >= 0, got {cfg['weight_decay']}")
-    if not 0 <= cfg["dropout"] < 1:
-        bad.append(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+        bad.append(f"{name('weight_decay')} must be >= 0, got {cfg['weight_decay']}")
+    if not 0 <= cfg["rotate"] <= 180:
+        bad.append(f"{name('rotate')} must be in [0, 180] degrees, got {cfg['rotate']}")
+    if cfg["optimizer"] == "sgd" and cfg["nesterov"] and not cfg["momentum"] > 0:
+        bad.append(f"{name('nesterov')} needs {name('momentum')} > 0 (or --no-nesterov)")
     return bad
+
+
+def _expected_type(key: str, value: Any) -> Optional[str]:
+    """What ``value`` should be for ``key``, if it is not that ("unknown": no such key)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if key == "layers":
+        ok, want = isinstance(value, list) and bool(value) and all(map(is_int, value)), \
+            "a non-empty list of integers"
+    elif key in ("epochs", "batch_size", "seed"):
+        ok, want = is_int(value), "an integer"
+    elif key in ("lr", "momentum", "weight_decay", "dropout", "rotate"):
+        ok, want = (is_int(value) or isinstance(value, float)) and math.isfinite(value), \
+            "a finite number"
+    elif key in ("nesterov", "augment"):
+        ok, want = isinstance(value, bool), "true or false"
+    elif key in CHOICES:
+        ok, want = value in CHOICES[key], "one of " + ", ".join(CHOICES[key])
+    elif key == "preset":
+        ok, want = value is None or value in PRESETS, "a preset name or null"
+    else:
+        return "unknown"
+    return None if ok else want
+
+
+def flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
+    """Flags given explicitly that the chosen network or optimizer cannot honour."""
+    cfg, bad = args.config, []
+    if cfg["model"] != "mlp":
+        for key in MLP_ONLY:
+            if getattr(args, key) is not None:
+                bad.append(f"{_flag(key)} applies to MLPs only; the {cfg['model']!r} network is "
+                           "fixed (drop the flag, or choose an MLP preset)")
+    if cfg["optimizer"] != "sgd":
+        for key in SGD_ONLY:
+            if getattr(args, key) is not None:
+                bad.append(f"{_flag(key)} applies to --optimizer sgd only, not {cfg['optimizer']}")
+    if args.eval_every < 0:
+        bad.append(f"--eval-every must be >= 0, got {args.eval_every}")
+    if args.resume and args.overwrite:
+        bad.append("--resume continues a run and --overwrite replaces it: give one of them")
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        bad.append(f"--resume writes into the run's own folder ({args.resume}); drop --out")
+    return bad
+
+
+def path_problems(args: argparse.Namespace) -> list[str]:
+    """--out, --data and --resume paths that cannot work."""
+    bad, out = [], output_dir(args)
+    if out.exists() and not out.is_dir():
+        bad.append(f"--out {out} is a file, not a folder")
+    else:
+        parent = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+        if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+            bad.append(f"--out {out}: cannot write in {parent}")
+    if args.data and Path(args.data).exists() and not Path(args.data).is_dir():
+        bad.append(f"--data {args.data} is a file; give the folder holding the MNIST IDX files")
+    if args.resume and not (Path(args.resume) / "checkpoint.npz").is_file():
+        bad.append(f"--resume {args.resume}: no checkpoint.npz there (nothing to resume)")
+    return bad
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -126,8 +291,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.backend:
         os.environ["GRAPHNET_BACKEND"] = args.backend
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import run_training  # noqa: E402  (after the backend is chosen)
-    return run_training(args)
+    try:
+        from common import run_training  # noqa: E402  (after the backend is chosen)
+        return run_training(args)
+    except KeyboardInterrupt:
+        print("\nstopped at once (Ctrl-C); the last checkpoint written is kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
