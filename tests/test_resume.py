@@ -187,7 +187,7 @@ def test_replan_changes_lr_and_schedule_from_the_resume_point(tmp_path):
     assert any("batch size 32 -> 64" in n for n in notes)
     assert any("re-planned" in n and "0.01" in n for n in notes)
     rates, minimize = [], resumed.optimizer.minimize
-    resumed.optimizer.minimize = lambda g, f: (rates.append(resumed.optimizer.lr), minimize(g, f))[1]
+    resumed.optimizer.minimize = lambda g, f, **kw: (rates.append(resumed.optimizer.lr), minimize(g, f, **kw))[1]
     resumed.fit(x, y, epochs=4)
     assert rates[0] == pytest.approx(0.01)
     assert rates[-1] < 0.01 * 0.05  # the new cosine runs out at epoch 4
