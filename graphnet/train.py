@@ -1,7 +1,6 @@
 """The training loop: shuffled mini-batches on the device, metrics, checkpoints, resume."""
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -12,6 +11,7 @@ from typing import Any, Callable, Optional
 from tqdm.auto import tqdm
 
 from .backends.host import host_rng_state, set_host_rng_state, to_numpy
+from .distributed import ShardedSampler, attach, resume_batch
 from .io import CheckpointError, atomic_write_npz, read_npz
 from .nn.model import Classifier, model_from_config
 from .optim import Optimizer, Schedule
@@ -83,7 +83,7 @@ class Trainer:
                  checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
-                 augment: Optional[Callable[[Any], Any]] = None) -> None:
+                 augment: Optional[Callable[[Any], Any]] = None, distributed: Any = None) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.model, self.optimizer = model, optimizer
@@ -101,6 +101,11 @@ class Trainer:
         self.state = TrainState()
         self._stop_requested = False
         self._buffers: Optional[tuple[Any, Any]] = None
+        # Data-parallel hook: distributed is a graphnet.distributed.World (None: one process).
+        self.dist = distributed
+        self.sampler = ShardedSampler(self.batch_size, 0, 1)
+        if distributed is not None:
+            attach(self, distributed)
 
     # --- public -----------------------------------------------------------------------
     def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
@@ -132,6 +137,8 @@ class Trainer:
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
         """Write model, optimizer, RNG state, position and history atomically."""
         path = path or self._checkpoint_path()
+        if self.dist is not None and not self.dist.is_root:
+            return path  # only rank 0 writes (atomically)
         arrays = {f"model/{k}": v for k, v in self.model.host_arrays().items()}
         opt_arrays, opt_meta = self.optimizer.host_state()
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
@@ -141,7 +148,8 @@ class Trainer:
         meta = {"kind": "checkpoint", "model": self.model.config(), "optimizer": opt_meta,
                 "base_lr": self.base_lr, "schedule": self.schedule.config(),
                 "state": {"epoch": st.epoch, "batch": st.batch, "loss_sum": st.loss_sum,
-                          "batches_seen": st.batches_seen},
+                          "batches_seen": st.batches_seen,
+                          "global_batch": self.sampler.global_batch},
                 "rng": {"backend": self.model.backend.name,
                         "device": _jsonable(self.model.backend.rng_state()),
                         "host": _jsonable(host_rng_state())},
@@ -163,7 +171,12 @@ class Trainer:
         self.base_lr = meta["base_lr"]
         s = meta["state"]
         perm = arrays.get("train/permutation")
-        self.state = TrainState(s["epoch"], s["batch"], s["loss_sum"], s["batches_seen"], perm)
+        try:  # a different number of ranks (or batch size): the same sample position
+            batch = resume_batch(s["batch"], s.get("global_batch", self.sampler.global_batch),
+                                 self.sampler.global_batch, str(path))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        self.state = TrainState(s["epoch"], batch, s["loss_sum"], s["batches_seen"], perm)
         set_host_rng_state(meta["rng"]["host"])
         if meta["rng"]["backend"] == self.model.backend.name:
             self.model.backend.set_rng_state(meta["rng"]["device"])
@@ -173,9 +186,11 @@ class Trainer:
     def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
         b, st = self.model.backend, self.state
         n = X.shape[0]
-        n_batches = math.ceil(n / self.batch_size)
+        n_batches = self.sampler.batches(n)
         if st.permutation is None:
             st.permutation = to_numpy(b.permutation(n))
+            if self.dist is not None:  # every rank shuffles the same way
+                st.permutation = self.dist.broadcast_array(st.permutation, "the epoch's permutation")
             st.batch, st.loss_sum = 0, 0.0
         perm = self._checked_permutation(b.asarray(st.permutation), X.shape[0])
         losses = b.xp.zeros(n_batches, dtype=X.dtype)
@@ -184,8 +199,9 @@ class Trainer:
                    disable=not self.progress, leave=False, unit="batch")
         for i in range(start, n_batches):
             self._set_lr(st.epoch + i / n_batches)
-            xb, yb = self._batch(X, Y, perm[i * self.batch_size:(i + 1) * self.batch_size])
-            if self.augment is not None:
+            rows, _ = self.sampler.rows_at(perm, i * self.sampler.global_batch)
+            xb, yb = self._batch(X, Y, rows)
+            if self.augment is not None and rows.shape[0]:
                 xb = self.augment(xb)
             losses[i] = self._step(xb, yb)
             st.batch, st.batches_seen = i + 1, st.batches_seen + 1
@@ -230,7 +246,18 @@ class Trainer:
 
     def _step(self, xb: Any, yb: Any) -> Any:
         graph = self.model.train_graph
-        return self.optimizer.minimize(graph, {self.model.images: xb, self.model.labels: yb})
+        feed = {self.model.images: xb, self.model.labels: yb}
+        if self.dist is None:
+            return self.optimizer.minimize(graph, feed)
+        self.optimizer.stop_requested = self._stop_requested  # Ctrl-C: all ranks stop together
+        cost = self.optimizer.minimize(graph, feed, samples=int(xb.shape[0]))
+        self._stop_requested = self.optimizer.stop_agreed
+        return cost
+
+    def _evaluate(self, x: Any, y: Any) -> dict:
+        if self.dist is None:
+            return self.model.evaluate(x, y, prepared=True)
+        return self.dist.evaluate(self.model, x, y)  # each rank a part, metrics reduced
 
     def _set_lr(self, epoch: float) -> None:
         self.optimizer.lr = self.base_lr * self.schedule(epoch)
@@ -248,12 +275,14 @@ class Trainer:
 
     def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, n_batches: int, secs: float) -> None:
         st, h = self.state, self.history
-        train = self.model.evaluate(X[:self.eval_subset], Y[:self.eval_subset], prepared=True)
+        if self.dist is not None:  # e.g. BatchNorm statistics: the mean over the ranks
+            self.dist.average_([p for p in self.model.named_arrays().values() if not p.trainable])
+        train = self._evaluate(X[:self.eval_subset], Y[:self.eval_subset])
         h.epoch.append(st.epoch + 1)
         h.train_loss.append(st.loss_sum / n_batches)
         h.train_accuracy.append(train["accuracy"])
         if Xt is not None:
-            test = self.model.evaluate(Xt, Yt, prepared=True)
+            test = self._evaluate(Xt, Yt)
             h.test_accuracy.append(test["accuracy"])
             h.test_loss.append(test["loss"])
         h.seconds.append(secs)
@@ -269,12 +298,12 @@ class Trainer:
 
     def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any, batch_loss: float) -> None:
         h = self.history
-        train = self.model.evaluate(X[:2000], Y[:2000], prepared=True)
+        train = self._evaluate(X[:2000], Y[:2000])
         h.curve_batches.append(self.state.batches_seen)
         h.curve_train_accuracy.append(train["accuracy"])
         h.curve_train_loss.append(train["loss"])
         if Xt is not None:
-            test = self.model.evaluate(Xt[:2000], Yt[:2000], prepared=True)
+            test = self._evaluate(Xt[:2000], Yt[:2000])
             h.curve_test_accuracy.append(test["accuracy"])
             h.curve_test_loss.append(test["loss"])
 
