@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import graphnet as gn  # noqa: E402
 from graphnet import distributed, optim  # noqa: E402
-from graphnet.train import Trainer  # noqa: E402
+from graphnet.train import Trainer, TrainingInterrupted  # noqa: E402
 from helpers import blobs, tiny_model  # noqa: E402
 
 GLOBAL_BATCH, STEPS, LR = 24, 5, 0.1
@@ -92,11 +92,23 @@ def train(world, out: Path) -> None:
     model = tiny_model(layers=(32, 10), activation="relu", seed=0)
     x, y = blobs(200, seed=1)
     model.fit_preprocessing(x)
+    stop_after, calls = int(os.environ.get("STOP_AFTER", 0)), [0]
+
+    def ctrl_c_on_rank_0(xb):  # as if Ctrl-C reached rank 0 alone during batch STOP_AFTER
+        calls[0] += 1
+        if calls[0] == stop_after and (world is None or world.is_root):
+            trainer._stop_requested = True
+        return xb
+
     trainer = Trainer(model, make_optimizer(model), batch_size=batch, checkpoint_dir=out,
-                      progress=False, distributed=world)
+                      progress=False, distributed=world, augment=ctrl_c_on_rank_0)
     if (out / "checkpoint.npz").exists():
         trainer.load_checkpoint(out / "checkpoint.npz")
-    trainer.fit(x, y, x[:50], y[:50], epochs=epochs)
+    try:
+        trainer.fit(x, y, x[:50], y[:50], epochs=epochs)
+    except TrainingInterrupted as exc:
+        print(f"rank {0 if world is None else world.rank}: {exc}")
+        return
     if world is None or world.is_root:
         np.savez(out / "params.npz", **{k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()})
 

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet import distributed, optim
+from graphnet import distributed
 from graphnet.distributed import ShardedSampler, choose_transport, resume_batch, shard_bounds
 from graphnet.testing import assert_close
+from graphnet.train import Trainer
 from helpers import blobs, tiny_model
+import dist_worker as worker
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"
@@ -133,16 +135,14 @@ def test_two_ranks_step_like_one_process(tmp_path, bucket_bytes):
     assert r.returncode == 0, r.stderr
     got = params(tmp_path)
     assert len(got["buckets"]) == (2 if bucket_bytes == "4096" else 1)
-    sys.path.insert(0, str(WORKER.parent))
-    import dist_worker as w
     with gn.use_backend("numpy"):
         model = tiny_model(layers=(32, 10), activation="relu", seed=0)
-        opt = w.make_optimizer(model)
+        opt = worker.make_optimizer(model)
         x, y = blobs(200, seed=1)
         model.fit_preprocessing(x)
         costs = [float(opt.minimize(model.train_graph, {model.images: model.prepare(xb),
                                                         model.labels: yb.astype(np.int64)}))
-                 for xb, yb in w.global_batches(x, y, w.STEPS, w.GLOBAL_BATCH)]
+                 for xb, yb in worker.global_batches(x, y, worker.STEPS, worker.GLOBAL_BATCH)]
         for k, p in model.named_arrays().items():
             assert_close(got[k], gn.to_numpy(p.value), rtol=1e-5, atol=1e-6)
     assert_close(got["costs"], np.array(costs), rtol=1e-5, atol=1e-6)
@@ -173,9 +173,10 @@ def test_config_mismatch_is_named(tmp_path):
     assert f"rank 1: DistributedError: the ranks disagree on the configuration: {msg}" in r.stdout
 
 
-def _train(ranks: int, out: Path, epochs: int, batch: int) -> None:
-    r = launch(ranks, "train", out, EPOCHS=str(epochs), BATCH=str(batch))
+def _train(ranks: int, out: Path, epochs: int, batch: int, stop_after: int = 0) -> str:
+    r = launch(ranks, "train", out, EPOCHS=str(epochs), BATCH=str(batch), STOP_AFTER=str(stop_after))
     assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 @pytest.mark.mpi
@@ -201,5 +202,27 @@ def test_trainer_resumed_on_more_ranks_matches_one_process(tmp_path):
     _train(0, grow, 1, 16)
     _train(2, grow, 2, 8)
     ref, got = params(one), params(grow)
+    for k in ref:
+        assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_ctrl_c_on_one_rank_stops_all_and_resumes_mid_epoch_on_other_ranks(tmp_path):
+    """Rank 0 alone asks to stop after 4 batches of 2 x 8: both ranks stop there (no hang) and
+    rank 0 saves; one process resumes at sample 64 and ends where an uninterrupted one does."""
+    one, split = tmp_path / "one", tmp_path / "split"
+    _train(0, one, 2, 16)
+    out = _train(2, split, 2, 8, stop_after=4)
+    assert "rank 0: interrupted after epoch 1, batch 4" in out
+    assert "rank 1: interrupted after epoch 1, batch 4" in out
+    with gn.use_backend("numpy"):
+        for batch, expected in [(16, 4), (32, 2), (64, 1)]:  # one process's (global) batch
+            model = tiny_model(layers=(32, 10), activation="relu")
+            t = Trainer(model, worker.make_optimizer(model), batch_size=batch)
+            t.load_checkpoint(split / "checkpoint.npz")
+            assert t.state.batch == expected
+    _train(0, split, 2, 16)
+    ref, got = params(one), params(split)
     for k in ref:
         assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
