@@ -88,7 +88,7 @@ def init(timeout: Optional[float] = None, require_launcher: bool = True) -> "Wor
     if require_launcher and not launched_by_mpi():
         raise DistributedError("distributed training must be started by an MPI launcher, "
                                f"e.g. {LAUNCH_HINT} (found none of {', '.join(LAUNCHER_ENV)} "
-                               "in the environment)")
+                               f"in the environment); to install MPI: {INSTALL_HINT}")
     MPI = _import_mpi()
     _world = World(MPI, MPI.COMM_WORLD, timeout if timeout is not None else _timeout_from_env())
     if os.environ.get("GRAPHNET_BACKEND", "").strip().lower() == "cupy":
@@ -527,6 +527,26 @@ def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES) -> None
     trainer.progress = trainer.progress and world.is_root
 
 
+def from_flag(flag: Optional[bool]) -> Optional[World]:
+    """The world for a command line's ``--distributed`` (None: on when started by mpiexec).
+
+    Ranks other than 0 get their standard output silenced (errors still reach stderr).
+    """
+    if flag is False or (flag is None and not launched_by_mpi()):
+        return None
+    world = init()
+    if not world.is_root:
+        sys.stdout = open(os.devnull, "w")
+    return world
+
+
+def describe_training(trainer: Any) -> str:
+    """One line saying how a Trainer runs across the ranks (its world, global batch, transport)."""
+    opt = trainer.optimizer
+    return (f"data-parallel on {trainer.dist.size} ranks: global batch {trainer.sampler.global_batch} "
+            f"= {trainer.batch_size} per rank x {trainer.dist.size}; {opt.transport}: {opt.reason}")
+
+
 def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source: str = "checkpoint") -> int:
     """The batch to resume at when a checkpoint taken after ``batch`` global batches of
     ``saved_global_batch`` samples is continued with global batches of ``global_batch``."""
@@ -539,5 +559,5 @@ def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source:
     return samples // global_batch
 
 
-__all__ = ["attach", "resume_batch", "init", "World", "DistributedOptimizer", "ShardedSampler", "shard_bounds",
+__all__ = ["attach", "from_flag", "describe_training", "resume_batch", "init", "World", "DistributedOptimizer", "ShardedSampler", "shard_bounds",
            "choose_transport", "launched_by_mpi", "DistributedError", "INSTALL_HINT", "BUCKET_BYTES"]

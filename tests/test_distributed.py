@@ -2,6 +2,7 @@
 ``mpiexec -n 2`` runs (marked ``mpi``; skipped with the reason where MPI is not installed)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -226,3 +227,49 @@ def test_ctrl_c_on_one_rank_stops_all_and_resumes_mid_epoch_on_other_ranks(tmp_p
     ref, got = params(one), params(split)
     for k in ref:
         assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+# --- the MNIST example --------------------------------------------------------------------
+def _example(*args: str, ranks: int = 0, timeout: float = 60, prelude: str = "",
+             **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", **env}
+    for k in distributed.LAUNCHER_ENV:
+        if k not in env and not ranks:
+            full_env.pop(k, None)
+    code = f"{prelude}import runpy, sys; sys.argv = {[str(TRAIN), *args]!r}; " \
+           f"runpy.run_path({str(TRAIN)!r}, run_name='__main__')"
+    cmd = [sys.executable, "-c", code]
+    if ranks:
+        cmd = [_mpiexec(), "-n", str(ranks)] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def test_example_distributed_outside_mpiexec_says_how(tmp_path):
+    r = _example("--distributed", "--epochs", "0", "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "must be started by an MPI launcher, e.g. mpiexec -n 2 python" in r.stderr
+    assert 'pip install "graphnet[mpi]"' in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_example_distributed_without_mpi4py_gives_the_install_command(tmp_path):
+    r = _example("--epochs", "0", "--out", str(tmp_path), prelude="import sys; sys.modules['mpi4py'] = None; ",
+                 PMI_RANK="0", PMI_SIZE="1")  # as if started by mpiexec: --distributed is implied
+    assert r.returncode == 2
+    assert "distributed training needs mpi4py and an MPI library" in r.stderr
+    assert 'pip install "graphnet[mpi]"' in r.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@needs_mpi
+def test_example_on_two_ranks_trains_and_only_rank_0_writes(tmp_path):
+    r = _example("--layers", "32,10", "--epochs", "1", "--out", str(tmp_path), "--no-progress",
+                 ranks=2, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("data-parallel on 2 ranks: global batch 256 = 128 per rank x 2; mpi:") == 1
+    assert r.stdout.count("test accuracy") == 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "config.json",
+                                                          "metrics.json", "model.npz"]

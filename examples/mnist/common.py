@@ -54,6 +54,7 @@ def augmenter(cfg: dict[str, Any]) -> Any:
 
 def run_training(args: argparse.Namespace) -> int:
     cfg = args.config
+    world = getattr(args, "world", None)  # graphnet.distributed.World under mpiexec, else None
     out = Path(args.out or args.resume or f"runs/{cfg['preset'] or 'custom'}")
     try:
         b = gn.backend()
@@ -72,7 +73,10 @@ def run_training(args: argparse.Namespace) -> int:
     opt = build_optimizer(cfg, model.parameters())
     trainer = Trainer(model, opt, optim.make_schedule(cfg["schedule"], cfg["epochs"]),
                       batch_size=cfg["batch_size"], eval_every=args.eval_every, checkpoint_dir=out,
-                      progress=not args.no_progress, augment=augmenter(cfg))
+                      progress=not args.no_progress, augment=augmenter(cfg), distributed=world)
+    if world is not None:
+        from graphnet.distributed import describe_training
+        print(describe_training(trainer))
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         try:
@@ -81,7 +85,7 @@ def run_training(args: argparse.Namespace) -> int:
             print(f"error: cannot resume: {exc}", file=sys.stderr)
             return EXIT_BAD_SETUP
         print(f"resuming {out} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch + 1}")
-    else:
+    elif world is None or world.is_root:
         write_json(out / "config.json", cfg)
     print(f"graphnet {gn.__version__} on {b.name} ({b.device_name()}); "
           f"network {describe_network(cfg)}, {cfg['epochs']} epochs -> {out}")
@@ -96,6 +100,8 @@ def run_training(args: argparse.Namespace) -> int:
     except OutOfMemory as exc:
         print(f"error: {exc} (--batch-size)", file=sys.stderr)
         return EXIT_BAD_SETUP
+    if world is not None and not world.is_root:
+        return 0  # rank 0 evaluates and writes the model, metrics and figures
     metrics = final_metrics(model, history, cfg, b, x_train, y_train, x_test, y_test)
     model.save(out / "model.npz")
     write_json(out / "metrics.json", metrics)
