@@ -212,7 +212,7 @@ class World:
                 self.abort(f"waited {self.timeout:g} s for {what}: another rank died or hangs")
             if pause:
                 time.sleep(pause)
-            pause = min(pause * 2 or 2e-5, 2e-3)
+            pause = min(pause * 2 or 2e-5, 5e-4)  # sleep, not spin: ranks may share cores
 
     def abort(self, message: str) -> None:
         """Print why on stderr and end every rank (MPI_Abort): a dead peer never hangs the rest."""
@@ -424,7 +424,7 @@ class _NcclReducer:
                 self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
                                  "another rank died or hangs")
             time.sleep(pause)
-            pause = min(pause * 2, 2e-3)
+            pause = min(pause * 2, 5e-4)
 
 
 class DistributedOptimizer:
