@@ -273,3 +273,50 @@ def test_example_on_two_ranks_trains_and_only_rank_0_writes(tmp_path):
     assert metrics["test_accuracy"] > 0.85
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "config.json",
                                                           "metrics.json", "model.npz"]
+
+
+def test_buckets_hold_every_gradient_as_a_view_later_layers_first():
+    with gn.use_backend("numpy"):
+        model = tiny_model(layers=(32, 16, 10), activation="relu")
+        params = model.parameters()
+        sizes = [p.value.nbytes for p in params]
+        assert len(distributed._Buckets(params, np, bucket_bytes=1).buffers) == len(params)
+        b = distributed._Buckets(params, np, bucket_bytes=max(sizes))  # the first W alone
+        assert [int(x.nbytes) for x in b.buffers] == [sum(sizes[1:]), sizes[0] + distributed.STATS * 4]
+        assert sum(int(x.nbytes) for x in b.buffers) == sum(sizes) + distributed.STATS * 4
+        first = b.buffers[0]
+        assert np.shares_memory(b.views[params[-1]], first)  # the last layer's bias leads
+        for p in params:
+            assert b.views[p].shape == p.shape and b.views[p].dtype == p.dtype
+            assert any(np.shares_memory(b.views[p], buf) for buf in b.buffers)
+        whole = distributed._Buckets(params, np, bucket_bytes=distributed.BUCKET_BYTES)
+        assert len(whole.buffers) == 1
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_one_rank_world_steps_exactly_like_the_plain_optimizer():
+    world = distributed.init(require_launcher=False)  # MPI's singleton world: this process
+    assert world.size == 1 and world.is_root
+    x, y = blobs(40, seed=2)
+    results = []
+    with gn.use_backend("numpy"):
+        for wrap in (False, True):
+            model = tiny_model(layers=(16, 10))
+            model.fit_preprocessing(x)
+            opt = worker.make_optimizer(model)
+            if wrap:
+                opt = distributed.DistributedOptimizer(opt, world, bucket_bytes=512)
+                assert "host" in opt.reason and opt.transport == "mpi"
+            feed = {model.images: model.prepare(x), model.labels: y.astype(np.int64)}
+            costs = [float(opt.minimize(model.train_graph, feed)) for _ in range(3)]
+            results.append((costs, {k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()}))
+            if wrap:
+                with pytest.raises(distributed.DistributedError, match="no rank had any samples"):
+                    opt.minimize(model.train_graph, feed, samples=0)
+                with pytest.raises(ValueError, match="samples must be >= 0, got -1"):
+                    opt.minimize(model.train_graph, feed, samples=-1)
+    (c0, p0), (c1, p1) = results
+    assert c0 == c1
+    for k in p0:
+        np.testing.assert_array_equal(p0[k], p1[k])
