@@ -16,6 +16,7 @@ than left hanging on a dead peer.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -358,6 +359,7 @@ class _Buckets:
                 offset += n
             self.buffers.append(flat)
         self.stats = self.buffers[-1][-STATS:]
+        self.keyed = False  # whether the graph's gradients() takes an rng_key
 
     def nbytes(self) -> int:
         return sum(int(b.nbytes) for b in self.buffers)
@@ -470,14 +472,16 @@ class DistributedOptimizer:
         """One step on the global batch; returns its mean cost (the same on every rank).
 
         ``samples``: rows in this rank's part of the batch (None: all ranks weigh the
-        same); with 0 this rank runs no graph and contributes nothing.
+        same); with 0 this rank runs no graph and contributes nothing. ``rng_key`` goes
+        to ``graph.gradients`` where the engine takes one; give each rank its own (e.g.
+        with the rank's first sample) so that dropout masks differ between ranks.
         """
         layout = self._layout(graph)
         weight = 1.0 if samples is None else float(samples)
         if weight < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
         if weight > 0:
-            kw = {} if rng_key is None else {"rng_key": rng_key}
+            kw = {} if rng_key is None or not layout.keyed else {"rng_key": rng_key}
             cost, _ = graph.gradients(feed, wrt=layout.params, return_cost=True,
                                       into=layout.views, **kw)
             if weight != 1.0:
@@ -509,6 +513,7 @@ class DistributedOptimizer:
         if layout is None:
             params = [p for p in self.optimizer.params if p in graph]
             layout = self._layouts[graph] = _Buckets(params, params[0].backend.xp, self.bucket_bytes)
+            layout.keyed = "rng_key" in inspect.signature(graph.gradients).parameters
         return layout
 
     def buckets(self, graph: Any) -> list[int]:
