@@ -174,10 +174,11 @@ class ShardedSampler:
         return -(-n // self.global_batch)
 
     def rows_at(self, permutation: Any, start: int) -> tuple[Any, int]:
-        """(this rank's rows, the global batch's size) of the batch beginning at sample ``start``."""
+        """(this rank's rows, the position of its first row in the epoch) of the global
+        batch beginning at sample ``start`` (the position keys e.g. this rank's dropout)."""
         batch = permutation[start:start + self.global_batch]
         lo, hi = shard_bounds(int(batch.shape[0]), self.rank, self.size)
-        return batch[lo:hi], int(batch.shape[0])
+        return batch[lo:hi], start + lo
 
 
 class World:

@@ -83,9 +83,11 @@ def test_sharded_epoch_is_the_single_process_order(n, batch, size):
     assert samplers[0].batches(n) == one.batches(n)
     for i in range(one.batches(n)):
         start = i * one.global_batch
-        expected, count = one.rows_at(perm, start)
+        expected, first = one.rows_at(perm, start)
+        assert first == start
         parts = [s.rows_at(perm, start) for s in samplers]
-        assert all(c == count for _, c in parts)
+        offsets = np.cumsum([start] + [len(p) for p, _ in parts])[:-1]
+        assert [o for _, o in parts] == list(offsets)
         np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), expected)
 
 
