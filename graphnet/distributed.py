@@ -529,7 +529,6 @@ def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES) -> None
     if not isinstance(trainer.optimizer, DistributedOptimizer):
         trainer.optimizer = DistributedOptimizer(trainer.optimizer, world, bucket_bytes)
     world.broadcast_parameters(trainer.model.named_arrays().values())
-    trainer.sampler = ShardedSampler(trainer.batch_size, world.rank, world.size)
     trainer.progress = trainer.progress and world.is_root
 
 
@@ -549,8 +548,9 @@ def from_flag(flag: Optional[bool]) -> Optional[World]:
 def describe_training(trainer: Any) -> str:
     """One line saying how a Trainer runs across the ranks (its world, global batch, transport)."""
     opt = trainer.optimizer
-    return (f"data-parallel on {trainer.dist.size} ranks: global batch {trainer.sampler.global_batch} "
-            f"= {trainer.batch_size} per rank x {trainer.dist.size}; {opt.transport}: {opt.reason}")
+    size = trainer.dist.size
+    return (f"data-parallel on {size} ranks: global batch {trainer.batch_size * size} "
+            f"= {trainer.batch_size} per rank x {size}; {opt.transport}: {opt.reason}")
 
 
 def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source: str = "checkpoint") -> int:

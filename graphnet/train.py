@@ -103,7 +103,6 @@ class Trainer:
         self._buffers: Optional[tuple[Any, Any]] = None
         # Data-parallel hook: distributed is a graphnet.distributed.World (None: one process).
         self.dist = distributed
-        self.sampler = ShardedSampler(self.batch_size, 0, 1)
         if distributed is not None:
             attach(self, distributed)
 
@@ -149,7 +148,7 @@ class Trainer:
                 "base_lr": self.base_lr, "schedule": self.schedule.config(),
                 "state": {"epoch": st.epoch, "batch": st.batch, "loss_sum": st.loss_sum,
                           "batches_seen": st.batches_seen,
-                          "global_batch": self.sampler.global_batch},
+                          "global_batch": self._sampler().global_batch},
                 "rng": {"backend": self.model.backend.name,
                         "device": _jsonable(self.model.backend.rng_state()),
                         "host": _jsonable(host_rng_state())},
@@ -172,8 +171,9 @@ class Trainer:
         s = meta["state"]
         perm = arrays.get("train/permutation")
         try:  # a different number of ranks (or batch size): the same sample position
-            batch = resume_batch(s["batch"], s.get("global_batch", self.sampler.global_batch),
-                                 self.sampler.global_batch, str(path))
+            global_batch = self._sampler().global_batch
+            batch = resume_batch(s["batch"], s.get("global_batch", global_batch), global_batch,
+                                 str(path))
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
         self.state = TrainState(s["epoch"], batch, s["loss_sum"], s["batches_seen"], perm)
@@ -186,7 +186,8 @@ class Trainer:
     def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
         b, st = self.model.backend, self.state
         n = X.shape[0]
-        n_batches = self.sampler.batches(n)
+        sampler = self._sampler()
+        n_batches = sampler.batches(n)
         if st.permutation is None:
             st.permutation = to_numpy(b.permutation(n))
             if self.dist is not None:  # every rank shuffles the same way
@@ -199,7 +200,7 @@ class Trainer:
                    disable=not self.progress, leave=False, unit="batch")
         for i in range(start, n_batches):
             self._set_lr(st.epoch + i / n_batches)
-            rows, _ = self.sampler.rows_at(perm, i * self.sampler.global_batch)
+            rows, _ = sampler.rows_at(perm, i * sampler.global_batch)
             xb, yb = self._batch(X, Y, rows)
             if self.augment is not None and rows.shape[0]:
                 xb = self.augment(xb)
@@ -253,6 +254,11 @@ class Trainer:
         cost = self.optimizer.minimize(graph, feed, samples=int(xb.shape[0]))
         self._stop_requested = self.optimizer.stop_agreed
         return cost
+
+    def _sampler(self) -> ShardedSampler:
+        """Data-parallel hook: a global batch is batch_size x ranks; this rank takes its part."""
+        world = self.dist
+        return ShardedSampler(self.batch_size, *((0, 1) if world is None else (world.rank, world.size)))
 
     def _evaluate(self, x: Any, y: Any) -> dict:
         if self.dist is None:

@@ -104,6 +104,8 @@ def train(world, out: Path) -> None:
                       progress=False, distributed=world, augment=ctrl_c_on_rank_0)
     if (out / "checkpoint.npz").exists():
         trainer.load_checkpoint(out / "checkpoint.npz")
+        if hasattr(trainer, "replan"):  # a Trainer that restores the saved batch size
+            trainer.replan(batch_size=batch)
     try:
         trainer.fit(x, y, x[:50], y[:50], epochs=epochs)
     except TrainingInterrupted as exc:
