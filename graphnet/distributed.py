@@ -545,6 +545,30 @@ def from_flag(flag: Optional[bool]) -> Optional[World]:
     return world
 
 
+class failure_ends_all:
+    """A block that, if it raises or returns an exit code other than 0 or 130 (Ctrl-C, which
+    all ranks agree on), ends every rank at once instead of leaving them to time out."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __enter__(self) -> "failure_ends_all":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if kind is None or self.world.size == 1 or issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            return
+        import traceback
+        traceback.print_exception(kind, exc, tb)
+        self.world.abort(f"{kind.__name__} on this rank")
+
+    def check(self, code: int) -> int:
+        """``code``, after ending every rank if it says this rank failed on its own."""
+        if code not in (0, 130) and self.world.size > 1:
+            self.world.abort(f"this rank stopped with exit code {code}")
+        return code
+
+
 def describe_training(trainer: Any) -> str:
     """One line saying how a Trainer runs across the ranks (its world, global batch, transport)."""
     opt = trainer.optimizer
@@ -565,5 +589,5 @@ def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source:
     return samples // global_batch
 
 
-__all__ = ["attach", "from_flag", "describe_training", "resume_batch", "init", "World", "DistributedOptimizer", "ShardedSampler", "shard_bounds",
+__all__ = ["attach", "from_flag", "failure_ends_all", "describe_training", "resume_batch", "init", "World", "DistributedOptimizer", "ShardedSampler", "shard_bounds",
            "choose_transport", "launched_by_mpi", "DistributedError", "INSTALL_HINT", "BUCKET_BYTES"]

@@ -72,6 +72,14 @@ def die(world, out: Path) -> None:
     opt.minimize(model.train_graph, {model.images: model.prepare(x), model.labels: y.astype(np.int64)})
 
 
+def fail(world, out: Path) -> None:
+    """Rank 1 raises while rank 0 waits in a collective: the guard ends both at once."""
+    with distributed.failure_ends_all(world):
+        if world.rank == 1:
+            raise ValueError("rank 1 cannot go on")
+        world.barrier("rank 1")
+
+
 def config(world, out: Path) -> None:
     """Rank 1 was given another learning rate and batch size."""
     cfg = {"layers": [32, 10], "lr": 0.1, "batch_size": 8}
@@ -115,7 +123,7 @@ def train(world, out: Path) -> None:
         np.savez(out / "params.npz", **{k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()})
 
 
-SCENARIOS = {f.__name__: f for f in (equivalence, hang, die, config, train)}
+SCENARIOS = {f.__name__: f for f in (equivalence, hang, die, fail, config, train)}
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])

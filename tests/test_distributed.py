@@ -169,6 +169,15 @@ def test_dead_rank_does_not_hang_the_others(tmp_path):
 
 @pytest.mark.mpi
 @needs_mpi
+def test_a_failing_rank_ends_the_others_at_once(tmp_path):
+    r = launch(2, "fail", tmp_path, timeout=60, GRAPHNET_DIST_TIMEOUT="300")  # not the deadline
+    assert r.returncode != 0
+    assert "ValueError: rank 1 cannot go on" in r.stderr
+    assert "rank 1 of 2: ValueError on this rank; aborting all ranks" in r.stderr
+
+
+@pytest.mark.mpi
+@needs_mpi
 def test_config_mismatch_is_named(tmp_path):
     r = launch(2, "config", tmp_path)
     assert r.returncode == 2

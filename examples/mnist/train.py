@@ -139,7 +139,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import run_training  # noqa: E402  (after the backend is chosen)
-    return run_training(args)
+    if args.world is None:
+        return run_training(args)
+    with distributed.failure_ends_all(args.world) as guard:  # one rank failing ends them all
+        return guard.check(run_training(args))
 
 
 if __name__ == "__main__":
