@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .backends.host import to_numpy
 from .node import Parameter
 
 INSTALL_HINT = ('pip install "graphnet[mpi]"  (mpi4py and the MPICH wheel from PyPI; '
@@ -240,14 +241,14 @@ class World:
 
     def broadcast_array(self, x: Any, what: str = "an array") -> np.ndarray:
         """Rank 0's host copy of ``x`` (any backend's array; shape and dtype must agree)."""
-        host = np.ascontiguousarray(_to_host(x)).copy()
+        host = np.ascontiguousarray(to_numpy(x)).copy()
         return self.broadcast_(host, what)
 
     def broadcast_parameters(self, params: Iterable[Parameter]) -> None:
         """Give every rank rank 0's parameter values (packed, one broadcast per dtype)."""
         params = list(params)
         for dtype, group in _group_by_dtype(params).items():
-            flat = np.concatenate([_to_host(p.value).ravel() for p in group])
+            flat = np.concatenate([to_numpy(p.value).ravel() for p in group])
             self.broadcast_(flat, f"the parameter broadcast ({len(group)} {dtype} arrays)")
             if not self.is_root:
                 _unpack(flat, group)
@@ -256,7 +257,7 @@ class World:
         """Set each (non-trainable) parameter to its mean over the ranks, e.g. BatchNorm statistics."""
         params = [p for p in params if np.dtype(p.dtype).kind == "f"]
         for dtype, group in _group_by_dtype(params).items():
-            flat = np.concatenate([_to_host(p.value).ravel() for p in group])
+            flat = np.concatenate([to_numpy(p.value).ravel() for p in group])
             self.allreduce_(flat, what)
             flat /= self.size
             _unpack(flat, group)
@@ -303,11 +304,6 @@ def _differences(a: Any, b: Any) -> str:
     diffs = [f"{k} ({a.get(k, '<missing>')!r} vs {b.get(k, '<missing>')!r})"
              for k in keys if a.get(k, "<missing>") != b.get(k, "<missing>")]
     return ", ".join(diffs)
-
-
-def _to_host(x: Any) -> np.ndarray:
-    get = getattr(x, "get", None)  # CuPy arrays copy to the host with .get()
-    return np.asarray(get() if callable(get) and not isinstance(x, np.ndarray) else x)
 
 
 def _group_by_dtype(params: Sequence[Parameter]) -> dict[str, list[Parameter]]:
@@ -460,6 +456,8 @@ class DistributedOptimizer:
         self.comm_seconds = 0.0  # time spent in the all-reduce, for measurements
 
     def __getattr__(self, name: str) -> Any:
+        if name == "optimizer":  # not set yet (e.g. while unpickling): no endless recursion
+            raise AttributeError(name)
         return getattr(self.optimizer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
