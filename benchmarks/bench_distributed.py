@@ -39,6 +39,18 @@ def allreduce_seconds(world: distributed.World, nbytes: int, repeats: int) -> fl
     return float(np.min(times))  # the least-disturbed repeat: the link, not the scheduler
 
 
+def blocking_seconds(world: distributed.World, nbytes: int, repeats: int) -> float:
+    """The same with MPI's blocking Allreduce (no deadline): what polling for a deadline costs."""
+    buf = np.ones(nbytes // 4, np.float32)
+    times = []
+    for _ in range(repeats):
+        world.barrier()
+        t0 = time.perf_counter()
+        world.comm.Allreduce(world.MPI.IN_PLACE, buf, op=world.MPI.SUM)
+        times.append(time.perf_counter() - t0)
+    return float(np.min(times))
+
+
 def step_split(world: distributed.World, steps: int, batch: int) -> dict[str, Any]:
     """Seconds per training step and the part spent in the gradient all-reduce."""
     gn.set_backend("numpy")
@@ -88,6 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     split = step_split(world, args.steps, 128)
     grad = split["gradient_bytes"] // 4 * 4
     probe = {n: allreduce_seconds(world, n, args.repeats) for n in sorted(SIZES + [grad])}
+    blocking = {n: blocking_seconds(world, n, args.repeats) for n in (min(SIZES), grad)}
     if not world.is_root:
         return 0
     size = world.size
@@ -99,6 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = {
         "ranks": size, "load_average": Path("/proc/loadavg").read_text().split()[:3],
         "allreduce": {str(n): {"seconds": t, "bus_GBps": bus[n] / 1e9} for n, t in probe.items()},
+        "blocking_allreduce_s": {str(n): t for n, t in blocking.items()},
         "step": split, "compute_s": compute,
         "projected_efficiency": {
             "measured_link": projection(compute, split["gradient_bytes"], bus[grad], latency, ranks),

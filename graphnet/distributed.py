@@ -36,6 +36,7 @@ BUCKET_BYTES = 25 << 20
 TIMEOUT_ENV = "GRAPHNET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
 EXIT_ABORT = 3
+SPIN_SECONDS = 5e-3  # poll a collective without sleeping this long before backing off
 # Variables the common launchers set in every rank's environment (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -209,13 +210,16 @@ class World:
         """Complete MPI requests, or abort every rank after ``timeout`` seconds."""
         requests = list(requests)
         test = self.MPI.Request.Testall
-        deadline, pause = time.monotonic() + self.timeout, 0.0
+        start = time.monotonic()
+        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.timeout, 1e-4
         while not test(requests):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now < spin_until:  # most collectives finish within the spin: no sleep latency
+                continue
+            if now > deadline:
                 self.abort(f"waited {self.timeout:g} s for {what}: another rank died or hangs")
-            if pause:
-                time.sleep(pause)
-            pause = min(pause * 2 or 2e-5, 5e-4)  # sleep, not spin: ranks may share cores
+            time.sleep(pause)  # then sleep, not spin: ranks may share cores
+            pause = min(pause * 2, 2e-3)
 
     def abort(self, message: str) -> None:
         """Print why on stderr and end every rank (MPI_Abort): a dead peer never hangs the rest."""
@@ -416,14 +420,18 @@ class _NcclReducer:
                                 self.nccl.NCCL_SUM, stream.ptr)
         done = self.cupy.cuda.Event(disable_timing=True)
         done.record(stream)
-        deadline, pause = time.monotonic() + self.world.timeout, 2e-5
+        start = time.monotonic()
+        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.world.timeout, 1e-4
         while not done.done:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now < spin_until:
+                continue
+            if now > deadline:
                 self.comm.abort()
                 self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
                                  "another rank died or hangs")
             time.sleep(pause)
-            pause = min(pause * 2, 5e-4)
+            pause = min(pause * 2, 2e-3)
 
 
 class DistributedOptimizer:
