@@ -36,7 +36,7 @@ BUCKET_BYTES = 25 << 20
 TIMEOUT_ENV = "GRAPHNET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
 EXIT_ABORT = 3
-SPIN_SECONDS = 5e-3  # poll a collective without sleeping this long before backing off
+SPIN_SECONDS = 2e-3  # poll (yielding the core) this long before sleeping between polls
 # Variables the common launchers set in every rank's environment (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -211,15 +211,16 @@ class World:
         requests = list(requests)
         test = self.MPI.Request.Testall
         start = time.monotonic()
-        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.timeout, 1e-4
+        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.timeout, 5e-5
         while not test(requests):
             now = time.monotonic()
-            if now < spin_until:  # most collectives finish within the spin: no sleep latency
+            if now < spin_until:  # most collectives finish within the spin: no sleep latency,
+                os.sched_yield()  # and a busy core still goes to whoever needs it
                 continue
             if now > deadline:
                 self.abort(f"waited {self.timeout:g} s for {what}: another rank died or hangs")
             time.sleep(pause)  # then sleep, not spin: ranks may share cores
-            pause = min(pause * 2, 2e-3)
+            pause = min(pause * 2, 1e-3)
 
     def abort(self, message: str) -> None:
         """Print why on stderr and end every rank (MPI_Abort): a dead peer never hangs the rest."""
@@ -421,17 +422,18 @@ class _NcclReducer:
         done = self.cupy.cuda.Event(disable_timing=True)
         done.record(stream)
         start = time.monotonic()
-        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.world.timeout, 1e-4
+        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.world.timeout, 5e-5
         while not done.done:
             now = time.monotonic()
             if now < spin_until:
+                os.sched_yield()
                 continue
             if now > deadline:
                 self.comm.abort()
                 self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
                                  "another rank died or hangs")
             time.sleep(pause)
-            pause = min(pause * 2, 2e-3)
+            pause = min(pause * 2, 1e-3)
 
 
 class DistributedOptimizer:
