@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import weakref
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -183,6 +183,27 @@ class ShardedSampler:
         return batch[lo:hi], start + lo
 
 
+def poll_until(done: Callable[[], bool], timeout: float) -> bool:
+    """Call ``done()`` until it is true (True) or ``timeout`` seconds have passed (False).
+
+    For ``SPIN_SECONDS`` it polls giving the core away between calls (``sched_yield``:
+    no sleep latency when the peers are there, no core stolen when they wait for it),
+    then sleeps between polls, 50 us doubling to 1 ms.
+    """
+    start = time.monotonic()
+    spin_until, deadline, pause = start + SPIN_SECONDS, start + timeout, 5e-5
+    while not done():
+        now = time.monotonic()
+        if now < spin_until:
+            os.sched_yield()
+            continue
+        if now > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
+    return True
+
+
 class World:
     """This process's place among the ranks, and collectives that give up after ``timeout``."""
 
@@ -210,17 +231,8 @@ class World:
         """Complete MPI requests, or abort every rank after ``timeout`` seconds."""
         requests = list(requests)
         test = self.MPI.Request.Testall
-        start = time.monotonic()
-        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.timeout, 5e-5
-        while not test(requests):
-            now = time.monotonic()
-            if now < spin_until:  # most collectives finish within the spin: no sleep latency,
-                os.sched_yield()  # and a busy core still goes to whoever needs it
-                continue
-            if now > deadline:
-                self.abort(f"waited {self.timeout:g} s for {what}: another rank died or hangs")
-            time.sleep(pause)  # then sleep, not spin: ranks may share cores
-            pause = min(pause * 2, 1e-3)
+        if not poll_until(lambda: test(requests), self.timeout):
+            self.abort(f"waited {self.timeout:g} s for {what}: another rank died or hangs")
 
     def abort(self, message: str) -> None:
         """Print why on stderr and end every rank (MPI_Abort): a dead peer never hangs the rest."""
@@ -363,9 +375,6 @@ class _Buckets:
         self.stats = self.buffers[-1][-STATS:]
         self.keyed = False  # whether the graph's gradients() takes an rng_key
 
-    def nbytes(self) -> int:
-        return sum(int(b.nbytes) for b in self.buffers)
-
 
 def _nbytes(params: Sequence[Parameter]) -> int:
     return sum(int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in params)
@@ -421,19 +430,10 @@ class _NcclReducer:
                                 self.nccl.NCCL_SUM, stream.ptr)
         done = self.cupy.cuda.Event(disable_timing=True)
         done.record(stream)
-        start = time.monotonic()
-        spin_until, deadline, pause = start + SPIN_SECONDS, start + self.world.timeout, 5e-5
-        while not done.done:
-            now = time.monotonic()
-            if now < spin_until:
-                os.sched_yield()
-                continue
-            if now > deadline:
-                self.comm.abort()
-                self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
-                                 "another rank died or hangs")
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
+        if not poll_until(lambda: done.done, self.world.timeout):
+            self.comm.abort()
+            self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
+                             "another rank died or hangs")
 
 
 class DistributedOptimizer:

@@ -335,3 +335,10 @@ def test_one_rank_world_steps_exactly_like_the_plain_optimizer():
     assert c0 == c1
     for k in p0:
         np.testing.assert_array_equal(p0[k], p1[k])
+
+
+def test_poll_until_gives_up_after_the_timeout():
+    calls = []
+    assert distributed.poll_until(lambda: calls.append(1) or len(calls) == 3, 5.0)
+    assert len(calls) == 3
+    assert not distributed.poll_until(lambda: False, 0.05)
