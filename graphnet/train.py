@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends.host import to_numpy
+from .distributed import ShardedSampler, attach
 from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
 from .nn.model import Classifier, model_from_config
@@ -133,7 +134,8 @@ class Trainer:
                  checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
-                 augment: Optional[Callable[..., Any]] = None, seed: Optional[int] = None) -> None:
+                 augment: Optional[Callable[..., Any]] = None, seed: Optional[int] = None,
+                 distributed: Any = None) -> None:
         self.model, self.optimizer = model, optimizer
         self.batch_size = _checked_batch_size(batch_size)
         self.schedule = schedule or Schedule()
@@ -153,6 +155,10 @@ class Trainer:
         self._buffers: Optional[tuple[Any, Any]] = None
         self._keyed_step = _accepts(optimizer.minimize, "rng_key")
         self._keyed_augment = augment is not None and _accepts(augment, "rng_key")
+        # Data-parallel hook: distributed is a graphnet.distributed.World (None: one process).
+        self.dist = distributed
+        if distributed is not None:
+            attach(self, distributed)
 
     # --- public -----------------------------------------------------------------------
     def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
@@ -228,6 +234,8 @@ class Trainer:
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
         """Write model, optimizer, position, run settings and history atomically."""
         path = path or self._checkpoint_path()
+        if self.dist is not None and not self.dist.is_root:
+            return path  # only rank 0 writes (atomically)
         arrays = {f"model/{k}": v for k, v in self.model.host_arrays().items()}
         opt_arrays, opt_meta = self.optimizer.host_state()
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
@@ -277,8 +285,10 @@ class Trainer:
         return epoch_permutation(self.seed, epoch, self.state.n)
 
     def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
-        b, st, bs = self.model.backend, self.state, self.batch_size
+        b, st = self.model.backend, self.state
         n = st.n
+        sampler = self._sampler()
+        bs = sampler.global_batch
         rows = b.asarray(self._epoch_rows(st.epoch))
         starts = range(st.sample, n, bs)
         losses = b.xp.zeros(len(starts), dtype=X.dtype)
@@ -288,13 +298,14 @@ class Trainer:
                    unit="img", disable=None if self.progress else True)
         for i, s in enumerate(starts):
             self._set_lr(st.epoch + s / n)
-            key = (self.seed, st.epoch, s)
-            xb, yb = self._batch(X, Y, rows[s:s + bs])
-            if self.augment is not None:
+            part, first = sampler.rows_at(rows, s)
+            key = (self.seed, st.epoch, first)
+            xb, yb = self._batch(X, Y, part)
+            if self.augment is not None and part.shape[0]:
                 xb = self.augment(xb, rng_key=key) if self._keyed_augment else self.augment(xb)
             losses[i] = self._step(xb, yb, key)
-            st.sample, st.batches_seen = s + xb.shape[0], st.batches_seen + 1
-            bar.update(xb.shape[0])
+            st.sample, st.batches_seen = s + int(sizes[i]), st.batches_seen + 1
+            bar.update(int(sizes[i]))
             if (i + 1) % self.check_every == 0 or i + 1 == len(starts):
                 self._check_finite(losses, starts, i + 1)
             if self.eval_every and st.batches_seen % self.eval_every == 0:
@@ -332,9 +343,25 @@ class Trainer:
 
     def _step(self, xb: Any, yb: Any, rng_key: tuple[int, int, int]) -> Any:
         graph, feed = self.model.train_graph, {self.model.images: xb, self.model.labels: yb}
+        if self.dist is not None:
+            self.optimizer.stop_requested = self._stop_requested  # Ctrl-C: all ranks stop together
+            cost = self.optimizer.minimize(graph, feed, rng_key=rng_key if self._keyed_step else None,
+                                           samples=int(xb.shape[0]))
+            self._stop_requested = self.optimizer.stop_agreed
+            return cost
         if self._keyed_step:
             return self.optimizer.minimize(graph, feed, rng_key=rng_key)
         return self.optimizer.minimize(graph, feed)
+
+    def _sampler(self) -> ShardedSampler:
+        """Data-parallel hook: a global batch is batch_size x ranks; this rank takes its part."""
+        world = self.dist
+        return ShardedSampler(self.batch_size, *((0, 1) if world is None else (world.rank, world.size)))
+
+    def _evaluate(self, x: Any, y: Any) -> dict:
+        if self.dist is None:
+            return self.model.evaluate(x, y, prepared=True)
+        return self.dist.evaluate(self.model, x, y)  # each rank a part, metrics reduced
 
     def _set_lr(self, epoch: float) -> None:
         self.optimizer.lr = self.base_lr * self.schedule(max(epoch - self.schedule_from, 0.0))
@@ -354,12 +381,14 @@ class Trainer:
 
     def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, secs: float) -> None:
         st, h = self.state, self.history
-        train = self.model.evaluate(X[:self.eval_subset], Y[:self.eval_subset], prepared=True)
+        if self.dist is not None:  # e.g. BatchNorm statistics: the mean over the ranks
+            self.dist.average_([p for p in self.model.named_arrays().values() if not p.trainable])
+        train = self._evaluate(X[:self.eval_subset], Y[:self.eval_subset])
         h.epoch.append(st.epoch + 1)
         h.train_loss.append(st.loss_sum / st.n)
         h.train_accuracy.append(train["accuracy"])
         if Xt is not None:
-            test = self.model.evaluate(Xt, Yt, prepared=True)
+            test = self._evaluate(Xt, Yt)
             h.test_accuracy.append(test["accuracy"])
             h.test_loss.append(test["loss"])
         h.seconds.append(secs)
@@ -375,12 +404,12 @@ class Trainer:
 
     def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
         h = self.history
-        train = self.model.evaluate(X[:2000], Y[:2000], prepared=True)
+        train = self._evaluate(X[:2000], Y[:2000])
         h.curve_batches.append(self.state.batches_seen)
         h.curve_train_accuracy.append(train["accuracy"])
         h.curve_train_loss.append(train["loss"])
         if Xt is not None:
-            test = self.model.evaluate(Xt[:2000], Yt[:2000], prepared=True)
+            test = self._evaluate(Xt[:2000], Yt[:2000])
             h.curve_test_accuracy.append(test["accuracy"])
             h.curve_test_loss.append(test["loss"])
 

@@ -180,6 +180,8 @@ def run_training(args: argparse.Namespace) -> int:
     """Train as ``args`` say; the exit code (see train.py's docstring)."""
     t_start = time.perf_counter()
     cfg, out = args.config, Path(args.out or args.resume or f"runs/{args.config['preset'] or 'custom'}")
+    world = getattr(args, "world", None)  # graphnet.distributed.World under mpiexec, else None
+    root = world is None or world.is_root  # rank 0 alone locks, checks and writes the folder
     try:
         b = gn.backend()
     except (gn.BackendUnavailableError, ValueError) as exc:
@@ -190,7 +192,8 @@ def run_training(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
-        lock.acquire()
+        if root:
+            lock.acquire()
     except LockHeld as exc:
         return _usage(exc)
     except OSError as exc:
@@ -210,11 +213,13 @@ def run_training(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start: float) -> int:
-    if args.resume:
+    world = getattr(args, "world", None)
+    root = world is None or world.is_root  # rank 0 alone checks and clears the folder
+    if root and args.resume:
         done = _resume_position_problem(cfg, out)
         if done is not None:
             return done
-    else:
+    elif root:
         existing = [name for name in RUN_FILES if (out / name).exists()]
         if existing and not args.overwrite:
             return _usage(f"{out} already holds a run ({', '.join(existing)}): continue it with "
@@ -230,14 +235,18 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
                       optim.make_schedule(cfg["schedule"], cfg["epochs"]),
                       batch_size=cfg["batch_size"], eval_every=args.eval_every or None,
                       checkpoint_dir=out, progress=not args.no_progress, augment=augmenter(cfg),
-                      seed=cfg["seed"])
+                      seed=cfg["seed"], distributed=world)
+    if world is not None:
+        from graphnet.distributed import describe_training
+        print(describe_training(trainer))
     if args.resume:
         trainer.load_checkpoint(out / CHECKPOINT)
         st = trainer.state
         print(f"resuming {out} at epoch {st.epoch + 1}, sample {st.sample} of {st.n}")
         for note in resume_changes(trainer, cfg, args.changes):
             print(f"  on resume: {note}")
-    write_json(out / "config.json", cfg)
+    if root:
+        write_json(out / "config.json", cfg)
     print(f"graphnet {gn.__version__} on {b.name} ({b.device_name()}); "
           f"network {describe_network(cfg)}, {cfg['epochs']} epochs, seed {cfg['seed']} -> {out}")
     try:
@@ -245,6 +254,8 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not root:
+        return 0  # rank 0 evaluates and writes the model, metrics and figures
     metrics = final_metrics(model, history, cfg, b, x_train, y_train, x_test, y_test)
     model.save(out / "model.npz")
     write_json(out / "metrics.json", metrics)

@@ -3,6 +3,7 @@
     python examples/mnist/train.py                      # preset "fast", >= 98.0% in ~2 min on 2 cores
     python examples/mnist/train.py --preset seed-128-64-10
     GRAPHNET_BACKEND=cupy python examples/mnist/train.py --preset best
+    mpiexec -n 2 python examples/mnist/train.py --distributed   # data-parallel, batch 128 per rank
     python examples/mnist/train.py --resume runs/fast   # continue after Ctrl-C or a crash
 
 On --resume, --epochs, --batch-size, --lr, --schedule and --augment may change: the position
@@ -99,6 +100,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--plots", action="store_true", help="write the figures of visualize.py at the end")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
+    p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-parallel over the ranks of mpiexec, global batch = batch x ranks "
+                        "(default: on when started by mpiexec)")
     args = p.parse_args(argv)
     try:
         args.config, args.changes = resolve_config(args)
@@ -290,10 +294,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.backend:
         os.environ["GRAPHNET_BACKEND"] = args.backend
+    from graphnet import distributed  # noqa: E402  (after the backend is chosen: GPU per rank)
+    try:
+        args.world = distributed.from_flag(args.distributed)
+        if args.world is not None:
+            args.world.check_config(args.config)
+    except distributed.DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
         from common import run_training  # noqa: E402  (after the backend is chosen)
-        return run_training(args)
+        if args.world is None:
+            return run_training(args)
+        with distributed.failure_ends_all(args.world) as guard:  # one rank failing ends them all
+            return guard.check(run_training(args))
     except KeyboardInterrupt:
         print("\nstopped at once (Ctrl-C); the last checkpoint written is kept", file=sys.stderr)
         return 130
