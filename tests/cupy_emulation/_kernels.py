@@ -149,7 +149,7 @@ class ElementwiseKernel:
         lines.append(self.preamble)
         body = []
         for k, p in enumerate(params):
-            ct = p.ctype
+            ct = p.ctype if p.placeholder else C_TYPES[p.ctype]
             if k in scalars:
                 lines.append(f"const {ct} {p.name} = *({ct} *)args[{k}];")
             elif p.raw:
