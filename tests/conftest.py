@@ -22,7 +22,9 @@ import cupy_emulation
 def cupy_mode() -> tuple[str, str]:
     """``("real", "")``, ``("emulated", why)`` or ``("skip", why)`` for the CuPy cases here."""
     try:
-        gn.get_backend("cupy")
+        b = gn.get_backend("cupy")
+        if cupy_emulation.is_emulated(b):  # forced by GRAPHNET_CUPY_EMULATION=force (a dry run)
+            return "emulated", "GRAPHNET_CUPY_EMULATION=force"
         return "real", ""
     except gn.BackendUnavailableError as exc:
         why = str(exc)
@@ -52,6 +54,34 @@ def _backend_params() -> list:
                 marks.append(pytest.mark.emulated)
         params.append(pytest.param(name, marks=marks, id=ident))
     return params
+
+
+# CuPy-path defects that the CuPy cases expose (on the emulation as on a GPU), each being fixed on
+# another branch. Strict: once a fix is merged its tests XPASS and fail, then delete their lines.
+HOST_FEEDS = ("issue 11 point 1 / issue 12 (h12-api): Input.check_feed refuses host NumPy feeds "
+              "on the cupy backend")
+KNOWN_CUPY_DEFECTS: dict[tuple[str, str], str] = {
+    ("test_buffers.py", name): HOST_FEEDS for name in (
+        "test_held_gradients_survive_later_steps",
+        "test_gradient_that_is_an_internal_array_is_copied_out",
+        "test_run_outputs_survive_a_training_step",
+        "test_costs_returned_are_not_overwritten",
+        "test_cost_that_views_a_reused_array_is_copied_out",
+        "test_gradients_into_matches_fresh_gradients_bitwise",
+        "test_gradients_into_zero_fills_unused_parameters",
+        "test_gradients_into_rejects_wrong_arrays_by_name",
+        "test_minimize_equals_gradients_then_step",
+        "test_fused_linear_activation_is_bit_identical",
+        "test_no_fusion_where_the_linear_value_is_needed")
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        reason = KNOWN_CUPY_DEFECTS.get((item.path.name, getattr(item, "originalname", item.name)))
+        if reason and params.get("backend") == "cupy":
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 def pytest_report_header(config) -> str:
