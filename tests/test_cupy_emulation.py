@@ -108,3 +108,12 @@ def test_every_emulated_function_exists_in_real_cupy():
     assert not missing, f"emulated but not in CuPy {cupy.__version__}: {missing}"
     methods = sorted(n for n in _array._METHODS if not hasattr(cupy.ndarray, n))
     assert not methods, f"ndarray methods emulated but not in CuPy: {methods}"
+
+
+def test_results_that_are_arguments_keep_their_identity(cp):
+    """``out=`` and no-op conversions return the very array given, as CuPy does."""
+    a, buf = cp.ones(3), cp.empty(3)
+    assert cp.multiply(a, 2.0, out=buf) is buf
+    assert np.multiply(a, 2.0, out=buf) is buf
+    assert cp.asarray(a) is a and a.astype(a.dtype, copy=False) is a
+    assert a.base is None and a[1:].base is not None

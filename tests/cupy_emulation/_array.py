@@ -85,13 +85,14 @@ class ndarray:  # noqa: N801 - CuPy's name
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: wrap(self._a.T))
+    base = property(lambda self: None if self._a.base is None else wrap(self._a.base))
     real = property(lambda self: wrap(self._a.real))
     imag = property(lambda self: wrap(self._a.imag))
 
     def __getattr__(self, name: str) -> Any:
         if name not in _METHODS:
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (emulation)")
-        return lift(getattr(self._a, name))
+        return lift(getattr(self._a, name), owner=self)
 
     def __getitem__(self, index: Any) -> Any:
         return wrap(self._a[_index(index, self._a.shape)])
@@ -123,7 +124,7 @@ def _binary(name: str, reflected: bool = False, inplace: bool = False) -> Callab
 
     def method(self: ndarray, other: Any) -> Any:
         if inplace:
-            ufunc(self._a, unwrap(other), out=self._a)
+            ufunc(self._a, unwrap(other), out=self._a, casting="same_kind")
             return self
         a, b = (other, self) if reflected else (self, other)
         return wrap(ufunc(unwrap(a), unwrap(b)))
@@ -196,15 +197,32 @@ def _wrap_ints(p: Any, n: int) -> Any:
     return p
 
 
-def lift(f: Callable, allow_host: bool = False, zero_d: bool = False) -> Callable:
-    """``f`` on device arrays: arguments unwrapped (host arrays refused), results wrapped."""
+def lift(f: Callable, allow_host: bool = False, zero_d: bool = False,
+         owner: ndarray | None = None) -> Callable:
+    """``f`` on device arrays: arguments unwrapped (host arrays refused), results wrapped.
+
+    A result that is one of the arguments (``out=``, ``asarray`` of a device array, a no-op
+    ``astype``) comes back as that same device array object, as in CuPy.
+    """
     @functools.wraps(f)
     def lifted(*args: Any, **kwargs: Any) -> Any:
+        given = {id(d._a): d for d in _device_arrays((owner, args, kwargs))}
         out = f(*unwrap(args, allow_host), **{k: unwrap(v, allow_host) for k, v in kwargs.items()})
         if zero_d and isinstance(out, (bool, int, float)):
             out = np.asarray(out)
-        return wrap(out)
+        same = given.get(id(out))
+        return same if same is not None and same._a is out else wrap(out)
     return lifted
+
+
+def _device_arrays(x: Any) -> list:
+    if isinstance(x, ndarray):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [d for v in x for d in _device_arrays(v)]
+    if isinstance(x, dict):
+        return _device_arrays(list(x.values()))
+    return []
 
 
 def asnumpy(x: Any, stream: Any = None) -> np.ndarray:
