@@ -16,8 +16,9 @@
 # (about 11 MB; it is git-ignored, so name it in the device tool's `carry`).
 #
 # Dry run without a GPU: GPU_CHECK_EMULATE=1 runs every step on the CPU emulation of CuPy
-# (tests/cupy_emulation) and labels the summary EMULATED. GPU_CHECK_TIME_SCALE=N multiplies the
-# timeouts (for a dry run on a slow machine only; the GPU run uses 1).
+# (tests/cupy_emulation) and labels the summary EMULATED; to finish on a CPU it also shortens the
+# benchmark (--quick) and the preset (--epochs 1). GPU_CHECK_TIME_SCALE=N multiplies the timeouts
+# (for a dry run on a slow machine only; the GPU run uses 1).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 EMULATE=${GPU_CHECK_EMULATE:-0}
@@ -27,9 +28,11 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export GRAPHNET_DATA=${GRAPHNET_DATA:-$PWD/mnist-data}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+BENCH_ARGS=() FAST_ARGS=()
 if [ "$EMULATE" = 1 ]; then
     export PYTHONPATH=$PWD/tests/cupy_emulation/site:$PYTHONPATH
     export GRAPHNET_CUPY_EMULATION=force GRAPHNET_CUPY_EMULATION_QUIET=1
+    BENCH_ARGS=(--quick) FAST_ARGS=(--epochs 1)
 fi
 SUMMARY=$WORK/summary.txt
 START=$(date +%s)
@@ -46,6 +49,7 @@ step() {
 
 if [ "$EMULATE" = 1 ]; then
     say "EMULATED DRY RUN: cupy is the CPU emulation (tests/cupy_emulation), NOT a GPU. No figure below is GPU evidence."
+    say "(dry run shortcuts: benchmark --quick, fast preset --epochs 1; timeouts x$SCALE)"
 else
     say "GPU check on a CUDA machine"
 fi
@@ -62,7 +66,7 @@ grep -E '^(FAILED|ERROR) ' "$WORK/suite.log" | head -n 20 | sed 's/^/  /' | tee 
 step agreement 75 python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" -rfE
 say "agreement (CuPy cases vs NumPy): $(grep -E '[0-9]+ (passed|failed|deselected)' "$WORK/agreement.log" | tail -n 1)"
 
-step bench 110 env GRAPHNET_BACKEND=cupy python3 benchmarks/run.py --only gpu --out "$WORK/bench"
+step bench 110 env GRAPHNET_BACKEND=cupy python3 benchmarks/run.py --only gpu --out "$WORK/bench" "${BENCH_ARGS[@]}"
 python3 - "$WORK/bench/gpu.json" >> "$SUMMARY" 2>&1 <<'EOF' || say "bench: no gpu.json"
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -80,7 +84,7 @@ for t in r.get("targets", []):
     print("bench target:", json.dumps(t, sort_keys=True))
 EOF
 
-step fast 90 env GRAPHNET_BACKEND=cupy python3 examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast"
+step fast 90 env GRAPHNET_BACKEND=cupy python3 examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast" "${FAST_ARGS[@]}"
 say "fast preset: $(grep -E '^test accuracy' "$WORK/fast.log" | tail -n 1)"
 rm -f "$WORK"/fast/*.npz
 
