@@ -131,21 +131,26 @@ class Launch:
         return ",".join(f"{t}={d}" for t, d in self.types) or "fixed"
 
 
-def launched_kernels() -> list[Launch]:
-    """Every distinct kernel launch made by small training runs on the emulated CuPy backend."""
+def launched_kernels() -> tuple[list[Launch], str | None]:
+    """Every distinct kernel launch made by small training runs on the emulated CuPy backend,
+    and the error that stopped the runs early, if any (the launches before it are kept, so a
+    kernel whose body does not compile is still handed to NVRTC)."""
     from . import _kernels, emulated
-    start = len(_kernels.LAUNCHES)
+    start, error = len(_kernels.LAUNCHES), None
     with emulated():
         import graphnet as gn
         from graphnet.backends.cupy_backend import CupyBackend
         with gn.use_backend(CupyBackend()):
             for dtype in ("float32", "float64"):
                 with gn.default_dtype(dtype):
-                    _train_a_little(gn)
+                    try:
+                        _train_a_little(gn)
+                    except Exception as exc:  # noqa: BLE001 - reported by the tests
+                        error = error or f"{dtype}: {type(exc).__name__}: {exc}"
     seen: dict[Launch, None] = {}
     for kern, args in _kernels.LAUNCHES[start:]:
         seen.setdefault(_describe(kern, args), None)
-    return list(seen)
+    return list(seen), error
 
 
 def _train_a_little(gn: Any) -> None:
@@ -247,7 +252,9 @@ def compile_with_nvrtc(source: str, arch: str) -> bytes:
 if __name__ == "__main__":  # python -m tests.cupy_emulation.catalog: list and compile them all
     declared, unread = declared_kernel_names()
     print(f"declared kernel names: {sorted(declared)}; unreadable: {unread}")
-    launches = launched_kernels()
+    launches, error = launched_kernels()
+    if error:
+        print(f"the survey stopped early: {error}")
     reason = nvrtc_unavailable_reason()
     for launch in launches:
         for arch in ("sm_90", "sm_80"):
