@@ -4,8 +4,8 @@ The body runs inside a loop over ``i`` with CuPy's variable conventions: each no
 ``const T &`` to its element, each non-raw output a ``T &``, raw parameters are pointers, scalars
 are values of their declared type. Compiled libraries are cached by source hash, so a kernel is
 compiled once per machine (``GRAPHNET_EMULATION_CACHE`` or a per-user temp folder).
-Every kernel constructed is recorded in ``CREATED`` and every launch in ``LAUNCHES`` (the NVRTC
-tests compile exactly those).
+While ``RECORD`` is a list, each launch appends ``(kernel, argument signature)`` to it (the NVRTC
+tests compile exactly those launches).
 """
 from __future__ import annotations
 
@@ -71,8 +71,14 @@ def parse_params(spec: str) -> tuple[Param, ...]:
     return tuple(out)
 
 
-CREATED: list["ElementwiseKernel"] = []
-LAUNCHES: list[tuple["ElementwiseKernel", tuple]] = []  # (kernel, call arguments as given)
+RECORD: list | None = None  # set to a list to record launches (kept off: it would hold memory)
+
+
+def signature(arg: Any) -> tuple:
+    """What NVRTC code generation needs to know of a kernel argument (no reference to it)."""
+    if isinstance(arg, ndarray):
+        return ("array", arg.dtype.name, arg.ndim, bool(arg.flags.c_contiguous))
+    return ("scalar",)
 
 
 class ElementwiseKernel:
@@ -89,7 +95,6 @@ class ElementwiseKernel:
         self.no_return, self.return_tuple = no_return, return_tuple
         self.nin, self.nout = len(self.in_params), len(self.out_params)
         self._libs: dict[tuple, Any] = {}
-        CREATED.append(self)
 
     def __call__(self, *args: Any, size: int | None = None, **kwargs: Any) -> Any:
         if len(args) not in (self.nin, self.nin + self.nout):
@@ -97,7 +102,8 @@ class ElementwiseKernel:
                             f"{len(args)} given, {self.nin} or {self.nin + self.nout} expected")
         for a in args:
             unwrap(a)  # host NumPy arrays are refused, as CuPy refuses them
-        LAUNCHES.append((self, args))
+        if RECORD is not None:
+            RECORD.append((self, tuple(signature(a) for a in args)))
         params = self.in_params + self.out_params
         types = _resolve_types(params, args, self.name)
         outs = list(args[self.nin:])

@@ -136,20 +136,24 @@ def launched_kernels() -> tuple[list[Launch], str | None]:
     and the error that stopped the runs early, if any (the launches before it are kept, so a
     kernel whose body does not compile is still handed to NVRTC)."""
     from . import _kernels, emulated
-    start, error = len(_kernels.LAUNCHES), None
-    with emulated():
-        import graphnet as gn
-        from graphnet.backends.cupy_backend import CupyBackend
-        with gn.use_backend(CupyBackend()):
-            for dtype in ("float32", "float64"):
-                with gn.default_dtype(dtype):
-                    try:
-                        _train_a_little(gn)
-                    except Exception as exc:  # noqa: BLE001 - reported by the tests
-                        error = error or f"{dtype}: {type(exc).__name__}: {exc}"
+    error, recorded = None, []
+    _kernels.RECORD = recorded
+    try:
+        with emulated():
+            import graphnet as gn
+            from graphnet.backends.cupy_backend import CupyBackend
+            with gn.use_backend(CupyBackend()):
+                for dtype in ("float32", "float64"):
+                    with gn.default_dtype(dtype):
+                        try:
+                            _train_a_little(gn)
+                        except Exception as exc:  # noqa: BLE001 - reported by the tests
+                            error = error or f"{dtype}: {type(exc).__name__}: {exc}"
+    finally:
+        _kernels.RECORD = None
     seen: dict[Launch, None] = {}
-    for kern, args in _kernels.LAUNCHES[start:]:
-        seen.setdefault(_describe(kern, args), None)
+    for kern, sig in recorded:
+        seen.setdefault(_describe(kern, sig), None)
     return list(seen), error
 
 
@@ -176,24 +180,23 @@ def _train_a_little(gn: Any) -> None:
     model.eval_graph.run(feed)
 
 
-def _describe(kern: Any, args: tuple) -> Launch:
-    from . import _kernels
-    from ._array import ndarray
+def _describe(kern: Any, sig: tuple) -> Launch:
     params = kern.in_params + kern.out_params
-    types = _kernels._resolve_types(params, args, kern.name)
+    types: dict[str, str] = {}
+    for p, a in zip(params, sig):
+        if p.placeholder and a[0] == "array":
+            types.setdefault(p.ctype, a[1])
     kinds = []
-    for p, a in zip(params, args):
-        if isinstance(a, ndarray):
-            contiguous = bool(a.flags.c_contiguous)
+    for k, p in enumerate(params):
+        a = sig[k] if k < len(sig) else ("array", types.get(p.ctype, p.ctype), 1, True)  # allocated out
+        if a[0] == "array":
+            _, dtype, ndim, contiguous = a
             # CuPy indexes a contiguous non-raw array through a reduced, 1-d view
-            ndim = a.ndim if p.raw or not contiguous else 1
-            kinds.append(("array", a.dtype.name, ndim, contiguous, p.raw))
+            kinds.append(("array", dtype, ndim if p.raw or not contiguous else 1, contiguous, p.raw))
         else:
             kinds.append(("scalar", np.dtype(types.get(p.ctype, p.ctype)).name))
-    for p in params[len(args):]:  # outputs the kernel allocated
-        kinds.append(("array", np.dtype(types.get(p.ctype, p.ctype)).name, 1, True, False))
     return Launch(kern.name, kern.in_spec, kern.out_spec, kern.operation, kern.preamble,
-                  tuple(kinds), tuple(sorted((t, np.dtype(d).name) for t, d in types.items())))
+                  tuple(kinds), tuple(sorted(types.items())))
 
 
 # --- NVRTC --------------------------------------------------------------------------------
