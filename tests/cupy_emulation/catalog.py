@@ -202,13 +202,13 @@ def _describe(kern: Any, sig: tuple) -> Launch:
 # --- NVRTC --------------------------------------------------------------------------------
 def nvrtc_unavailable_reason() -> str | None:
     """Why NVRTC cannot be used here (None when it can)."""
+    import sys
+    if getattr(sys.modules.get("cupy"), "__graphnet_emulation__", False):
+        return "`cupy` is the CPU emulation in this process (GRAPHNET_CUPY_EMULATION=force), not real CuPy"
     try:
-        import cupy
         from cupy.cuda import compiler
     except Exception as exc:  # noqa: BLE001 - any import failure means "cannot compile here"
         return f"CuPy is not importable ({exc}); install graphnet[cuda12-compile]"
-    if getattr(cupy, "__graphnet_emulation__", False):
-        return "`cupy` is the emulation here, not real CuPy"
     try:
         compiler._get_nvrtc_version()
     except Exception as exc:  # noqa: BLE001
