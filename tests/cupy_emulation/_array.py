@@ -9,7 +9,8 @@ What is emulated, because graphnet's CuPy path depends on it:
 - integer-array indices are not bounds-checked: they *wrap* modulo the axis length, as CuPy
   documents for fancy indexing (``take``, ``take_along_axis``, ``cupyx.scatter_add`` likewise).
   Only for index tuples without ``None``/``Ellipsis``; others keep NumPy's checks (stricter).
-Not emulated: streams and asynchrony, cuRAND's exact streams, device memory limits.
+Not emulated: streams and asynchrony, cuRAND's exact streams, device memory (``set_allocation_limit``
+only makes large allocations raise ``OutOfMemoryError``).
 """
 from __future__ import annotations
 
