@@ -213,6 +213,13 @@ def nvrtc_unavailable_reason() -> str | None:
         compiler._get_nvrtc_version()
     except Exception as exc:  # noqa: BLE001
         return f"the NVRTC runtime library does not load ({exc}); pip install nvidia-cuda-nvrtc-cu12"
+    probe = Launch("probe", "T x", "T y", "y = x", "", (("array", "float32", 1, True, False),) * 2,
+                   (("T", "float32"),))
+    try:
+        cuda_source(probe)  # CuPy's code generator is internal API: check this CuPy has it
+    except Exception as exc:  # noqa: BLE001
+        import cupy
+        return f"CuPy {cupy.__version__}'s internal kernel code generator differs ({exc!r})"
     return None
 
 
