@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import pytest
 
@@ -79,6 +80,9 @@ KNOWN_CUPY_DEFECTS: dict[tuple[str, str], str] = {
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
+        if (item.get_closest_marker("gpu") and "backend" not in params
+                and cupy_mode()[0] == "emulated"):
+            item.add_marker(pytest.mark.emulated)  # runs on the emulation via the autouse fixture
         reason = KNOWN_CUPY_DEFECTS.get((item.path.name, getattr(item, "originalname", item.name)))
         if reason and params.get("backend") == "cupy":
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
@@ -99,7 +103,7 @@ def _use_emulation(request, monkeypatch) -> gn.Backend:
                     "the CuPy emulation cannot stand in for it")
     b = emulated_cupy_backend()
     for name, mod in cupy_emulation.modules().items():
-        monkeypatch.setitem(__import__("sys").modules, name, mod)
+        monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setitem(_backends._instances, "cupy", b)
     return b
 
@@ -125,7 +129,6 @@ def _emulate_cupy_for_gpu_tests(request, monkeypatch):
     if ("backend" not in request.fixturenames and request.node.get_closest_marker("gpu")
             and cupy_mode()[0] == "emulated"):
         _use_emulation(request, monkeypatch)
-        request.node.add_marker(pytest.mark.emulated)
     yield
 
 
