@@ -17,6 +17,7 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_hardware  # the CuPy case measures a real device pool
 def test_thousands_of_steps_keep_memory_flat(backend):
     x, y = blobs(256, pixels=64, seed=2)
     model = tiny_model(layers=(32, 16, 10), dropout=0.1, pixels=64)
