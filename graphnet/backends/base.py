@@ -1,4 +1,5 @@
-"""The backend interface: everything the engine computes goes through one of these."""
+"""The backend interface: what NumPy and CuPy do differently (arrays, transfers, random numbers,
+device, memory, compiling elementwise kernels). Op kernels live beside their ops."""
 from __future__ import annotations
 
 import importlib
