@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dtypes
 from .backends import Backend, backend
-from .backends.host import dtype_of, is_floating, result_dtype
+from .backends.host import array_library, dtype_of, is_floating, result_dtype, to_numpy
 from .checks import flag, integer
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, ShapeError
 from .shapes import Shape, fmt
@@ -226,7 +226,7 @@ def _input_dtype(name: Optional[str], dtype: Any) -> Any:
 
 def _belongs_elsewhere(value: Any, b: Backend) -> bool:
     """Whether ``value`` is an array of a device library other than ``b``'s (host arrays pass)."""
-    root = type(value).__module__.split(".")[0]
+    root = array_library(value)
     if root == "numpy" or root == b.xp.__name__.split(".")[0]:
         return False
     return root == "cupy" or any(hasattr(value, a) for a in _FOREIGN_MARKS)
@@ -294,8 +294,7 @@ class Parameter(Node):
 def _to_backend(b: Backend, value: Any, dtype: Any = None, what: str = "Parameter") -> Any:
     """A fresh copy of real ``value`` on ``b``; floating data gets ``dtype`` (default: the default dtype)."""
     if not b.is_array(value):
-        if type(value).__module__.split(".")[0] == "cupy":
-            from .backends.host import to_numpy
+        if array_library(value) == "cupy":
             value = to_numpy(value)
         elif not isinstance(value, np.ndarray):
             try:
@@ -322,7 +321,7 @@ class Constant(Node):
             self.value = float(value)
             super().__init__((), name or repr(value), (), None)
         else:
-            if not isinstance(value, np.ndarray) and type(value).__module__.split(".")[0] != "cupy":
+            if not isinstance(value, np.ndarray) and array_library(value) != "cupy":
                 try:
                     value = np.asarray(value)
                 except (ValueError, TypeError) as exc:

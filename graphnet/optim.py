@@ -10,6 +10,7 @@ from .backends.host import to_numpy
 from .checks import flag, integer, real
 from .errors import ArgumentError, ArgumentTypeError, ShapeError
 from .io import CheckpointError
+from .kernels import kernel
 from .node import Input, Node, Parameter
 
 
@@ -166,7 +167,7 @@ class SGD(Optimizer):
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
-        p.backend.sgd_update(p._value, g, v, self.lr, self.momentum, self.nesterov, wd, scratch)
+        sgd_update(p.backend, p._value, g, v, self.lr, self.momentum, self.nesterov, wd, scratch)
 
 
 class Adam(Optimizer):
@@ -184,8 +185,118 @@ class Adam(Optimizer):
         super().__init__(params, lr, weight_decay)
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
-        p.backend.adam_update(p._value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
-                              self.beta1, self.beta2, self.eps, self.steps, wd)
+        adam_update(p.backend, p._value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
+                    self.beta1, self.beta2, self.eps, self.steps, wd)
+
+
+# --- update kernels: the reference, then the NumPy and CUDA versions ------------------------
+@kernel
+def sgd_update(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+    """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum.
+
+    With ``scratch`` the update may overwrite ``g`` (the caller's own buffer).
+    """
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    if v is None:
+        p -= lr * g
+        return
+    v *= momentum
+    v += g
+    if nesterov:
+        p -= lr * (g + momentum * v)
+    else:
+        p -= lr * v
+
+
+@sgd_update.override("numpy")
+def _sgd_update_numpy(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                      nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+    # The reference's arithmetic in the same order, with no temporaries.
+    np = be.xp
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    tmp = g if scratch and not nesterov else be.scratch(p)
+    step = g
+    if v is not None:
+        v *= momentum
+        v += g
+        step = v
+        if nesterov:
+            np.multiply(v, momentum, out=tmp)
+            tmp += g
+            step = tmp
+    np.multiply(step, lr, out=tmp)
+    p -= tmp
+
+
+@sgd_update.override("cupy")
+def _sgd_update_cuda(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                     nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+    decay = 1 - lr * weight_decay
+    if v is None:
+        be.elementwise("sgd", "T g, T lr, T decay", "T p",
+                       "p = p * decay - lr * g")(g, lr, decay, p)
+        return
+    body = ("v = momentum * v + g; "
+            + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
+    name = "sgd_nesterov" if nesterov else "sgd_momentum"
+    be.elementwise(name, "T g, T lr, T momentum, T decay", "T p, T v", body)(
+        g, lr, momentum, decay, p, v)
+
+
+@kernel
+def adam_update(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                beta2: float, eps: float, step: int, weight_decay: float) -> None:
+    """One Adam(W) step in place, with bias correction and decoupled weight decay."""
+    xp = be.xp
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    denom = xp.sqrt(v / c2)
+    denom += eps
+    p -= (lr / c1) * (m / denom)
+
+
+@adam_update.override("numpy")
+def _adam_update_numpy(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                       beta2: float, eps: float, step: int, weight_decay: float) -> None:
+    # The reference's arithmetic in the same order, through one scratch buffer.
+    np = be.xp
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    t = be.scratch(p)
+    m *= beta1
+    np.multiply(g, 1 - beta1, out=t)
+    m += t
+    v *= beta2
+    np.multiply(g, g, out=t)
+    t *= 1 - beta2
+    v += t
+    np.divide(v, 1 - beta2 ** step, out=t)
+    np.sqrt(t, out=t)
+    t += eps
+    np.divide(m, t, out=t)
+    t *= lr / (1 - beta1 ** step)
+    p -= t
+
+
+@adam_update.override("cupy")
+def _adam_update_cuda(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                      beta2: float, eps: float, step: int, weight_decay: float) -> None:
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
+            "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
+    be.elementwise("adam", "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay",
+                   "T p, T m, T v", body)(
+        g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay, p, m, v)
 
 
 class Schedule:

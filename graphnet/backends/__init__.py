@@ -6,6 +6,7 @@ import os
 from typing import Callable, Iterator
 
 from .base import Backend, BackendUnavailableError
+from .host import array_library
 
 ENV_VAR = "GRAPHNET_BACKEND"
 
@@ -87,5 +88,5 @@ def use_backend(name: str | Backend) -> Iterator[Backend]:
         _active = previous
 
 
-__all__ = ["Backend", "BackendUnavailableError", "available_backends", "backend",
+__all__ = ["Backend", "BackendUnavailableError", "array_library", "available_backends", "backend",
            "backend_names", "get_backend", "set_backend", "use_backend", "ENV_VAR"]

@@ -34,69 +34,16 @@ def _import_cupy() -> Any:
     return cupy
 
 
-# The body of the col2im gather kernel: ``i`` runs over ``out`` (C, N, H, W); plain C, so
-# tests/test_conv.py compiles it on the host and checks it against the NumPy col2im.
-COL2IM_BODY = """
-const ptrdiff_t wi = i % width;
-ptrdiff_t t = i / width;
-const ptrdiff_t hi = t % height;
-t /= height;
-const ptrdiff_t ni = t % n_img;
-const ptrdiff_t ci = t / n_img;
-T acc = 0;
-for (int ki = 0; ki < k_h; ++ki) {
-    const ptrdiff_t hh = hi - ki;
-    if (hh < 0 || hh % s_h != 0) continue;
-    const ptrdiff_t oy = hh / s_h;
-    if (oy >= o_h) continue;
-    for (int kj = 0; kj < k_w; ++kj) {
-        const ptrdiff_t ww = wi - kj;
-        if (ww < 0 || ww % s_w != 0) continue;
-        const ptrdiff_t ox = ww / s_w;
-        if (ox >= o_w) continue;
-        acc += cols[(((ci * k_h + ki) * k_w + kj) * n_img + ni) * ((ptrdiff_t)o_h * q_w)
-                    + oy * q_w + ox];
-    }
-}
-out = out + acc;
-"""
-
-
-# The body of the max-pool backward kernel: ``i`` runs over the gradient of x (N, C, H, W);
-# each element adds, in window order, the gradient of every window whose first maximum
-# (row-major) it is: Backend.max_pool_backward's sums, in one pass with no host sync.
-MAX_POOL_BW_BODY = """
-const ptrdiff_t wi = i % width;
-const ptrdiff_t t = i / width;
-const ptrdiff_t hi = t % height;
-const ptrdiff_t plane = t / height;
-T acc = 0;
-for (int ki = 0; ki < k_h; ++ki) {
-    const ptrdiff_t hh = hi - ki;
-    if (hh < 0 || hh % s_h != 0 || hh / s_h >= o_h) continue;
-    const ptrdiff_t oy = hh / s_h;
-    for (int kj = 0; kj < k_w; ++kj) {
-        const ptrdiff_t ww = wi - kj;
-        if (ww < 0 || ww % s_w != 0 || ww / s_w >= o_w) continue;
-        const ptrdiff_t o = (plane * o_h + oy) * o_w + ww / s_w;
-        const X m = ys[o];
-        int hit = xs[i] == m;
-        const ptrdiff_t corner = (plane * height + oy * s_h) * width + ww;
-        for (int a = 0; a <= ki && hit; ++a) {
-            const int stop = a == ki ? kj : k_w;
-            for (int b = 0; b < stop && hit; ++b) {
-                if (xs[corner + (ptrdiff_t)a * width + b] == m) hit = 0;
-            }
-        }
-        if (hit) acc += gs[o];
-    }
-}
-out = acc;
-"""
+def __getattr__(name: str) -> Any:
+    # The CUDA bodies moved beside their op (graphnet.ops.conv); old imports keep working.
+    if name in ("COL2IM_BODY", "MAX_POOL_BW_BODY"):
+        from ..ops import conv
+        return getattr(conv, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CupyBackend(Backend):
-    """Runs on the current CUDA device with CuPy, with fused elementwise kernels."""
+    """Runs on the current CUDA device with CuPy; kernels compiled by :meth:`elementwise`."""
 
     name = "cupy"
 
@@ -173,7 +120,7 @@ class CupyBackend(Backend):
         from numpy import uint64
         from .keyed import PHILOX_BODY
         out = self.xp.empty(tuple(shape), self.xp.uint64)
-        self._elementwise("philox", "uint64 k0, uint64 k1", "uint64 out", PHILOX_BODY)(
+        self.elementwise("philox", "uint64 k0, uint64 k1", "uint64 out", PHILOX_BODY)(
             uint64(key[0]), uint64(key[1]), out)
         return out
 
@@ -182,81 +129,10 @@ class CupyBackend(Backend):
         import cupyx
         cupyx.scatter_add(target, index, values)
 
-    # --- convolution ------------------------------------------------------------
-    def col2im(self, cols: Any, out: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> None:
-        """The adjoint of im2col as one gather kernel: each element of ``out`` sums its columns.
-
-        No atomics and one launch, instead of kh*kw slice-adds; columns past OW (the junk
-        of full-width rows) are skipped.
-        """
-        kh, kw = kernel
-        sh, sw = stride
-        c, n, h, w = out.shape
-        oh, ow = out_hw
-        q = self.conv_row_width(stride, w, ow)
-        cols = self.xp.ascontiguousarray(cols)
-        self._elementwise(
-            "col2im",
-            "raw T cols, int32 n_img, int32 height, int32 width, int32 k_h, int32 k_w, "
-            "int32 s_h, int32 s_w, int32 o_h, int32 o_w, int32 q_w",
-            "T out", COL2IM_BODY)(cols, n, h, w, kh, kw, sh, sw, oh, ow, q, out)
-
-    def max_pool_backward(self, x: Any, y: Any, g: Any, size: tuple, stride: tuple,
-                          out: Any = None) -> Any:
-        """One gather kernel (:data:`MAX_POOL_BW_BODY`), one launch, no host synchronisation."""
-        xp = self.xp
-        (kh, kw), (sh, sw) = size, stride
-        if out is None or out.shape != x.shape or not out.flags.c_contiguous:
-            out = xp.empty(x.shape, dtype=g.dtype)
-        self._elementwise(
-            "max_pool_bw",
-            "raw X xs, raw X ys, raw T gs, int32 height, int32 width, int32 k_h, int32 k_w, "
-            "int32 s_h, int32 s_w, int32 o_h, int32 o_w",
-            "T out", MAX_POOL_BW_BODY)(xp.ascontiguousarray(x), xp.ascontiguousarray(y),
-                                       xp.ascontiguousarray(g), x.shape[2], x.shape[3],
-                                       kh, kw, sh, sw, y.shape[2], y.shape[3], out)
-        return out
-
-    # --- fused kernels ----------------------------------------------------------
-    def _elementwise(self, name: str, params: str, out: str, body: str) -> Any:
+    # --- compiled elementwise kernels -------------------------------------------
+    def elementwise(self, name: str, params: str, out: str, body: str) -> Any:
         kern = self._kernels.get(name)
         if kern is None:
             kern = self.xp.ElementwiseKernel(params, out, body, f"graphnet_{name}")
             self._kernels[name] = kern
         return kern
-
-    def _map(self, name: str, body: str, y: Any, g: Any, out: Any) -> Any:
-        kern = self._elementwise(name, "T y, T g", "T out", body)
-        return kern(y, g) if out is None else kern(y, g, out)
-
-    def tanh_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        return self._map("tanh_bw", "out = g * (1 - y * y)", y, g, out)
-
-    def sigmoid_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        return self._map("sigmoid_bw", "out = g * y * (1 - y)", y, g, out)
-
-    def relu_backward(self, y: Any, g: Any, out: Any = None) -> Any:
-        return self._map("relu_bw", "out = y > 0 ? g : (T)0", y, g, out)
-
-    def sgd_update(self, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                   nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
-        decay = 1 - lr * weight_decay
-        if v is None:
-            self._elementwise("sgd", "T g, T lr, T decay", "T p",
-                              "p = p * decay - lr * g")(g, lr, decay, p)
-            return
-        body = ("v = momentum * v + g; "
-                + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
-        name = "sgd_nesterov" if nesterov else "sgd_momentum"
-        self._elementwise(name, "T g, T lr, T momentum, T decay", "T p, T v", body)(
-            g, lr, momentum, decay, p, v)
-
-    def adam_update(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                    beta2: float, eps: float, step: int, weight_decay: float) -> None:
-        c1 = 1 - beta1 ** step
-        c2 = 1 - beta2 ** step
-        body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
-                "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
-        self._elementwise("adam", "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay",
-                          "T p, T m, T v", body)(
-            g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay, p, m, v)

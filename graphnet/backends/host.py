@@ -19,9 +19,17 @@ def seed_host(seed: int) -> None:
     _host_rng = np.random.default_rng(seed)
 
 
+def array_library(x: Any) -> str:
+    """The top-level module of ``x``'s type: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"builtins"``...
+
+    The one place graphnet tells whose array a value is without importing that library.
+    """
+    return type(x).__module__.partition(".")[0]
+
+
 def to_numpy(x: Any) -> Any:
     """Any backend array or scalar as host NumPy (a 0-d result becomes a NumPy scalar)."""
-    if type(x).__module__.split(".")[0] == "cupy":
+    if array_library(x) == "cupy":
         x = x.get()
     out = np.asarray(x)
     return out[()] if out.ndim == 0 else out

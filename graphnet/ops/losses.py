@@ -1,10 +1,14 @@
 """Softmax, log-softmax and the losses: softmax cross-entropy and mean squared error."""
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 from ..checks import integer
 from ..errors import GraphError, ShapeError
+from ..kernels import kernel
 from ..node import Node, as_node
 from ..shapes import describe, sum_to
 
@@ -64,14 +68,14 @@ class SoftmaxCrossEntropy(Node):
     def forward(self, ctx, logits, labels):
         self._check_run_shapes(logits, labels)
         out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
-        loss, probs = ctx.b.softmax_cross_entropy(logits, labels, out)
+        loss, probs = softmax_ce_forward(ctx.b, logits, labels, out)
         ctx.save(probs)
         return loss
 
     def backward(self, ctx, g, xs, y):
         probs = ctx.saved()
         out = ctx.grad_out(0, probs.dtype) if probs.dtype == xs[0].dtype else None
-        return ctx.b.softmax_cross_entropy_backward(probs, xs[1], g, out), None
+        return softmax_ce_backward(ctx.b, probs, xs[1], g, out), None
 
     def _check_run_shapes(self, logits: Any, labels: Any) -> None:
         name = self.inputs[1].name
@@ -86,6 +90,122 @@ class SoftmaxCrossEntropy(Node):
             raise ShapeError(f"softmax_cross_entropy: targets {name!r} of shape "
                              f"{tuple(labels.shape)} must have exactly the logits' shape "
                              f"{tuple(logits.shape)} (no broadcasting)")
+
+
+# --- softmax cross-entropy kernels ---------------------------------------------------------
+# The references call the references: a backend's override of one kernel never leaks into
+# another kernel's reference (which is what the other backends run).
+@kernel
+def label_poison(be: Any, labels: Any, classes: int, dtype: Any) -> tuple[Any, Any]:
+    """``(index, poison)`` for class-index ``labels``: the labels clipped into range (safe to
+    gather with: the GPU does not check bounds) and an ``(N, 1)`` column, NaN where the
+    label was out of range and 0 elsewhere, added to that row's loss and gradient
+    (None may stand for a column of zeros).
+
+    Computed on the device, with no host synchronisation.
+    """
+    xp = be.xp
+    bad = (labels < 0) | (labels >= classes)
+    index = xp.clip(labels, 0, classes - 1)
+    poison = xp.where(bad, xp.asarray(float("nan"), dtype=dtype), xp.asarray(0, dtype=dtype))
+    return index, poison[:, None]
+
+
+@label_poison.override("numpy")
+def _label_poison_numpy(be: Any, labels: Any, classes: int, dtype: Any) -> tuple[Any, Any]:
+    # The reference's result, but on the host it is free to see that all labels are
+    # good (the usual case) and skip the clip and the NaN column: None stands for zeros.
+    # One ufunc.reduce, on the labels read as unsigned (negatives become huge): this
+    # runs every step, on small arrays.
+    unsigned = labels.view(f"u{labels.dtype.itemsize}") if labels.dtype.kind == "i" else labels
+    if not labels.size or np.maximum.reduce(unsigned, axis=None) < classes:
+        return labels, None
+    return label_poison.generic(be, labels, classes, dtype)
+
+
+@kernel
+def softmax_ce_forward(be: Any, logits: Any, labels: Any, out: Any = None) -> tuple[Any, Any]:
+    """Mean cross-entropy of ``softmax(logits)`` and the probabilities (in ``out`` if given).
+
+    ``labels`` are class indices (integer, shape ``(N,)``) or one-hot /
+    soft targets with the logits' shape. A class index outside ``[0, C)`` makes its
+    term NaN (see :func:`label_poison`), never another class's.
+    """
+    xp = be.xp
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    probs = xp.divide(e, s, out=out)
+    logs = xp.log(s)
+    n = logits.shape[0]
+    if labels.ndim == 1:
+        index, poison = label_poison.generic(be, labels, logits.shape[1], logits.dtype)
+        picked = xp.take_along_axis(z, index[:, None].astype(xp.intp), axis=1)
+        terms = logs - picked
+        if poison is not None:
+            terms = terms + poison
+        loss = terms.sum() / n
+    else:
+        loss = ((logs - z) * labels).sum() / n
+    return loss.astype(logits.dtype), probs
+
+
+@softmax_ce_forward.override("numpy")
+def _softmax_ce_forward_numpy(be: Any, logits: Any, labels: Any,
+                              out: Any = None) -> tuple[Any, Any]:
+    if labels.ndim != 1 or logits.ndim != 2:
+        return softmax_ce_forward.generic(be, logits, labels, out)
+    n = logits.shape[0]
+    index, poison = label_poison(be, labels, logits.shape[1], logits.dtype)
+    z = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), out=out)
+    picked = z[_rows(n), index]
+    np.exp(z, out=z)
+    s = np.add.reduce(z, axis=1, keepdims=True)
+    terms = np.log(s) - picked[:, None]
+    if poison is not None:
+        terms += poison
+    loss = np.add.reduce(terms, axis=None) / n
+    z /= s
+    return loss.astype(logits.dtype), z
+
+
+@kernel
+def softmax_ce_backward(be: Any, probs: Any, labels: Any, g: Any, out: Any = None) -> Any:
+    """Gradient of the mean cross-entropy with respect to the logits (in ``out`` if given).
+
+    Rows whose class index is out of range are NaN.
+    """
+    n = probs.shape[0]
+    scale = (g / n).astype(probs.dtype)
+    if labels.ndim == 1:
+        index, poison = label_poison.generic(be, labels, probs.shape[1], probs.dtype)
+        grad = be.xp.multiply(probs, scale, out=out)
+        rows = be.xp.arange(n)
+        grad[rows, index] -= scale
+        if poison is not None:
+            grad += poison
+        return grad
+    return be.xp.multiply(probs - labels.astype(probs.dtype), scale, out=out)
+
+
+@softmax_ce_backward.override("numpy")
+def _softmax_ce_backward_numpy(be: Any, probs: Any, labels: Any, g: Any, out: Any = None) -> Any:
+    if labels.ndim != 1:
+        return softmax_ce_backward.generic(be, probs, labels, g, out)
+    n = probs.shape[0]
+    index, poison = label_poison(be, labels, probs.shape[1], probs.dtype)
+    scale = (g / n).astype(probs.dtype)
+    grad = np.multiply(probs, scale, out=out)
+    grad[_rows(n), index] -= scale
+    if poison is not None:
+        grad += poison
+    return grad
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(n: int) -> np.ndarray:
+    """``arange(n)`` on the host, made once per batch size (never written to)."""
+    return np.arange(n)
 
 
 def check_class_labels(labels: Any, classes: int, name: str = "labels") -> None:

@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from ..checks import integer
 from ..errors import ArgumentTypeError, ShapeError
+from ..kernels import kernel
 from ..node import Node, as_node
 from ..shapes import broadcast, describe, sum_to
 from .arith import _pair
@@ -92,6 +93,17 @@ class Transpose(Node):
         return (g.transpose(inverse),)
 
 
+@kernel
+def sum_rows(be: Any, g: Any, out: Any = None) -> Any:
+    """``g.sum(axis=0)`` (a bias gradient), in ``out`` if given."""
+    return g.sum(axis=0, out=out)
+
+
+@sum_rows.override("numpy")
+def _sum_rows_numpy(be: Any, g: Any, out: Any = None) -> Any:
+    return be.xp.add.reduce(g, axis=0, out=out)  # .sum() adds a Python-level wrapper per call
+
+
 class Linear(Node):
     """``x @ W + b`` for x (N, in), W (in, out), b (out,), as one node."""
 
@@ -126,7 +138,7 @@ class Linear(Node):
         if not (needs[2] and hasattr(b, "shape")):
             return gx, gw, None
         if b.ndim == 1 and g.ndim == 2:
-            return gx, gw, ctx.b.sum_rows(g, ctx.grad_out(2, g.dtype))
+            return gx, gw, sum_rows(ctx.b, g, ctx.grad_out(2, g.dtype))
         return gx, gw, sum_to(g, b.shape)
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from ..kernels import kernel
 from ..node import Node, as_node
 
 
@@ -53,7 +56,7 @@ class Tanh(Activation):
         return xp.tanh(y, out=y)
 
     def grad_from_output(self, ctx, y, g, out):
-        return ctx.b.tanh_backward(y, g, out)
+        return tanh_backward(ctx.b, y, g, out)
 
 
 class Sigmoid(Activation):
@@ -74,7 +77,7 @@ class Sigmoid(Activation):
         return y
 
     def grad_from_output(self, ctx, y, g, out):
-        return ctx.b.sigmoid_backward(y, g, out)
+        return sigmoid_backward(ctx.b, y, g, out)
 
 
 class Relu(Activation):
@@ -87,7 +90,7 @@ class Relu(Activation):
         return xp.maximum(y, 0, out=y)
 
     def grad_from_output(self, ctx, y, g, out):
-        return ctx.b.relu_backward(y, g, out)
+        return relu_backward(ctx.b, y, g, out)
 
 
 class Exp(Unary):
@@ -133,3 +136,83 @@ def exp(x: Any, name: str | None = None) -> Node:
 def log(x: Any, name: str | None = None) -> Node:
     """Natural logarithm."""
     return Log(x, name)
+
+
+# --- activation-backward kernels: the reference, then the NumPy and CUDA versions -------------
+# NumPy ufuncs give 0-d operands back as scalars, which cannot be written in place.
+_UINT_OF = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+
+
+def _elementwise_yg(be: Any, name: str, body: str, y: Any, g: Any, out: Any) -> Any:
+    """Run the CUDA elementwise kernel ``out = f(y, g)`` called ``name``."""
+    kern = be.elementwise(name, "T y, T g", "T out", body)
+    return kern(y, g) if out is None else kern(y, g, out)
+
+
+@kernel
+def tanh_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    """``g * (1 - y**2)`` for ``y = tanh(x)`` (in ``out`` if given).
+
+    A product: NaN in ``g`` or ``y`` gives NaN, and so does inf times a zero factor.
+    """
+    return be.xp.multiply(g, 1 - y * y, out=out)
+
+
+@tanh_backward.override("numpy")
+def _tanh_backward_numpy(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    if not getattr(y, "ndim", 0) or getattr(g, "shape", None) != y.shape:
+        return tanh_backward.generic(be, y, g, out)
+    out = np.multiply(y, y, out=out)
+    np.subtract(1, out, out=out)
+    out *= g
+    return out
+
+
+@tanh_backward.override("cupy")
+def _tanh_backward_cuda(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    return _elementwise_yg(be, "tanh_bw", "out = g * (1 - y * y)", y, g, out)
+
+
+@kernel
+def sigmoid_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    """``(g * y) * (1 - y)`` for ``y = sigmoid(x)`` (in ``out`` if given); NaN as for tanh."""
+    return be.xp.multiply(g * y, 1 - y, out=out)
+
+
+@sigmoid_backward.override("cupy")
+def _sigmoid_backward_cuda(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    return _elementwise_yg(be, "sigmoid_bw", "out = g * y * (1 - y)", y, g, out)
+
+
+@kernel
+def relu_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    """``g`` where ``y > 0``, else exactly 0 even where ``g`` is NaN or inf (in ``out`` if given).
+
+    A select, not ``g * (y > 0)`` (whose ``inf * 0`` is NaN): an inactive unit passes
+    no gradient at all, as in PyTorch and JAX. Every backend gives these same bits.
+    """
+    xp = be.xp
+    res = xp.where(y > 0, g, xp.zeros((), dtype=g.dtype))
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+@relu_backward.override("numpy")
+def _relu_backward_numpy(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    uint = _UINT_OF.get(getattr(g, "dtype", None))
+    if (uint is None or not getattr(y, "ndim", 0) or g.shape != y.shape
+            or (out is not None and out.dtype != g.dtype)):
+        return relu_backward.generic(be, y, g, out)
+    # The select on the bits: g's bit pattern times 1 or 0 (a float product would turn
+    # inf * 0 into NaN). Several times faster than np.where or a masked write.
+    if out is None:
+        out = np.empty_like(g)
+    np.multiply(g.view(uint), y > 0, out=out.view(uint))
+    return out
+
+
+@relu_backward.override("cupy")
+def _relu_backward_cuda(be: Any, y: Any, g: Any, out: Any = None) -> Any:
+    return _elementwise_yg(be, "relu_bw", "out = y > 0 ? g : (T)0", y, g, out)

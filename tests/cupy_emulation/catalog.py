@@ -2,7 +2,7 @@
 
 - ``declared_kernel_names()`` reads graphnet's source: each call that makes a kernel
   (``ElementwiseKernel``/``RawKernel``/``ReductionKernel``/``RawModule``, or a helper that passes
-  its own parameter on as the kernel name, such as ``CupyBackend._elementwise``) and the string
+  its own parameter on as the kernel name, such as ``CupyBackend.elementwise``) and the string
   names that can reach it.
 - ``launched_kernels()`` trains small networks on the CuPy backend running on the emulation, in
   float32 and float64, and records every kernel launch with its real arguments.
