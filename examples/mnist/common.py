@@ -90,7 +90,7 @@ def run_training(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DivergenceError as exc:
+    except (DivergenceError, gn.NumericsError) as exc:  # --check-numerics names the node
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except OutOfMemory as exc:
