@@ -210,6 +210,7 @@ def test_pca_matches_float64_reference_up_to_sign(backend):
         viz.pca(x[:2], 3)
 
 
+@pytest.mark.gpu  # needs a second backend, which is CuPy
 def test_pca_agrees_between_backends():
     names = gn.available_backends()
     if len(names) < 2:
