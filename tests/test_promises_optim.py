@@ -57,6 +57,8 @@ def test_make_schedule_names_and_defaults():
     assert [step(e) for e in (2.9, 3, 6)] == pytest.approx([1, 0.1, 0.01])
     assert optim.make_schedule("step", 2)(1) == pytest.approx(0.1)  # at least every epoch
     assert optim.make_schedule("step", 9, step_size=2, gamma=0.5)(4) == pytest.approx(0.25)
+    plain = optim.make_schedule("cosine", 4)  # no floor, no warm-up by default
+    assert [plain(e) for e in (0, 2, 4)] == pytest.approx([1.0, 0.5, 0.0])
     cos = optim.make_schedule("cosine", 4, floor=0.1, warmup=1)
     assert cos(2.5) == pytest.approx(half_cosine(0.5, 0.1))
     with pytest.raises(ValueError, match="unknown schedule 'STEP'"):

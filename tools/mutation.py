@@ -3,6 +3,7 @@
     python -m tools.mutation                    # every module under graphnet/
     python -m tools.mutation graphnet/optim.py  # the mutants of some files
     python -m tools.mutation --since main       # the files changed since a git revision
+    python -m tools.mutation --scores           # per-module table from the last runs
     mutmut results / mutmut show NAME           # the survivors, and what each one changed
 
 mutmut runs each mutant only against the tests that executed the mutated function
@@ -11,6 +12,8 @@ mutmut runs each mutant only against the tests that executed the mutated functio
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +37,36 @@ def mutant_globs(files: list[str]) -> list[str]:
             parts.pop()
         globs.append(".".join(parts) + ".*")
     return globs
+
+
+def _verdict(code: int | None) -> str:
+    """mutmut's exit code for one mutant, as a word."""
+    if code is None:
+        return "not run"
+    if code == 0:
+        return "survived"
+    if code == 33:
+        return "no tests"
+    if code in (36, -24, 24):  # 36: wall-clock timeout; SIGXCPU: CPU-time limit
+        return "timeout"
+    return "killed"
+
+
+def scores(root: Path = Path("mutants")) -> str:
+    """A Markdown table of the verdicts per mutated module, from mutmut's ``.meta`` files."""
+    rows = ["| module | mutants | killed | survived | no tests | timeout | not run | score |",
+            "|---|---|---|---|---|---|---|---|"]
+    for meta in sorted(root.glob(f"{PACKAGE}/**/*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+        c = collections.Counter(_verdict(code) for code in codes)
+        tested = c["killed"] + c["survived"] + c["no tests"]
+        if not tested:
+            continue
+        score = f"{100 * c['killed'] / tested:.0f}%"
+        rows.append(f"| {meta.relative_to(root).with_suffix('').as_posix()} | {sum(c.values())} | "
+                    f"{c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | "
+                    f"{c['not run']} | {score} |")
+    return "\n".join(rows)
 
 
 def _tolerate_import_failure_in_forced_fail() -> None:
@@ -62,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", help="source files to mutate (default: all of graphnet/)")
     ap.add_argument("--since", metavar="REV", help="only files changed since this git revision")
     ap.add_argument("--jobs", type=int, default=1, help="parallel mutants (default 1)")
+    ap.add_argument("--scores", action="store_true", help="print the per-module scores and stop")
     args = ap.parse_args(argv)
+    if args.scores:
+        print(scores())
+        return 0
     files = list(args.files)
     if args.since:
         files += changed_files(args.since)
