@@ -79,3 +79,23 @@ def test_optimizer_host_state_scalars():
     arrays, meta = opt.host_state()
     assert meta == {"type": "SGD", "lr": 0.3, "steps": 1, "weight_decay": 0.01}
     assert set(arrays) == {"velocity.0"}
+
+
+def test_optimizer_state_round_trip_and_refusals(numpy_backend):
+    w = gn.Parameter(np.ones((2, 2)), name="w")
+    fresh = optim.Adam([w], lr=0.01)
+    arrays, meta = fresh.host_state()  # no step yet: no moment arrays
+    again = optim.Adam([w], lr=0.01)
+    again.load_host_state(arrays, meta)
+    assert again.state == {"m": [None], "v": [None]}
+    fresh.step({w: np.full((2, 2), 0.5)})
+    arrays, meta = fresh.host_state()
+    again.load_host_state(arrays, meta)
+    np.testing.assert_array_equal(gn.to_numpy(again.state["m"][0]), gn.to_numpy(fresh.state["m"][0]))
+    assert again.steps == 1
+    with pytest.raises(ValueError, match=r"^optimizer state is for Adam, not SGD$"):
+        optim.SGD([w], lr=0.1, momentum=0.9).load_host_state(arrays, meta)
+    bad = {"m.0": np.zeros(3), "v.0": np.zeros((2, 2))}
+    with pytest.raises(ValueError, match=r"^optimizer slot m\.0 has shape \(3,\), parameter 'w' "
+                                         r"has \(2, 2\)$"):
+        again.load_host_state(bad, meta)
