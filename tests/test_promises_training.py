@@ -168,3 +168,24 @@ def test_mlp_dropout_builds_dropout_layers_that_act_in_training():
     plain.mean.value = model.mean.value
     plain_feed = {plain.images: feed[model.images], plain.labels: feed[model.labels]}
     assert float(plain.eval_graph.values(plain_feed, [plain.loss])[0]) == evals.pop()
+
+
+# --- memory ---------------------------------------------------------------------------
+def test_a_training_step_allocates_almost_nothing(numpy_backend):
+    """README: activations and gradients live in arrays reused from step to step."""
+    import tracemalloc
+    x, y = blobs(64)
+    model = tiny_model(layers=(64, 10))
+    model.fit_preprocessing(x)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    feed = {model.images: model.prepare(x[:32]), model.labels: gn.asarray(y[:32])}
+    last_layer_only = optim.SGD(model.parameters()[2:], lr=0.05)  # fine-tuning the head
+    first_weight = 784 * 64 * 4  # bytes of the first weight matrix's gradient (float32)
+    for o in (opt, last_layer_only):
+        for _ in range(3):
+            o.minimize(model.train_graph, feed)  # buffers and plans settle
+        tracemalloc.start()
+        o.minimize(model.train_graph, feed)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < first_weight // 4, f"one step allocated {peak} bytes"
