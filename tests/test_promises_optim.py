@@ -99,3 +99,27 @@ def test_optimizer_state_round_trip_and_refusals(numpy_backend):
     with pytest.raises(ValueError, match=r"^optimizer slot m\.0 has shape \(3,\), parameter 'w' "
                                          r"has \(2, 2\)$"):
         again.load_host_state(bad, meta)
+
+
+@pytest.mark.parametrize("make", [optim.SGD, optim.Adam])
+def test_optimizer_errors_name_the_setting_and_value(make):
+    p = gn.Parameter(np.ones((2, 2)))
+    for lr in (0, -1):
+        with pytest.raises(ValueError, match=rf"(lr|learning rate) must be > 0, got {lr}"):
+            make([p], lr=lr)
+    with pytest.raises(ValueError, match=r"weight_decay must be >= 0, got -0.5"):
+        make([p], lr=0.1, weight_decay=-0.5)
+    frozen = gn.Parameter(np.ones(2), trainable=False)
+    with pytest.raises(ValueError, match="got no trainable parameters"):
+        make([frozen], lr=0.1)
+
+
+def test_sgd_defaults_and_momentum_checks():
+    p = gn.Parameter(np.ones((2, 2)))
+    sgd = optim.SGD([p])
+    assert (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.1, 0.0, False, 0.0)
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"momentum must be in \[0, 1\), got {bad:g}"):
+            optim.SGD([p], lr=0.1, momentum=bad)
+    with pytest.raises(ValueError, match=r"(Nesterov momentum|SGD nesterov=True) needs momentum > 0$"):
+        optim.SGD([p], lr=0.1, nesterov=True)
