@@ -75,11 +75,12 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
     x, y = blobs(N)
     trainer = _trainer(tmp_path, augment=Recorder(sigint_at={3}, times=2))
     steps = _count_steps(trainer)
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt) as info:
         trainer.fit(x, y, epochs=2)
     assert not isinstance(info.value, TrainingInterrupted), "the second Ctrl-C waited for the batch"
     assert len(steps) == 2, f"{len(steps)} steps ran: the third batch should not have finished"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
 # --- shuffling -----------------------------------------------------------------------------
