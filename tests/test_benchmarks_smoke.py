@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import graphnet as gn
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +47,9 @@ def test_gpu_benchmark_skips_or_runs_without_cuda(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "gpu.json").read_text())
-    if r.get("skipped"):
-        assert "cupy" in r["reason"].lower()
-    else:
+    if "cupy" in gn.available_backends():  # a GPU is here: skipping would hide a failure
+        assert not r.get("skipped"), f"the GPU benchmark skipped on a GPU machine: {r.get('reason')}"
         assert r["cases"]
+    else:
+        assert r.get("skipped"), "no usable CuPy here, yet the GPU benchmark did not skip"
+        assert "cupy" in r["reason"].lower() or "cuda" in r["reason"].lower()

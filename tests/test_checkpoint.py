@@ -128,6 +128,8 @@ def test_divergence_names_epoch_and_batch_and_keeps_checkpoint(tmp_path):
 
 
 def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
+    """``kill -9`` mid-training: the checkpoint holds every epoch the child reported done,
+    loads, and a resumed run finishes the remaining epochs."""
     script = textwrap.dedent(f"""
         import sys, time
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
@@ -137,28 +139,39 @@ def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
         x, y = blobs(400)
         m = tiny_model(layers=(24, 10))
         m.fit_preprocessing(x)
+        def done(t):
+            print("done", t.history.epoch[-1], flush=True)
         t = Trainer(m, optim.SGD(m.parameters(), lr=0.05), batch_size=8, progress=False,
-                    checkpoint_dir={str(tmp_path)!r},
+                    checkpoint_dir={str(tmp_path)!r}, on_epoch_end=done,
                     augment=lambda xb: (time.sleep(0.002), xb)[1])
         t.fit(x, y, epochs=1000)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    ckpt = tmp_path / CHECKPOINT
+    log = tmp_path / "child.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=out)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not ckpt.exists():
+        deadline = time.time() + 120
+        while time.time() < deadline and log.read_text().count("done") < 2:
+            assert proc.poll() is None, "the child exited early"
             time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None, "the child exited early"
+        time.sleep(0.1)  # somewhere inside the next epoch (or its checkpoint write)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    reported = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    assert len(reported) >= 2, f"the child did not finish two epochs in time: {reported}"
     model = tiny_model(layers=(24, 10))
-    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05), progress=False)
-    trainer.load_checkpoint(ckpt)  # complete and readable, whatever moment the kill came
-    assert trainer.state.epoch >= 1 and trainer.state.sample == 0
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05), batch_size=8, progress=False)
+    trainer.load_checkpoint(tmp_path / CHECKPOINT)  # complete and readable
+    saved = list(trainer.history.epoch)
+    assert saved == list(range(1, len(saved) + 1))
+    assert len(saved) >= reported[-1], f"epochs {reported} were reported done, the checkpoint has {saved}"
+    assert trainer.state.epoch == len(saved) and trainer.state.sample == 0
+    x, y = blobs(400)
+    trainer.fit(x, y, epochs=len(saved) + 1)  # resumes: one more epoch, not a restart
+    assert trainer.history.epoch == list(range(1, len(saved) + 2))
 
 
 def _write_model(tmp_path) -> Path:

@@ -35,9 +35,12 @@ def test_thousands_of_steps_keep_memory_flat(backend):
         backend.synchronize()
 
     steps(500)  # warm-up: allocator pools and caches settle
-    rss0, pool0 = _rss_bytes(), backend.memory_info().get("pool_held_bytes", 0)
+    rss0, info0 = _rss_bytes(), backend.memory_info()
     for _ in range(6):
         steps(500)
-    rss1, pool1 = _rss_bytes(), backend.memory_info().get("pool_held_bytes", 0)
+    rss1, info1 = _rss_bytes(), backend.memory_info()
     assert rss1 <= rss0 * 1.05, f"host RSS grew from {rss0} to {rss1} bytes over 3000 steps"
-    assert pool1 <= pool0 * 1.05 + 1, f"device pool grew from {pool0} to {pool1} bytes"
+    if "pool_held_bytes" in info0:  # a backend with a memory pool (CuPy); NumPy has none
+        pool0, pool1 = info0["pool_held_bytes"], info1["pool_held_bytes"]
+        assert pool0 > 0, "the pool holds nothing after 500 steps: is it measured at all?"
+        assert pool1 <= pool0 * 1.05, f"device pool grew from {pool0} to {pool1} bytes"

@@ -9,6 +9,7 @@ from graphnet import nn, optim
 from graphnet.testing import assert_close
 from graphnet.train import Trainer, fit
 
+import numpy_reference as ref
 from helpers import blobs, tiny_model
 
 
@@ -22,6 +23,28 @@ def test_mlp_learns_blobs(backend):
     assert hist.test_accuracy[-1] > 0.95 > before
     assert all(isinstance(v, float) for v in hist.train_loss + hist.test_accuracy)
     assert hist.train_loss[-1] < hist.train_loss[0]
+
+
+def test_fit_follows_the_gradient_descent_trajectory(backend):
+    """Full-batch ``fit`` takes exactly the steps of independent NumPy gradient descent: a
+    broken optimizer (wrong sign, lr ignored, no update) cannot reach the same parameters."""
+    x, y = blobs(120, pixels=64, seed=4)
+    model = tiny_model(layers=(12, 10), pixels=64, seed=2)
+    model.fit_preprocessing(x)
+    params = [gn.to_numpy(p.value).astype(np.float64) for p in model.parameters()]
+    fit(model, optim.SGD(model.parameters(), lr=0.3), x, y, epochs=5, batch_size=120,
+        progress=False)
+    xr = x.reshape(len(x), -1).astype(np.float64) / 255
+    xr -= xr.mean(axis=0)
+    losses = []
+    for _ in range(5):  # one full batch per epoch: the order of the rows changes nothing
+        loss, grads = ref.mlp_loss_and_grads(params, xr, y)
+        for p, g in zip(params, grads):
+            p -= 0.3 * g
+        losses.append(loss)
+    assert losses[-1] < 0.8 * losses[0]  # the reference itself really learns
+    for i, (p, r) in enumerate(zip(model.parameters(), params)):
+        assert_close(p.value, r, rtol=1e-3, atol=1e-5, what=f"parameter {i}")
 
 
 def test_mlp_structure_matches_reference():
@@ -50,51 +73,71 @@ def test_predict_takes_raw_images_and_checks_shape():
 def test_dropout_off_at_evaluation():
     x, _ = blobs(20)
     model = tiny_model(layers=(32, 10), dropout=0.5)
+    assert any(isinstance(layer, nn.Dropout) for layer in model.network.layers)  # else vacuous
     a = gn.to_numpy(model.deep_features(x)[0])
     b = gn.to_numpy(model.deep_features(x)[0])
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: optim.SGD(ps, lr=0.1),
-    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
-    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    lambda ps: optim.Adam(ps, lr=0.01),
-    lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.01),
-], ids=["sgd", "momentum", "nesterov-wd", "adam", "adamw"])
-def test_optimizers_match_hand_written_updates(make, numpy_backend):
-    """Two steps of each optimizer against the textbook formulas in float64."""
+# Hyper-parameters are written here and handed to both graphnet and the reference: the
+# reference never reads them back from the optimizer under test.
+OPTIMIZER_CASES = {
+    "sgd": ("sgd", dict(lr=0.1)),
+    "momentum": ("sgd", dict(lr=0.1, momentum=0.9)),
+    "nesterov-wd": ("sgd", dict(lr=0.1, momentum=0.8, nesterov=True, weight_decay=1e-2)),
+    "momentum-wd": ("sgd", dict(lr=0.05, momentum=0.5, weight_decay=0.1)),
+    "adam": ("adam", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6)),
+    "adamw": ("adam", dict(lr=0.01, betas=(0.85, 0.99), eps=1e-7, weight_decay=0.05)),
+}
+
+
+def _grads_per_step(steps: int) -> list:
+    """A different gradient at every step: a constant one hides Adam's betas (m/(1-b^t) = g)."""
+    rng = np.random.default_rng(7)
+    return [[rng.normal(size=(2, 2)) * (t + 1), rng.normal(size=2)] for t in range(steps)]
+
+
+def _run_graphnet(opt_cls, kw, steps: int = 4):
     with gn.default_dtype("float64"):
         w = gn.Parameter(np.array([[1.0, -2.0], [0.5, 3.0]]))
         b = gn.Parameter(np.array([0.1, -0.1]))
-    opt = make([w, b])
-    grads = [np.array([[0.3, -0.2], [0.1, 0.4]]), np.array([0.5, -0.5])]
-    ref = _reference_steps(opt, [w.value.copy(), b.value.copy()], grads, steps=2)
-    for _ in range(2):
-        opt.step({w: grads[0], b: grads[1]})
-    assert_close(w.value, ref[0], rtol=1e-12, atol=1e-12, what="weight")
-    assert_close(b.value, ref[1], rtol=1e-12, atol=1e-12, what="bias")
+    opt = opt_cls([w, b], **kw)
+    for g in _grads_per_step(steps):
+        opt.step({w: g[0], b: g[1]})
+    return gn.to_numpy(w.value), gn.to_numpy(b.value)
 
 
-def _reference_steps(opt, params, grads, steps):
-    lr, wd = opt.lr, opt.weight_decay
-    state = [dict(v=np.zeros_like(p), m=np.zeros_like(p)) for p in params]
-    for t in range(1, steps + 1):
-        for p, g, s in zip(params, grads, state):
-            decay = wd if p.ndim >= 2 else 0.0
-            p *= 1 - lr * decay
-            if isinstance(opt, optim.Adam):
-                s["m"] = opt.beta1 * s["m"] + (1 - opt.beta1) * g
-                s["v"] = opt.beta2 * s["v"] + (1 - opt.beta2) * g * g
-                mh = s["m"] / (1 - opt.beta1 ** t)
-                vh = s["v"] / (1 - opt.beta2 ** t)
-                p -= lr * mh / (np.sqrt(vh) + opt.eps)
-            elif opt.momentum:
-                s["v"] = opt.momentum * s["v"] + g
-                p -= lr * (g + opt.momentum * s["v"] if opt.nesterov else s["v"])
+def _run_reference(kind: str, kw: dict, steps: int = 4):
+    params = [np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([0.1, -0.1])]
+    slots = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    lr, wd = kw["lr"], kw.get("weight_decay", 0.0)
+    for t, grads in enumerate(_grads_per_step(steps), start=1):
+        for p, g, (m, v) in zip(params, grads, slots):
+            decay = wd if p.ndim >= 2 else 0.0  # biases are never decayed
+            if kind == "adam":
+                beta1, beta2 = kw.get("betas", (ref.ADAM_BETA1, ref.ADAM_BETA2))
+                ref.adam_step(p, g, m, v, t, lr, beta1, beta2, kw.get("eps", ref.ADAM_EPS), decay)
             else:
-                p -= lr * g
+                ref.sgd_step(p, g, m, lr, kw.get("momentum", 0.0), kw.get("nesterov", False), decay)
     return params
+
+
+@pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
+def test_optimizers_match_hand_written_updates(case, numpy_backend):
+    """Four steps of each optimizer against the textbook formulas in float64."""
+    kind, kw = OPTIMIZER_CASES[case]
+    w, b = _run_graphnet(optim.Adam if kind == "adam" else optim.SGD, kw)
+    want = _run_reference(kind, kw)
+    assert_close(w, want[0], rtol=1e-12, atol=1e-12, what="weight")
+    assert_close(b, want[1], rtol=1e-12, atol=1e-12, what="bias")
+
+
+def test_adam_defaults_are_the_published_ones(numpy_backend):
+    """``optim.Adam(params)`` steps exactly as Adam with lr 1e-3, betas (0.9, 0.999), eps 1e-8."""
+    w, b = _run_graphnet(optim.Adam, {})
+    want = _run_reference("adam", dict(lr=ref.ADAM_LR))
+    assert_close(w, want[0], rtol=1e-12, atol=1e-12, what="weight")
+    assert_close(b, want[1], rtol=1e-12, atol=1e-12, what="bias")
 
 
 @pytest.mark.parametrize("bad", [dict(lr=0), dict(lr=-1), dict(lr=0.1, momentum=1.5),
@@ -114,28 +157,37 @@ def test_schedules():
         optim.make_schedule("linear", 5)
 
 
-def _train_steps(dtype: str, steps: int = 50):
-    """An MLP trained for ``steps`` steps from a fixed host init on fixed batches."""
+def _train_steps(steps: int = 50):
+    """An MLP trained by graphnet for ``steps`` SGD-momentum steps on fixed batches, and the
+    same training done by the independent float64 NumPy reference from the same start."""
     x, y = blobs(steps * 16, pixels=64, seed=1)
-    with gn.default_dtype(dtype):
-        model = tiny_model(layers=(32, 16, 10), pixels=64, seed=3)
-        model.fit_preprocessing(x)
-        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        X, Y = model.prepare(x), gn.asarray(y)
-        losses = []
-        for i in range(steps):
-            feed = {model.images: X[i * 16:(i + 1) * 16], model.labels: Y[i * 16:(i + 1) * 16]}
-            loss, grads = model.train_graph.gradients(feed, return_cost=True)
-            opt.step(grads)
-            losses.append(float(loss))
-    return np.array(losses), [gn.to_numpy(p.value) for p in model.parameters()]
+    model = tiny_model(layers=(32, 16, 10), pixels=64, seed=3)
+    model.fit_preprocessing(x)
+    start = [gn.to_numpy(p.value).astype(np.float64) for p in model.parameters()]
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    X, Y = model.prepare(x), gn.asarray(y)
+    losses = []
+    for i in range(steps):
+        feed = {model.images: X[i * 16:(i + 1) * 16], model.labels: Y[i * 16:(i + 1) * 16]}
+        loss, grads = model.train_graph.gradients(feed, return_cost=True)
+        opt.step(grads)
+        losses.append(float(loss))
+    # the reference: its own preprocessing, forward, backward and update, in float64
+    xr = x.reshape(len(x), -1).astype(np.float64) / 255
+    xr -= xr.mean(axis=0)
+    params, vel, ref_losses = [p.copy() for p in start], [np.zeros_like(p) for p in start], []
+    for i in range(steps):
+        loss, grads = ref.mlp_loss_and_grads(params, xr[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16])
+        for p, g, v in zip(params, grads, vel):
+            ref.sgd_step(p, g, v, 0.05, 0.9)
+        ref_losses.append(loss)
+    got = [gn.to_numpy(p.value) for p in model.parameters()]
+    return np.array(losses), got, np.array(ref_losses), params
 
 
 def test_training_agrees_with_float64_numpy_reference(backend):
-    """50 steps on each backend in float32 match NumPy float64 within float32 tolerance."""
-    losses, params = _train_steps("float32")
-    with gn.use_backend("numpy"):
-        ref_losses, ref_params = _train_steps("float64")
+    """50 steps on each backend in float32 match an independent NumPy float64 implementation."""
+    losses, params, ref_losses, ref_params = _train_steps()
     assert_close(losses, ref_losses, rtol=1e-3, atol=1e-4, what="losses")
     for i, (p, r) in enumerate(zip(params, ref_params)):
         assert p.dtype == np.float32

@@ -1,0 +1,116 @@
+"""Mutation testing of graphnet with mutmut 3 (configured in setup.cfg); see docs/testing.md.
+
+    python -m tools.mutation                    # every module under graphnet/
+    python -m tools.mutation graphnet/optim.py  # the mutants of some files
+    python -m tools.mutation --since main       # the files changed since a git revision
+    python -m tools.mutation --scores           # per-module table from the last runs
+    mutmut results / mutmut show NAME           # the survivors, and what each one changed
+
+mutmut runs each mutant only against the tests that executed the mutated function
+(recorded once, in a traced run of the suite without ``slow`` and ``gpu`` tests).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = "graphnet"
+
+
+def changed_files(revision: str) -> list[str]:
+    """The package's Python files that differ between ``revision`` and the working tree."""
+    out = subprocess.run(["git", "diff", "--name-only", revision, "--", PACKAGE],
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split() if f.endswith(".py") and Path(f).exists()]
+
+
+def mutant_globs(files: list[str]) -> list[str]:
+    """mutmut's mutant-name patterns for files: ``graphnet/ops/conv.py`` -> ``graphnet.ops.conv.*``."""
+    globs = []
+    for f in files:
+        parts = list(Path(f).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        globs.append(".".join(parts) + ".*")
+    return globs
+
+
+def _verdict(code: int | None) -> str:
+    """mutmut's exit code for one mutant, as a word."""
+    if code is None:
+        return "not run"
+    if code == 0:
+        return "survived"
+    if code == 33:
+        return "no tests"
+    if code in (36, -24, 24):  # 36: wall-clock timeout; SIGXCPU: CPU-time limit
+        return "timeout"
+    return "killed"
+
+
+def scores(root: Path = Path("mutants")) -> str:
+    """A Markdown table of the verdicts per mutated module, from mutmut's ``.meta`` files."""
+    rows = ["| module | mutants | killed | survived | no tests | timeout | not run | score |",
+            "|---|---|---|---|---|---|---|---|"]
+    for meta in sorted(root.glob(f"{PACKAGE}/**/*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+        c = collections.Counter(_verdict(code) for code in codes)
+        tested = c["killed"] + c["survived"] + c["no tests"]
+        if not tested:
+            continue
+        score = f"{100 * c['killed'] / tested:.0f}%"
+        rows.append(f"| {meta.relative_to(root).with_suffix('').as_posix()} | {sum(c.values())} | "
+                    f"{c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | "
+                    f"{c['not run']} | {score} |")
+    return "\n".join(rows)
+
+
+def _tolerate_import_failure_in_forced_fail() -> None:
+    """mutmut checks its set-up by making every function raise and expecting failing tests.
+
+    graphnet calls its own functions at import (conftest imports it), so that check ends
+    in pytest's exit status 4 (conftest failed to import), which mutmut takes for a bad
+    command line: a failed import is the failure it wanted, so accept it.
+    """
+    import mutmut.__main__ as mm
+    from mutmut.runners.harness import BadTestExecutionCommandsException
+
+    original = mm.run_forced_fail_test
+
+    def forced_fail(runner):
+        try:
+            original(runner)
+        except BadTestExecutionCommandsException:
+            mm.set_mutant_under_test("")
+            print("    done (graphnet failed to import, as it should)")
+    mm.run_forced_fail_test = forced_fail
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", help="source files to mutate (default: all of graphnet/)")
+    ap.add_argument("--since", metavar="REV", help="only files changed since this git revision")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel mutants (default 1)")
+    ap.add_argument("--scores", action="store_true", help="print the per-module scores and stop")
+    args = ap.parse_args(argv)
+    if args.scores:
+        print(scores())
+        return 0
+    files = list(args.files)
+    if args.since:
+        files += changed_files(args.since)
+        if not files:
+            print(f"no {PACKAGE}/ file changed since {args.since}: nothing to mutate")
+            return 0
+    _tolerate_import_failure_in_forced_fail()
+    from mutmut.__main__ import cli
+    cli_args = ["run", "--max-children", str(args.jobs)] + mutant_globs(files)
+    return cli.main(cli_args, standalone_mode=False) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
