@@ -166,3 +166,17 @@ def test_plan_is_validated():
     x = gn.Input("x", (2,))
     with pytest.raises(ArgumentError, match="plan.*'fast'"):
         gn.Graph(x * 2, plan="fast")
+
+
+def test_gradients_summed_over_several_consumers_match(backend):
+    """A node read by three ops: its gradient is written in place once, then added to."""
+    x, w, b = gn.Input("x", (None, 5)), gn.Input("w", (5, 4)), gn.Input("b", (4,))
+    z = gn.linear(x, w, b)
+    h = gn.tanh(z) * gn.relu(z) + gn.sigmoid(z)
+    out = gn.linear(h, w.T)
+    cost = gn.mean(out * out)
+    rng = np.random.default_rng(4)
+    feeds = [{x: backend.asarray(rng.standard_normal((n, 5)).astype(np.float32)),
+              w: backend.asarray(rng.standard_normal((5, 4)).astype(np.float32)),
+              b: backend.asarray(rng.standard_normal(4).astype(np.float32))} for n in (6, 6)]
+    _compare_steps(_both(out, cost), feeds, [x, w, b])
