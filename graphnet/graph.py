@@ -16,6 +16,8 @@ from .backends.keyed import check_rng_key
 from .checks import flag
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, NumericsError, RunError
 from .node import Constant, Input, Node, Parameter, RunContext
+from .graph_checks import (check_finite, check_into, check_scalar_cost, describe_failure,
+                           out_of_memory, output_list, resolve_feed, wrong_backend)
 from .planner import Arena, StepPlanner
 from .shapes import fmt
 
@@ -78,18 +80,6 @@ def topological_order(outputs: Sequence[Node]) -> list[Node]:
 Outputs = Union[Node, Sequence[Node]]
 
 
-def _output_list(outputs: Any) -> list[Node]:
-    """``outputs`` (a sequence of nodes) as a list, or GraphError naming what is not a node."""
-    if isinstance(outputs, (str, bytes, Mapping)) or not isinstance(outputs, Iterable):
-        raise GraphError(f"Graph outputs must be a node or a list of nodes, got "
-                         f"{type(outputs).__name__} {outputs!r}")
-    outs = list(outputs)
-    for k, o in enumerate(outs):
-        if not isinstance(o, Node):
-            raise GraphError(f"Graph outputs[{k}] must be a node, got {type(o).__name__} {o!r}")
-    return outs
-
-
 class Graph:
     """A computational graph from its outputs (and an optional scalar cost).
 
@@ -106,7 +96,7 @@ class Graph:
                  check_numerics: bool = False, backend_: Optional[Backend] = None,
                  plan: str = "step") -> None:
         self._single = isinstance(outputs, Node)
-        outs = [outputs] if self._single else _output_list(outputs)
+        outs = [outputs] if self._single else output_list(outputs)
         if cost is not None and not isinstance(cost, Node):
             raise GraphError(f"Graph cost must be a node (a scalar loss), got "
                              f"{type(cost).__name__} {cost!r}")
@@ -233,7 +223,7 @@ class Graph:
     def forward(self, feed: Mapping[Any, Any], plan: Plan, ctx: RunContext) -> list:
         """The values of the nodes in ``plan`` (None elsewhere), each op run with ``ctx``."""
         ctx.rng_key = check_rng_key(ctx.rng_key)
-        fed = self._resolve_feed(feed)
+        fed = resolve_feed(self, feed)
         values: list = [None] * len(self.order)
         for i, node, kind in plan.leaves:
             values[i] = self._leaf(node, kind, fed)
@@ -242,18 +232,18 @@ class Graph:
         try:
             if check:
                 for leaf in plan.leaves:
-                    self._check_finite(leaf.node, values, ())
+                    check_finite(self, leaf.node, values, ())
             for i, node, args in plan.steps:
                 ctx.key = i
                 values[i] = node.forward(ctx, *[values[j] for j in args])
                 if check:
-                    self._check_finite(node, values, args)
+                    check_finite(self, node, values, args)
         except (FeedError, NumericsError, GraphError):
             raise
         except Exception as exc:
-            if _out_of_memory(exc):  # as it is: the caller's advice is about the batch size
+            if out_of_memory(exc):  # as it is: the caller's advice is about the batch size
                 raise
-            raise RunError(self._describe_failure(node, values, args, exc)) from exc
+            raise RunError(describe_failure(self, node, values, args, exc)) from exc
         return values
 
     def _reference_step(self, feed: Mapping[Any, Any], targets: tuple, training: bool,
@@ -263,9 +253,9 @@ class Graph:
         ci = self.index[self.cost.id]
         ctx = RunContext(self.backend, training, rng_key, saved={})
         values = self.forward(feed, self._cost_plan, ctx)
-        self.check_scalar_cost(values[ci])
+        check_scalar_cost(self, values[ci])
         if into is not None:
-            self.check_into(targets, values, into)
+            check_into(self, targets, values, into)
         grads = self._backward(values, ci, {self.index[t.id] for t in targets}, ctx)
         if into is not None:
             return values, self.copy_into(targets, grads, into)
@@ -335,23 +325,7 @@ class Graph:
             out.append(r)
         return out
 
-    # --- checks and messages ---------------------------------------------------------
-    def check_into(self, targets: tuple, values: list, into: Mapping[Node, Any]) -> None:
-        for t in targets:
-            buf = into.get(t)
-            if buf is None:
-                raise GraphError(f"gradients(into=...) has no array for {t.name!r}")
-            v = values[self.index[t.id]]
-            if v is None:  # not on the cost's path: its gradient is zero
-                v = getattr(t, "value", None)
-            shape = tuple(v.shape) if v is not None else t.shape
-            dtype = v.dtype if v is not None else t.dtype
-            if not self.backend.is_array(buf) or tuple(buf.shape) != shape or buf.dtype != dtype:
-                raise GraphError(f"gradients(into=...): the array for {t.name!r} must be a "
-                                 f"{self.backend.name} array of shape {shape} and dtype {dtype}, "
-                                 f"got {type(buf).__name__} {tuple(getattr(buf, 'shape', ()))} "
-                                 f"{getattr(buf, 'dtype', '')}")
-
+    # --- small parts --------------------------------------------------------------------
     def _targets(self, wrt: Optional[Iterable[Node]]) -> tuple:
         """The nodes to differentiate, checked once per distinct ``wrt``."""
         key = None if wrt is None else tuple(wrt)
@@ -380,30 +354,10 @@ class Graph:
                          f"whose shape {fmt(node.shape)} is not fully known, so it has no "
                          "zero gradient to give")
 
-    def _resolve_feed(self, feed: Mapping[Any, Any]) -> dict[int, Any]:
-        b = self.backend
-        by_name = self._by_name
-        if type(feed) is not dict and not isinstance(feed, Mapping):
-            raise FeedError(f"the feed must be a dict {{input or its name: array}}, got "
-                            f"{type(feed).__name__}")
-        fed: dict[int, Any] = {}
-        for key, value in feed.items():
-            node = by_name.get(key) if isinstance(key, str) else key
-            if not isinstance(node, Input) or node.id not in self.index:
-                label = key if isinstance(key, str) else getattr(key, "name", repr(key))
-                other = " (a different Input of the same name)" if label in by_name else ""
-                raise FeedError(f"feed names {label!r}{other}, which is not an input of this graph "
-                                f"(inputs: {', '.join(repr(n.name) for n in self.inputs)})")
-            if node.id in fed:
-                raise FeedError(f"input {node.name!r} is fed twice (once by the node, once by "
-                                "its name): give it once")
-            fed[node.id] = node.check_feed(b, value)
-        return fed
-
     def _leaf(self, node: Node, kind: str, fed: dict) -> Any:
         if kind == "parameter":
             if node.backend is not self.backend:
-                raise GraphError(self._wrong_backend(node))
+                raise GraphError(wrong_backend(self, node))
             return node._value
         if kind == "input":
             v = fed.get(node.id)
@@ -412,47 +366,5 @@ class Graph:
                                 "dict: graph.run({input: array}))")
             return v
         return node.forward(None)
-
-    def _wrong_backend(self, node: Parameter) -> str:
-        return (f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
-                f"but this graph runs on {self.backend.name!r}: move the model first")
-
-    def check_scalar_cost(self, cost: Any) -> None:
-        if tuple(getattr(cost, "shape", ())) != ():
-            raise GraphError(f"the cost must be a scalar, but {self.cost.name!r} has shape "
-                             f"{tuple(cost.shape)} at run time (reduce it, e.g. with .mean())")
-
-    def _check_finite(self, node: Node, values: list, arg_idx: tuple) -> None:
-        xp = self.backend.xp
-        y = values[self.index[node.id]]
-        if y is None or not hasattr(y, "dtype") or y.dtype.kind != "f":
-            return
-        if bool(xp.isfinite(y).all()):
-            return
-        where = "input" if isinstance(node, Input) else f"op {node.op!r}"
-        raise NumericsError(f"node {node.name!r} ({where}) produced non-finite values"
-                            + self._ranges(values, arg_idx))
-
-    def _ranges(self, values: list, arg_idx: tuple) -> str:
-        parts = []
-        for j in arg_idx:
-            v = values[j]
-            name = self.order[j].name
-            if hasattr(v, "shape") and getattr(v, "size", 0):
-                parts.append(f"{name!r} {tuple(v.shape)} range [{float(v.min()):.4g}, {float(v.max()):.4g}]")
-            else:
-                parts.append(f"{name!r} = {v!r}")
-        return "; inputs: " + ", ".join(parts) if parts else ""
-
-    def _describe_failure(self, node: Node, values: list, arg_idx: tuple, exc: Exception) -> str:
-        shapes = ", ".join(f"{self.order[j].name!r} {tuple(getattr(values[j], 'shape', ()))}"
-                           for j in arg_idx)
-        return f"op {node.op!r} at node {node.name!r} failed on inputs [{shapes}]: {exc}"
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the host's MemoryError or an array library's out-of-memory error."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-
 
 __all__ = ["Arena", "Graph", "Leaf", "Plan", "RunContext", "Step", "topological_order", "Constant"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional
 
+from .graph_checks import check_into, check_scalar_cost
 from .node import Node, RunContext
 
 if TYPE_CHECKING:
@@ -174,11 +175,11 @@ class StepPlanner:
         arena = None if g.check_numerics else self.arena
         ctx = StepContext(g.backend, training, arena, ci, rng_key, saved)
         values = g.forward(feed, plan.forward, ctx)
-        g.check_scalar_cost(values[ci])
+        check_scalar_cost(g, values[ci])
         if into is not None:
             seen = (id(into), targets, tuple([id(into.get(t)) for t in targets]))
             if seen != self._into_checked:  # checked once while the same arrays come back
-                g.check_into(targets, values, into)
+                check_into(g, targets, values, into)
                 self._into_checked = seen
         grads = self._backward(values, ci, plan.backward, into, saved)
         return values, self._collect(targets, grads, values, into)
