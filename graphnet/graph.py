@@ -162,6 +162,7 @@ class Graph:
 
     @property
     def _arena(self) -> Arena:
+        """The step planner's arena (the name it had before the planner existed)."""
         return self.planner.arena
 
     # --- running ----------------------------------------------------------------------
