@@ -182,7 +182,9 @@ class StepPlanner:
                 check_into(g, targets, values, into)
                 self._into_checked = seen
         grads = self._backward(values, ci, plan.backward, into, saved)
-        return values, self._collect(targets, grads, values, into)
+        if into is not None:
+            return values, g.copy_into(targets, grads, into)
+        return values, g.collect(targets, grads, values, kept=self.arena.ids)
 
     def fused_ops(self, targets: tuple) -> list[str]:
         """The ops of the fused steps the last plan for ``targets`` runs (for tests)."""
@@ -288,23 +290,6 @@ class StepPlanner:
                     grads[j] = grads[j] + gj
                     owned[j] = True
         return grads
-
-    def _collect(self, targets: tuple, grads: list, values: list,
-                 into: Optional[Mapping[Node, Any]]) -> dict:
-        """The gradients to hand out: each in its ``into`` array or a new array of its own."""
-        g = self.graph
-        if into is not None:
-            return g.copy_into(targets, grads, into)
-        kept = self.arena.ids
-        seen: set[int] = set()
-        out: dict = {}
-        for t in targets:  # no views, no sharing, nothing the next step overwrites
-            gt = g.grad_or_zero(t, grads, values)
-            if getattr(gt, "base", None) is not None or id(gt) in seen or id(gt) in kept:
-                gt = gt.copy()
-            seen.add(id(gt))
-            out[t] = gt
-        return out
 
 
 def _rank_known(node: Node) -> bool:
