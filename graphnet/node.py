@@ -17,11 +17,69 @@ from .shapes import Shape, fmt
 _ids = itertools.count()
 
 
+class RunContext:
+    """What an op sees while it runs: the backend ``b``, its array namespace ``xp``,
+    ``training``, and the run's per-run state.
+
+    ``rng_key`` is the run's key for random ops (None: the backend's own generator) and
+    ``key`` the running node's position in the graph's order. In backward, ``needs`` says
+    per input whether it needs a gradient (None: all). The reference executor uses this
+    class as it is: :meth:`empty` gives a new array and :meth:`grad_out` offers nothing.
+    The step planner's context (``graphnet.planner.StepContext``) hands out arrays
+    reused from step to step instead.
+    """
+
+    __slots__ = ("b", "xp", "training", "needs", "key", "rng_key", "_saved")
+
+    def __init__(self, b: Backend, training: bool, rng_key: Optional[tuple] = None,
+                 saved: Optional[dict] = None) -> None:
+        self.b = b
+        self.xp = b.xp
+        self.training = training
+        self.rng_key = rng_key
+        self._saved = {} if saved is None else saved
+        self.needs: Optional[tuple] = None
+        self.key = 0
+
+    def empty(self, shape: tuple, dtype: Any, slot: int = 0) -> Any:
+        """An uninitialised array for the running node's output number ``slot``."""
+        return self.xp.empty(shape, dtype)
+
+    def grad_out(self, k: int, dtype: Any) -> Any:
+        """An array to write input ``k``'s gradient (of ``dtype``) into, or None."""
+        return None
+
+    def save(self, value: Any) -> None:
+        """Keep ``value`` for the running node's backward in this run."""
+        self._saved[self.key] = value
+
+    def saved(self) -> Any:
+        """What the running node's forward kept with :meth:`save` in this run (or None)."""
+        return self._saved.get(self.key)
+
+
 class Node:
     """A vertex of a computational graph: an op applied to input nodes.
 
-    Subclasses define ``forward(ctx, *xs)`` and ``backward(ctx, g, xs, y)``; the
-    latter returns one gradient (or None) per input.
+    The op contract (docs/architecture.md has the longer version):
+
+    - ``forward(ctx, *xs)`` gets the inputs' values (backend arrays) and returns the
+      output's value. It must not modify its inputs.
+    - ``backward(ctx, g, xs, y)`` gets the gradient ``g`` of the cost with respect to the
+      output, the inputs' values ``xs`` and the output ``y``, and returns a tuple with one
+      gradient per input (None where ``ctx.needs[k]`` is false or there is none). It may
+      return ``g`` itself; the engine never writes into an array it did not get offered.
+    - Arrays: ``ctx.empty(shape, dtype, slot)`` is where an op may put its output (or a
+      second array, ``slot`` 1, 2...); in a training step it is the same array every step,
+      so it must be fully written and must not be kept beyond the run. In backward,
+      ``ctx.grad_out(k, dtype)`` is an array offered for input ``k``'s gradient, or None;
+      an op opts in by writing the gradient there (``out=``) and returning that very
+      array, which tells the engine the array is the input's own.
+    - Per-run state (a dropout mask, softmax probabilities) goes through ``ctx.save`` in
+      forward and ``ctx.saved()`` in backward, never onto the node: nodes are shared
+      between graphs and runs.
+    - Kernels: an op calls its arithmetic through ``ctx.xp`` or a named kernel function;
+      a backend may override a kernel (see docs/architecture.md).
     """
 
     op = "node"

@@ -204,9 +204,7 @@ def test_arena_holds_one_step(numpy_backend):
 
 # --- linear + activation fused in a training step -----------------------------------------
 def _fused_ops(graph, targets=None):
-    from graphnet.ops.fused import LinearActivation
-    plans = graph._step_plans[(graph._targets(targets), graph.check_numerics)]
-    return [node.op for _, node, _ in plans[0][1] if isinstance(node, LinearActivation)]
+    return graph.planner.fused_ops(graph._targets(targets))
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])

@@ -3,6 +3,7 @@ from .arith import add, div, mul, neg, power, sub
 from .batchnorm import batch_norm
 from .conv import avg_pool2d, conv2d, max_pool2d
 from .dropout import dropout
+from . import fused  # noqa: F401  (registers the linear+activation fusion rule)
 from .losses import log_softmax, mse, softmax, softmax_cross_entropy
 from .matrix import linear, matmul, transpose
 from .reduce import mean, sum

@@ -32,15 +32,21 @@ def _gout(ctx, x, g):
 class Activation(Unary):
     """An elementwise activation whose gradient needs only its output ``y``.
 
-    ``activate`` applies it in place and ``grad_from_output`` gives ``d/dx`` from ``y``:
-    what a graph uses to fuse ``activation(linear(...))`` into one step.
+    A subclass writes the function once, :meth:`apply`, and its gradient once,
+    :meth:`grad_from_output`; the node's forward and backward and the fused
+    linear+activation step (``ops/fused.py``) all call those two.
     """
 
-    def activate(self, xp, y):
+    def apply(self, xp: Any, x: Any, out: Any = None) -> Any:
+        """The function of ``x``, written into ``out`` (which may be ``x``) if given."""
         raise NotImplementedError
 
-    def grad_from_output(self, ctx, y, g, out):
+    def grad_from_output(self, ctx: Any, y: Any, g: Any, out: Any = None) -> Any:
+        """``g * f'(x)`` from ``y = f(x)``, written into ``out`` if given."""
         raise NotImplementedError
+
+    def forward(self, ctx, x):
+        return self.apply(ctx.xp, x, _out(ctx, x))
 
     def backward(self, ctx, g, xs, y):
         return (self.grad_from_output(ctx, y, g, _gout(ctx, xs[0], g)),)
@@ -49,47 +55,38 @@ class Activation(Unary):
 class Tanh(Activation):
     op = "tanh"
 
-    def forward(self, ctx, x):
-        return ctx.xp.tanh(x, out=_out(ctx, x))
+    def apply(self, xp, x, out=None):
+        return xp.tanh(x, out=out)
 
-    def activate(self, xp, y):
-        return xp.tanh(y, out=y)
-
-    def grad_from_output(self, ctx, y, g, out):
+    def grad_from_output(self, ctx, y, g, out=None):
         return tanh_backward(ctx.b, y, g, out)
 
 
 class Sigmoid(Activation):
     op = "sigmoid"
 
-    def forward(self, ctx, x):
+    def apply(self, xp, x, out=None):
         # 0.5 * (1 + tanh(x / 2)) is exact and never overflows
-        y = ctx.xp.tanh(x * 0.5)
+        if out is None:
+            y = xp.tanh(x * 0.5)
+        else:
+            y = xp.multiply(x, 0.5, out=out)
+            xp.tanh(y, out=y)
         y += 1
         y *= 0.5
         return y
 
-    def activate(self, xp, y):
-        y *= 0.5  # the same operations as forward, in the same order
-        xp.tanh(y, out=y)
-        y += 1
-        y *= 0.5
-        return y
-
-    def grad_from_output(self, ctx, y, g, out):
+    def grad_from_output(self, ctx, y, g, out=None):
         return sigmoid_backward(ctx.b, y, g, out)
 
 
 class Relu(Activation):
     op = "relu"
 
-    def forward(self, ctx, x):
-        return ctx.xp.maximum(x, 0, out=_out(ctx, x))
+    def apply(self, xp, x, out=None):
+        return xp.maximum(x, 0, out=out)
 
-    def activate(self, xp, y):
-        return xp.maximum(y, 0, out=y)
-
-    def grad_from_output(self, ctx, y, g, out):
+    def grad_from_output(self, ctx, y, g, out=None):
         return relu_backward(ctx.b, y, g, out)
 
 

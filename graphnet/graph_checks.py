@@ -1,0 +1,108 @@
+"""What the engine checks and how it words its errors: outputs, feeds, ``into=`` arrays,
+run-time cost shape, non-finite values and failing ops."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .errors import FeedError, GraphError, NumericsError
+from .node import Input, Node, Parameter
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+
+def output_list(outputs: Any) -> list[Node]:
+    """``outputs`` (a sequence of nodes) as a list, or GraphError naming what is not a node."""
+    if isinstance(outputs, (str, bytes, Mapping)) or not isinstance(outputs, Iterable):
+        raise GraphError(f"Graph outputs must be a node or a list of nodes, got "
+                         f"{type(outputs).__name__} {outputs!r}")
+    outs = list(outputs)
+    for k, o in enumerate(outs):
+        if not isinstance(o, Node):
+            raise GraphError(f"Graph outputs[{k}] must be a node, got {type(o).__name__} {o!r}")
+    return outs
+
+
+def resolve_feed(graph: "Graph", feed: Mapping[Any, Any]) -> dict[int, Any]:
+    """``{input id: value}`` for ``feed``, each value checked by its input."""
+    b = graph.backend
+    by_name = graph._by_name
+    if type(feed) is not dict and not isinstance(feed, Mapping):
+        raise FeedError(f"the feed must be a dict {{input or its name: array}}, got "
+                        f"{type(feed).__name__}")
+    fed: dict[int, Any] = {}
+    for key, value in feed.items():
+        node = by_name.get(key) if isinstance(key, str) else key
+        if not isinstance(node, Input) or node.id not in graph.index:
+            label = key if isinstance(key, str) else getattr(key, "name", repr(key))
+            other = " (a different Input of the same name)" if label in by_name else ""
+            raise FeedError(f"feed names {label!r}{other}, which is not an input of this graph "
+                            f"(inputs: {', '.join(repr(n.name) for n in graph.inputs)})")
+        if node.id in fed:
+            raise FeedError(f"input {node.name!r} is fed twice (once by the node, once by "
+                            "its name): give it once")
+        fed[node.id] = node.check_feed(b, value)
+    return fed
+
+
+def check_into(graph: "Graph", targets: tuple, values: list, into: Mapping[Node, Any]) -> None:
+    """GraphError unless ``into`` has an array of the right kind for every target."""
+    for t in targets:
+        buf = into.get(t)
+        if buf is None:
+            raise GraphError(f"gradients(into=...) has no array for {t.name!r}")
+        v = values[graph.index[t.id]]
+        if v is None:  # not on the cost's path: its gradient is zero
+            v = getattr(t, "value", None)
+        shape = tuple(v.shape) if v is not None else t.shape
+        dtype = v.dtype if v is not None else t.dtype
+        if not graph.backend.is_array(buf) or tuple(buf.shape) != shape or buf.dtype != dtype:
+            raise GraphError(f"gradients(into=...): the array for {t.name!r} must be a "
+                             f"{graph.backend.name} array of shape {shape} and dtype {dtype}, "
+                             f"got {type(buf).__name__} {tuple(getattr(buf, 'shape', ()))} "
+                             f"{getattr(buf, 'dtype', '')}")
+
+
+def check_scalar_cost(graph: "Graph", cost: Any) -> None:
+    """GraphError if the cost's value is not a scalar."""
+    if tuple(getattr(cost, "shape", ())) != ():
+        raise GraphError(f"the cost must be a scalar, but {graph.cost.name!r} has shape "
+                         f"{tuple(cost.shape)} at run time (reduce it, e.g. with .mean())")
+
+
+def wrong_backend(graph: "Graph", node: Parameter) -> str:
+    return (f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
+            f"but this graph runs on {graph.backend.name!r}: move the model first")
+
+
+def check_finite(graph: "Graph", node: Node, values: list, arg_idx: tuple) -> None:
+    xp = graph.backend.xp
+    y = values[graph.index[node.id]]
+    if y is None or not hasattr(y, "dtype") or y.dtype.kind != "f":
+        return
+    if bool(xp.isfinite(y).all()):
+        return
+    where = "input" if isinstance(node, Input) else f"op {node.op!r}"
+    raise NumericsError(f"node {node.name!r} ({where}) produced non-finite values"
+                        + _ranges(graph, values, arg_idx))
+
+def _ranges(graph: "Graph", values: list, arg_idx: tuple) -> str:
+    parts = []
+    for j in arg_idx:
+        v = values[j]
+        name = graph.order[j].name
+        if hasattr(v, "shape") and getattr(v, "size", 0):
+            parts.append(f"{name!r} {tuple(v.shape)} range [{float(v.min()):.4g}, {float(v.max()):.4g}]")
+        else:
+            parts.append(f"{name!r} = {v!r}")
+    return "; inputs: " + ", ".join(parts) if parts else ""
+
+def describe_failure(graph: "Graph", node: Node, values: list, arg_idx: tuple, exc: Exception) -> str:
+    shapes = ", ".join(f"{graph.order[j].name!r} {tuple(getattr(values[j], 'shape', ()))}"
+                       for j in arg_idx)
+    return f"op {node.op!r} at node {node.name!r} failed on inputs [{shapes}]: {exc}"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host's MemoryError or an array library's out-of-memory error."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"

@@ -1,0 +1,301 @@
+"""The step planner: how ``Graph.gradients`` runs a training step fast.
+
+Everything here is for speed only; the results are bit-identical to the reference
+executor in :mod:`graphnet.graph` (tests/test_planner.py runs both). A step plan
+adds three things to the reference run:
+
+- an :class:`Arena`: the arrays of one step's activations and gradients, reused by
+  the next step (ops ask for them with ``ctx.empty`` and ``ctx.grad_out``);
+- gradient destinations: an op may write an input's gradient into an offered array
+  (an arena array, or the caller's ``into=`` array for a node differentiated);
+- fusion: rewrite rules, registered by ops with :func:`register_fusion`, that run two
+  nodes as one step (``ops/fused.py`` registers linear followed by an activation).
+
+This module imports no concrete op.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional
+
+from .graph_checks import check_into, check_scalar_cost
+from .node import Node, RunContext
+
+if TYPE_CHECKING:
+    from .graph import Graph, Plan, Step
+
+
+class Arena:
+    """Arrays a graph keeps from one training step to the next, one per key.
+
+    Reusing them spares the allocator: fresh arrays of more than a few hundred KiB
+    come back from the OS zeroed page by page on every step. It holds about one step's
+    activations and gradients; a new batch size replaces the arrays it changes.
+    """
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self._bufs: dict[Any, Any] = {}
+        self.ids: set[int] = set()
+
+    def get(self, key: Any, shape: tuple, dtype: Any) -> Any:
+        """The array kept under ``key``, replaced if its shape or dtype changed."""
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            if buf is not None:
+                self.ids.discard(id(buf))
+            buf = self._bufs[key] = self.xp.empty(shape, dtype)
+            self.ids.add(id(buf))
+        return buf
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(int(b.nbytes) for b in self._bufs.values())
+
+
+class StepContext(RunContext):
+    """A :class:`RunContext` whose ``empty`` and ``grad_out`` hand out reusable arrays."""
+
+    __slots__ = ("arena", "escape", "dests")
+
+    def __init__(self, b: Any, training: bool, arena: Optional[Arena], escape: int = -1,
+                 rng_key: Optional[tuple] = None, saved: Optional[dict] = None) -> None:
+        super().__init__(b, training, rng_key, saved)
+        self.arena = arena
+        self.escape = escape  # the node whose value is handed out: never an arena array
+        self.dests: Optional[list] = None
+
+    def empty(self, shape: tuple, dtype: Any, slot: int = 0) -> Any:
+        if self.arena is None or self.key == self.escape:
+            return self.xp.empty(shape, dtype)
+        return self.arena.get((self.key, slot), shape, dtype)
+
+    def grad_out(self, k: int, dtype: Any) -> Any:
+        d = self.dests
+        if d is None:
+            return None
+        d = d[k]
+        return d if d is not None and d.dtype == dtype else None
+
+
+# --- fusion rules ---------------------------------------------------------------------
+class FusionRule(NamedTuple):
+    """Run ``producer`` and its only consumer as one step: ``build(producer, consumer)``.
+
+    The consumer's first input must be the producer; ``when(producer)`` says whether this
+    producer qualifies (e.g. a floating dtype, for in-place arithmetic).
+    """
+
+    producer: type
+    consumer: type
+    build: Callable[[Any, Any], Any]
+    when: Callable[[Any], bool]
+
+
+_RULES: list[FusionRule] = []
+
+
+def register_fusion(producer: type, consumer: type, build: Callable[[Any, Any], Any],
+                    when: Callable[[Any], bool] = lambda node: True) -> None:
+    """Let training steps run ``consumer(producer(...))`` as ``build(producer, consumer)``.
+
+    The built step has the producer's inputs, the consumer's place in the graph and the
+    op contract of a node (``forward(ctx, *xs)``, ``backward(ctx, g, xs, y)``). It is used
+    only where nothing else needs the producer's value or gradient.
+    """
+    rule = FusionRule(producer, consumer, build, when)
+    if rule not in _RULES:
+        _RULES.append(rule)
+
+
+def _rule_for(producer: Node, consumer: Node) -> Optional[FusionRule]:
+    for rule in _RULES:
+        if isinstance(consumer, rule.consumer) and isinstance(producer, rule.producer) \
+                and rule.when(producer):
+            return rule
+    return None
+
+
+# --- plans ----------------------------------------------------------------------------
+class Offer(NamedTuple):
+    """Input ``k`` (node ``j``) may get its gradient written into an offered array."""
+
+    k: int
+    j: int
+    into: bool  # True: the caller's ``into=`` array; False: an arena array
+
+
+class BackwardStep(NamedTuple):
+    """One node's backward in a step plan."""
+
+    index: int
+    node: Any
+    args: tuple[int, ...]
+    needs: tuple[bool, ...]          # per input: does it need a gradient
+    wanted: tuple[tuple[int, int], ...]  # (k, j) for the inputs that do
+    offers: tuple[Offer, ...]
+
+
+class StepPlan(NamedTuple):
+    forward: "Plan"
+    backward: list[BackwardStep]
+
+
+class StepPlanner:
+    """Runs ``graph``'s training steps with reused arrays, offered destinations and fusion."""
+
+    def __init__(self, graph: "Graph") -> None:
+        self.graph = graph
+        self.arena = Arena(graph.backend.xp)
+        self._plans: dict[tuple, StepPlan] = {}
+        self._into_checked: tuple = ()
+        self._uses = [0] * len(graph.order)
+        for args in graph.args:
+            for j in args:
+                self._uses[j] += 1
+        roots = graph.outputs + ([graph.cost] if graph.cost is not None else [])
+        self._held = {graph.index[n.id] for n in roots}
+
+    def plan(self, targets: tuple) -> StepPlan:
+        """The (cached) plan of a step differentiating ``targets``."""
+        g = self.graph
+        key = (targets, g.check_numerics)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._build(targets, g.check_numerics)
+        return plan
+
+    def step(self, feed: Mapping[Any, Any], targets: tuple, training: bool,
+             into: Optional[Mapping[Node, Any]], rng_key: Optional[tuple]) -> tuple[list, dict]:
+        """One step: ``(values, {target: gradient})``."""
+        g = self.graph
+        ci = g.index[g.cost.id]
+        plan = self.plan(targets)
+        saved: dict = {}
+        # Checking numerics names each node's values: they must not be overwritten.
+        arena = None if g.check_numerics else self.arena
+        ctx = StepContext(g.backend, training, arena, ci, rng_key, saved)
+        values = g.forward(feed, plan.forward, ctx)
+        check_scalar_cost(g, values[ci])
+        if into is not None:
+            seen = (id(into), targets, tuple([id(into.get(t)) for t in targets]))
+            if seen != self._into_checked:  # checked once while the same arrays come back
+                check_into(g, targets, values, into)
+                self._into_checked = seen
+        grads = self._backward(values, ci, plan.backward, into, saved)
+        if into is not None:
+            return values, g.copy_into(targets, grads, into)
+        return values, g.collect(targets, grads, values, kept=self.arena.ids)
+
+    def fused_ops(self, targets: tuple) -> list[str]:
+        """The ops of the fused steps the last plan for ``targets`` runs (for tests)."""
+        plan = self._plans.get((targets, self.graph.check_numerics))
+        if plan is None:
+            return []
+        return [s.node.op for s in plan.forward.steps if s.node is not self.graph.order[s.index]]
+
+    # --- building plans ----------------------------------------------------------------
+    def _build(self, targets: tuple, check: bool) -> StepPlan:
+        g = self.graph
+        ci = g.index[g.cost.id]
+        wanted = {g.index[t.id] for t in targets}
+        fused = {} if check else self._fusions(wanted)  # checking numerics: every node alone
+        forward = g.plan_for([g.cost])
+        if fused:
+            inner = {j for j, _ in fused.values()}
+            forward = forward._replace(steps=[fused[s.index][1] if s.index in fused else s
+                                              for s in forward.steps if s.index not in inner])
+        return StepPlan(forward, self._backward_plan(ci, wanted, fused))
+
+    def _fusions(self, wanted: set[int]) -> dict[int, tuple[int, "Step"]]:
+        """``{consumer index: (producer index, fused step)}`` for the pairs a step may fuse."""
+        if not _RULES:
+            return {}
+        g = self.graph
+        pairs = {}
+        for step in g.plan_for([g.cost]).steps:
+            i, node = step.index, step.node
+            j = step.args[0]
+            if self._uses[j] != 1 or j in self._held or j in wanted:
+                continue
+            producer = g.order[j]
+            rule = _rule_for(producer, node)
+            if rule is not None:
+                pairs[i] = (j, step._replace(node=rule.build(producer, node), args=g.args[j]))
+        return pairs
+
+    def _backward_plan(self, ci: int, wanted: set[int], fused: dict) -> list[BackwardStep]:
+        """Cost first. An input that appears twice is offered an array only the first time."""
+        g = self.graph
+        needs = [False] * (ci + 1)
+        for i in range(ci + 1):
+            needs[i] = i in wanted or any(needs[j] for j in g.args[i])
+        inner = {j for j, _ in fused.values()}
+        plan = []
+        for i in range(ci, -1, -1):
+            node, args = g.order[i], g.args[i]
+            if not (needs[i] and node.inputs) or i in inner:
+                continue
+            if i in fused:
+                node, args = fused[i][1].node, fused[i][1].args
+            offers = tuple(Offer(k, j, j in wanted) for k, j in enumerate(args)
+                           if needs[j] and j not in args[:k]
+                           and (j in wanted or _rank_known(g.order[j])))
+            plan.append(BackwardStep(i, node, args, tuple(needs[j] for j in args),
+                                     tuple((k, j) for k, j in enumerate(args) if needs[j]),
+                                     offers))
+        return plan
+
+    # --- running ------------------------------------------------------------------------
+    def _backward(self, values: list, ci: int, plan: list[BackwardStep],
+                  into: Optional[Mapping[Node, Any]], saved: dict) -> list:
+        g = self.graph
+        grads: list = [None] * (ci + 1)
+        owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
+        cost = values[ci]
+        grads[ci] = g.backend.xp.ones(cost.shape, dtype=cost.dtype)
+        ctx = StepContext(g.backend, True, self.arena, saved=saved)
+        order = g.order
+        for i, node, args, needs, wanted, offers in plan:
+            gi = grads[i]
+            if gi is None:
+                continue
+            ctx.needs = needs
+            ctx.key = i
+            dests = None
+            if offers:
+                dests = [None] * len(args)
+                for k, j, to_into in offers:
+                    if grads[j] is None:
+                        if not to_into:
+                            v = values[j]
+                            dests[k] = self.arena.get(("grad", j), v.shape, v.dtype)
+                        elif into is not None:
+                            dests[k] = into[order[j]]
+            ctx.dests = dests
+            gin = node.backward(ctx, gi, tuple([values[j] for j in args]), values[i])
+            for k, j in wanted:
+                gj = gin[k]
+                if gj is None:
+                    continue
+                if dests is not None and gj is dests[k]:
+                    grads[j] = gj  # written where it was offered: j's own array
+                    owned[j] = True
+                    continue
+                gj = g.keep_dtype(gj, values[j])
+                if grads[j] is None:
+                    grads[j] = gj
+                elif owned[j]:
+                    grads[j] += gj
+                else:
+                    grads[j] = grads[j] + gj
+                    owned[j] = True
+        return grads
+
+
+def _rank_known(node: Node) -> bool:
+    # Shape known to have rank >= 1: 0-d results are NumPy scalars, not writable arrays.
+    return node.shape is not None and len(node.shape) >= 1
+
+
+__all__ = ["Arena", "BackwardStep", "FusionRule", "Offer", "StepContext", "StepPlan",
+           "StepPlanner", "register_fusion"]
