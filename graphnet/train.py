@@ -22,10 +22,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends.host import to_numpy
-from .distributed import ShardedSampler, attach
+from .distributed import ShardedSampler, World, attach
 from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
-from .nn.model import Classifier, model_from_config
+from .nn.model import Array, Classifier, TrainableModel, model_from_config
 from .optim import CosineLR, Optimizer, Schedule, StepLR
 
 CHECKPOINT = "checkpoint.npz"
@@ -123,19 +123,23 @@ class TrainState:
 
 
 class Trainer:
-    """Trains a Classifier with an optimizer; see :func:`fit`.
+    """Trains a model (any :class:`~graphnet.nn.TrainableModel`, e.g. a Classifier) with an
+    optimizer; see :func:`fit`.
 
     ``seed`` keys the shuffles, dropout masks and augmentation (default: the value last given
     to ``gn.seed``, else 0). ``augment(xb)`` or ``augment(xb, rng_key=...)`` transforms each batch.
     """
 
-    def __init__(self, model: Classifier, optimizer: Optimizer, schedule: Optional[Schedule] = None,
+    def __init__(self, model: TrainableModel, optimizer: Optimizer, schedule: Optional[Schedule] = None,
                  batch_size: int = 128, eval_every: Optional[int] = None,
                  checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
-                 augment: Optional[Callable[..., Any]] = None, seed: Optional[int] = None,
-                 distributed: Any = None) -> None:
+                 augment: Optional[Callable[..., Array]] = None, seed: Optional[int] = None,
+                 distributed: Optional[World] = None) -> None:
+        if not isinstance(model, TrainableModel):
+            raise TypeError(f"model: expected a TrainableModel (a loss graph, its inputs, prepare, "
+                            f"evaluate, ... like nn.Classifier), got {type(model).__name__}")
         self.model, self.optimizer = model, optimizer
         self.batch_size = _checked_batch_size(batch_size)
         self.schedule = schedule or Schedule()
@@ -172,12 +176,11 @@ class Trainer:
                              f"{st.epoch + 1}: give epochs >= {st.epoch + 1}")
         if (x_test is None) != (y_test is None):
             raise ValueError("give both x_test and y_test, or neither")
-        classes = self.model.num_classes
-        X = self.model.prepare(x_train)
-        Y = _labels(self.model.backend, y_train, X.shape[0], classes, "y_train")
-        Xt = None if x_test is None else self.model.prepare(x_test)
-        Yt = None if y_test is None else _labels(self.model.backend, y_test, Xt.shape[0], classes,
-                                                  "y_test")
+        m = self.model
+        X = m.prepare(x_train)
+        Y = m.prepare_targets(y_train, X.shape[0], "y_train")
+        Xt = None if x_test is None else m.prepare(x_test)
+        Yt = None if y_test is None else m.prepare_targets(y_test, Xt.shape[0], "y_test")
         n = X.shape[0]
         if st.sample and st.n != n:
             raise CheckpointError(f"the run stopped part-way through an epoch of {st.n} training "
@@ -342,7 +345,8 @@ class Trainer:
         return xb, yb
 
     def _step(self, xb: Any, yb: Any, rng_key: tuple[int, int, int]) -> Any:
-        graph, feed = self.model.train_graph, {self.model.images: xb, self.model.labels: yb}
+        data, targets = self.model.inputs
+        graph, feed = self.model.train_graph, {data: xb, targets: yb}
         if self.dist is not None:
             self.optimizer.stop_requested = self._stop_requested  # Ctrl-C: all ranks stop together
             cost = self.optimizer.minimize(graph, feed, rng_key=rng_key if self._keyed_step else None,
@@ -386,10 +390,10 @@ class Trainer:
         train = self._evaluate(X[:self.eval_subset], Y[:self.eval_subset])
         h.epoch.append(st.epoch + 1)
         h.train_loss.append(st.loss_sum / st.n)
-        h.train_accuracy.append(train["accuracy"])
+        h.train_accuracy.append(train.get("accuracy", math.nan))
         if Xt is not None:
             test = self._evaluate(Xt, Yt)
-            h.test_accuracy.append(test["accuracy"])
+            h.test_accuracy.append(test.get("accuracy", math.nan))
             h.test_loss.append(test["loss"])
         h.seconds.append(secs)
         h.lr.append(self.optimizer.lr)
@@ -505,22 +509,6 @@ def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
 
 
 # --- input checks --------------------------------------------------------------------
-def _labels(b: Any, y: Any, n: int, classes: int, name: str) -> Any:
-    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
-    y = y if b.is_array(y) else b.asarray(to_numpy(y))
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
-                         f"got shape {tuple(y.shape)}")
-    if n:
-        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
-        if lo < 0 or hi >= classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
-    return y.astype(b.xp.int64)
-
-
 def _checked_batch_size(v: Any) -> int:
     if not _is_int(v) or v <= 0:
         raise ValueError(f"batch_size must be an integer > 0, got {v!r}")
@@ -630,7 +618,7 @@ def resume_model(path: str | os.PathLike) -> Classifier:
     return model_from_config(meta["model"], str(path))
 
 
-def fit(model: Classifier, optimizer: Optimizer, x_train: Any, y_train: Any, x_test: Any = None,
+def fit(model: TrainableModel, optimizer: Optimizer, x_train: Any, y_train: Any, x_test: Any = None,
         y_test: Any = None, epochs: int = 10, **kwargs: Any) -> History:
     """Train ``model`` (see :class:`Trainer` for the options) and return its History."""
     return Trainer(model, optimizer, **kwargs).fit(x_train, y_train, x_test, y_test, epochs)

@@ -20,10 +20,9 @@ import graphnet as gn
 from graphnet import nn
 from graphnet.datasets import mnist
 
-from mnist_model import mnist_examples_on_path, small_mnist_model
+from examples.mnist import serve
+from mnist_model import small_mnist_model
 
-mnist_examples_on_path()
-import serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -3,18 +3,60 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..backends import backend
+from ..backends.base import Backend
 from ..backends.host import to_numpy
 from ..errors import FeedError
 from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
-from .layers import Layer, Sequential, from_config
+from .layers import Layer, Linear, Sequential, deprecated_default, from_config
+
+# A backend array (numpy.ndarray, or cupy.ndarray on the GPU backend).
+Array = Any
+
+
+@runtime_checkable
+class TrainableModel(Protocol):
+    """What :class:`graphnet.train.Trainer` trains: a loss graph, its two inputs, and the
+    preparation, evaluation and saving of the model's arrays. :class:`Classifier` is one."""
+
+    backend: Backend
+    train_graph: Graph
+
+    @property
+    def inputs(self) -> tuple[Input, Input]:
+        """The ``(data, targets)`` inputs of ``train_graph`` that each batch feeds."""
+
+    def prepare(self, x: Any) -> Array:
+        """Raw data -> what the ``data`` input takes, on the model's backend."""
+
+    def prepare_targets(self, y: Any, n: int, argument: str = "targets") -> Array:
+        """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
+
+    def evaluate(self, x: Array, y: Array, batch_size: int = 2000,
+                 prepared: bool = False) -> dict[str, float]:
+        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters."""
+
+    def named_arrays(self) -> dict[str, Parameter]:
+        """Every array the model holds, by name (saved in checkpoints)."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description of the architecture (checked on resume)."""
+
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        """Host copies of :meth:`named_arrays`."""
+
+    def load_host_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "checkpoint") -> None:
+        """Set every array from host copies."""
 
 
 class ClassifierInputError(FeedError):
@@ -36,11 +78,17 @@ class Classifier:
     :meth:`fit_preprocessing`); both travel with the saved model.
     """
 
-    def __init__(self, network: Layer, input_shape: Sequence[int] = (784,), num_classes: int = 10,
-                 pixel_scale: float = 1 / 255, check_numerics: bool = False) -> None:
+    def __init__(self, network: Layer, input_shape: Optional[Sequence[int]] = None,
+                 num_classes: Optional[int] = None, pixel_scale: float = 1 / 255,
+                 check_numerics: bool = False) -> None:
         self.network = network
+        if input_shape is None:
+            input_shape = _declared_input_shape(network)
+        if input_shape is None:
+            input_shape = deprecated_default(
+                "Classifier input_shape", (784,), "give input_shape, or a network whose first "
+                "layer declares its input size (e.g. MLP(..., in_features=784))")
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.num_classes = int(num_classes)
         self.pixel_scale = float(pixel_scale)
         if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
             raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
@@ -48,6 +96,7 @@ class Classifier:
         self.images = Input("images", shape=(None,) + self.input_shape)
         self.labels = Input("labels", shape=(None,), dtype="int64")
         self.logits: Node = network(self.images)
+        self.num_classes = _num_classes(num_classes, self.logits)
         if self.logits.shape is not None and self.logits.shape[-1] != self.num_classes:
             raise ValueError(f"the network ends in {self.logits.shape[-1]} outputs, "
                              f"but the classifier has {self.num_classes} classes")
@@ -58,6 +107,11 @@ class Classifier:
         self.train_graph = Graph([self.logits], cost=self.loss, check_numerics=check_numerics)
         outs = [self.probs] + ([self.features] if self.features is not None else [])
         self.eval_graph = Graph(outs, cost=self.loss, check_numerics=check_numerics)
+
+    @property
+    def inputs(self) -> tuple[Input, Input]:
+        """``(images, labels)``: the inputs a training batch feeds."""
+        return self.images, self.labels
 
     # --- parameters -------------------------------------------------------------------
     def parameters(self) -> list[Parameter]:
@@ -158,6 +212,11 @@ class Classifier:
             raise ClassifierInputError(
                 f"{argument}: values lie in [{lo:g}, {hi:g}] with fractions, as if already "
                 f"scaled to [0, 1]; {expected}: multiply them by {top:g}")
+
+    def prepare_targets(self, y: Any, n: int, argument: str = "labels") -> Array:
+        """Training labels: ``n`` integers in ``[0, num_classes)`` as int64 on the backend
+        (ValueError naming ``argument`` otherwise)."""
+        return training_labels(self.backend, y, n, self.num_classes, argument)
 
     def check_labels(self, labels: Any, n: int, argument: str = "labels") -> Any:
         """``labels`` as a backend int64 vector of exactly ``n`` class indices in
@@ -277,6 +336,40 @@ class Classifier:
     def save(self, path: str | os.PathLike) -> None:
         """Write the model (config and host copies of its arrays) to an ``.npz`` file."""
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
+
+
+def training_labels(b: Backend, y: Any, n: int, classes: int, name: str) -> Array:
+    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
+    y = y if b.is_array(y) else b.asarray(to_numpy(y))
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
+                         f"got shape {tuple(y.shape)}")
+    if n:
+        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
+    return y.astype(b.xp.int64)
+
+
+def _declared_input_shape(network: Layer) -> Optional[tuple[int]]:
+    """``(in_features,)`` when the network starts with a Linear of known input size."""
+    first = network[0] if isinstance(network, Sequential) and len(network) else network
+    if isinstance(first, Linear) and first.in_features is not None:
+        return (int(first.in_features),)
+    return None
+
+
+def _num_classes(given: Optional[int], logits: Node) -> int:
+    """``given``, else the size of the network's output axis."""
+    if given is not None:
+        return int(given)
+    if logits.shape is None or logits.shape[-1] is None:
+        raise ValueError("num_classes: the network's output size is not known before running "
+                         "it; give num_classes")
+    return int(logits.shape[-1])
 
 
 def _features_of(network: Layer) -> Optional[Node]:
