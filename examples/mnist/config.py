@@ -4,10 +4,10 @@ Everything MNIST-specific the example needs is here; graphnet itself knows nothi
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from graphnet.nn import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
-                         MaxPool2d, MLP, ReLU, Sequential)
+if TYPE_CHECKING:  # graphnet is imported when a network is built, after the backend is chosen
+    from graphnet.nn import Layer, Sequential
 
 SIDE = 28                              #: MNIST images are SIDE x SIDE grey levels
 IMAGE_SHAPE = (SIDE, SIDE)
@@ -55,6 +55,7 @@ MAX_SEED = 2**32 - 1
 
 def build_network(cfg: Mapping[str, Any]) -> tuple[Sequential, tuple[int, ...]]:
     """The network and its input shape for a config."""
+    from graphnet.nn import MLP
     if cfg.get("model", "mlp") == "mlp":
         return MLP(cfg["layers"], N_PIXELS, cfg["activation"], cfg["dropout"]), (N_PIXELS,)
     return mnist_cnn(cfg), CNN_INPUT_SHAPE
@@ -81,6 +82,8 @@ def mnist_cnn(cfg: Optional[Mapping[str, Any]] = None) -> Sequential:
     (and so are the gradients), on a quarter of the values. Other keys of ``cfg`` are
     ignored. The first layer is always the Conv2d whose ``W`` is (32, 1, 3, 3).
     """
+    from graphnet.nn import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
+                             MaxPool2d, ReLU, Sequential)
     cfg = dict(cfg or {})
     model = cfg.get("model", "cnn")
     if model == "cnn":

@@ -23,7 +23,10 @@ only what is drawn is copied to the host.
 from __future__ import annotations
 
 if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    from _bootstrap import run_as_module  # (this folder is first on the import path)
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
     run_as_module("visualize")
 
 import argparse

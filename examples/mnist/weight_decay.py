@@ -16,7 +16,10 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 from __future__ import annotations
 
 if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    from _bootstrap import run_as_module  # (this folder is first on the import path)
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
     run_as_module("weight_decay")
 
 import argparse
