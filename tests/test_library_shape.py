@@ -94,3 +94,14 @@ def test_layers_register_their_own_parameters():
     assert lin.named_parameters() == {}
     lin(gn.Input("x", shape=(None, 7)))
     assert list(lin.named_parameters()) == ["W"] and lin.W.shape == (7, 2)
+
+
+def test_random_shift_takes_the_image_shape_from_the_batch(numpy_backend):
+    from graphnet.augment import random_shift
+    x = numpy_backend.asarray(np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7))
+    out = _no_warnings(lambda: random_shift(x, 1, rng_key=(1, 2, 3)))
+    np.testing.assert_array_equal(gn.to_numpy(out), gn.to_numpy(random_shift(x, 1, (5, 7),
+                                                                              rng_key=(1, 2, 3))))
+    flat = numpy_backend.asarray(np.zeros((2, 784), np.float32))
+    with pytest.warns(DeprecationWarning, match="image_shape"):
+        assert random_shift(flat, 1, rng_key=(0, 0, 0)).shape == (2, 784)
