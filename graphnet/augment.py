@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .backends import backend
+from .hints import Array
 
 _STREAM = 0x617567  # separates these draws from any other use of the same key
 
 
-def random_shift(x: Any, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
-                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Any:
+def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
+                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Array:
     """Each image moved by up to ``max_shift`` pixels (and turned by up to ``rotate`` degrees).
 
     ``x`` is a batch of prepared images, shape ``(N, *image_shape)``; uncovered pixels
@@ -60,7 +61,7 @@ def keyed_uniform(rng_key: Sequence[int], shape: tuple) -> np.ndarray:
     return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
 
 
-def _image_shape(x: Any, given: Optional[Sequence[int]]) -> Sequence[int]:
+def _image_shape(x: Array, given: Optional[Sequence[int]]) -> Sequence[int]:
     """``given``, else the image axes of ``x`` (the old MNIST default for flat batches)."""
     if given is not None:
         return given

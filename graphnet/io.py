@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import GraphnetError
+from .hints import PathLike
 
 FORMAT = "graphnet-checkpoint"
 VERSION = 1
@@ -26,7 +27,7 @@ class CheckpointError(GraphnetError, ValueError):
 Content = Union[Iterable[bytes], Callable[[BinaryIO], None]]
 
 
-def atomic_write(path: str | os.PathLike, content: Content,
+def atomic_write(path: PathLike, content: Content,
                  verify: Optional[Callable[[Path], None]] = None) -> Path:
     """Write ``content`` (byte chunks, or a function writing into a binary file) to ``path``
     atomically: a temp file beside it, fsync, ``verify(temp path)``, rename, then an fsync of
@@ -55,7 +56,7 @@ def atomic_write(path: str | os.PathLike, content: Content,
     return path
 
 
-def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, ArrayLike],
+def atomic_write_npz(path: PathLike, arrays: Mapping[str, ArrayLike],
                      meta: Mapping[str, Any]) -> Path:
     """Write host arrays plus JSON metadata to ``path`` atomically (see :func:`atomic_write`)."""
     payload = {k: np.asarray(v) for k, v in arrays.items()}
@@ -84,7 +85,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_npz(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a graphnet ``.npz``; CheckpointError names the file on any problem.
 
     Total and bounded: only regular files are opened (a pipe or a device never blocks),
@@ -115,7 +116,7 @@ MAX_META_DEPTH = 64
 REQUIRED = {"model": {"model": dict}, "checkpoint": {"model": dict, "optimizer": dict, "state": dict}}
 
 
-def _open_regular(path: Path) -> Any:
+def _open_regular(path: Path) -> BinaryIO:
     """``path`` opened for binary reading, if it is a regular file (checked without blocking)."""
     try:
         st = os.stat(path)
@@ -179,7 +180,7 @@ def _check_dtype(path: Path, key: str, dtype: np.dtype) -> None:
                               + (f": {what}" if what else "") + "; only real numbers are read")
 
 
-def _read_meta(path: Path, raw: Any) -> dict[str, Any]:
+def _read_meta(path: Path, raw: Optional[np.ndarray]) -> dict[str, Any]:
     """The JSON metadata, checked: small, shallow, a dict of the graphnet format and a known version."""
     if raw is None:
         raise CheckpointError(f"{path}: not a graphnet checkpoint (no metadata)")
@@ -214,7 +215,7 @@ def _read_meta(path: Path, raw: Any) -> dict[str, Any]:
     return meta
 
 
-def _depth(obj: Any) -> int:
+def _depth(obj: object) -> int:
     """How deeply lists and dicts nest in ``obj`` (iteratively: no recursion limit)."""
     deepest, stack = 0, [(obj, 1)]
     while stack:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -25,7 +25,8 @@ from .backends.host import to_numpy
 from .distributed import ShardedSampler, World, attach
 from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
-from .nn.model import Array, Classifier, TrainableModel, model_from_config
+from .nn.model import Classifier, TrainableModel, model_from_config
+from .hints import Array, Data, PathLike, RngKey
 from .optim import CosineLR, Optimizer, Schedule, StepLR
 
 CHECKPOINT = "checkpoint.npz"
@@ -132,7 +133,7 @@ class Trainer:
 
     def __init__(self, model: TrainableModel, optimizer: Optimizer, schedule: Optional[Schedule] = None,
                  batch_size: int = 128, eval_every: Optional[int] = None,
-                 checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
+                 checkpoint_dir: Optional[PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
                  augment: Optional[Callable[..., Array]] = None, seed: Optional[int] = None,
@@ -156,7 +157,7 @@ class Trainer:
         self.history = History()
         self.state = TrainState()
         self._stop_requested = False
-        self._buffers: Optional[tuple[Any, Any]] = None
+        self._buffers: Optional[tuple[Array, Array]] = None
         self._keyed_step = _accepts(optimizer.minimize, "rng_key")
         self._keyed_augment = augment is not None and _accepts(augment, "rng_key")
         # Data-parallel hook: distributed is a graphnet.distributed.World (None: one process).
@@ -165,7 +166,8 @@ class Trainer:
             attach(self, distributed)
 
     # --- public -----------------------------------------------------------------------
-    def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
+    def fit(self, x_train: Data, y_train: Data, x_test: Optional[Data] = None,
+            y_test: Optional[Data] = None,
             epochs: int = 10) -> History:
         """Train until ``epochs`` epochs are complete (counting any resumed ones)."""
         st = self.state
@@ -256,7 +258,7 @@ class Trainer:
             meta["rng"] = {"backend": b.name, "device": _jsonable(b.rng_state())}
         return atomic_write_npz(path, arrays, meta)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
+    def load_checkpoint(self, path: PathLike) -> None:
         """Restore everything :meth:`save_checkpoint` wrote (onto the active backend).
 
         The run's settings (seed, batch size, learning rate, schedule) are restored as they
@@ -287,7 +289,7 @@ class Trainer:
         """The training rows of ``epoch``, in order (host int64)."""
         return epoch_permutation(self.seed, epoch, self.state.n)
 
-    def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
+    def _run_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array]) -> None:
         b, st = self.model.backend, self.state
         n = st.n
         sampler = self._sampler()
@@ -321,13 +323,13 @@ class Trainer:
         st.loss_sum += self._weighted_sum(losses, sizes, len(starts))
         self._finish_epoch(X, Y, Xt, Yt, time.perf_counter() - t0)
 
-    def _weighted_sum(self, losses: Any, sizes: np.ndarray, stop: int) -> float:
+    def _weighted_sum(self, losses: Array, sizes: np.ndarray, stop: int) -> float:
         """Sum of the first ``stop`` batch losses times their batch sizes (one host read)."""
         if stop == 0:
             return 0.0
         return float(to_numpy(losses[:stop]).astype(np.float64) @ sizes[:stop])
 
-    def _batch(self, X: Any, Y: Any, rows: Any) -> tuple[Any, Any]:
+    def _batch(self, X: Array, Y: Array, rows: Array) -> tuple[Array, Array]:
         """The batch ``X[rows], Y[rows]``, gathered into two arrays reused every step.
 
         No shuffled copy of the training set: the data is held once.
@@ -344,7 +346,7 @@ class Trainer:
         b.take_rows(Y, rows, yb)
         return xb, yb
 
-    def _step(self, xb: Any, yb: Any, rng_key: tuple[int, int, int]) -> Any:
+    def _step(self, xb: Array, yb: Array, rng_key: RngKey) -> Array:
         data, targets = self.model.inputs
         graph, feed = self.model.train_graph, {data: xb, targets: yb}
         if self.dist is not None:
@@ -362,7 +364,7 @@ class Trainer:
         world = self.dist
         return ShardedSampler(self.batch_size, *((0, 1) if world is None else (world.rank, world.size)))
 
-    def _evaluate(self, x: Any, y: Any) -> dict:
+    def _evaluate(self, x: Array, y: Array) -> dict[str, float]:
         if self.dist is None:
             return self.model.evaluate(x, y, prepared=True)
         return self.dist.evaluate(self.model, x, y)  # each rank a part, metrics reduced
@@ -370,7 +372,7 @@ class Trainer:
     def _set_lr(self, epoch: float) -> None:
         self.optimizer.lr = self.base_lr * self.schedule(max(epoch - self.schedule_from, 0.0))
 
-    def _check_finite(self, losses: Any, starts: range, stop: int) -> None:
+    def _check_finite(self, losses: Array, starts: range, stop: int) -> None:
         xp, check_from = self.model.backend.xp, max(stop - self.check_every, 0)
         bad = ~xp.isfinite(losses[check_from:stop])
         if bool(bad.any()):
@@ -383,7 +385,8 @@ class Trainer:
             raise DivergenceError(f"training diverged: the loss became {float(losses[first])} at "
                                   f"{where} (lr={self.optimizer.lr:g}); lower the learning rate{kept}")
 
-    def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, secs: float) -> None:
+    def _finish_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array],
+                      secs: float) -> None:
         st, h = self.state, self.history
         if self.dist is not None:  # e.g. BatchNorm statistics: the mean over the ranks
             self.dist.average_([p for p in self.model.named_arrays().values() if not p.trainable])
@@ -406,7 +409,7 @@ class Trainer:
         if self.on_epoch_end:
             self.on_epoch_end(self)
 
-    def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
+    def _record_curve(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array]) -> None:
         h = self.history
         train = self._evaluate(X[:2000], Y[:2000])
         h.curve_batches.append(self.state.batches_seen)
@@ -444,7 +447,7 @@ class Trainer:
             segs.pop()  # replaced before any step was taken with it
         segs.append(seg)
 
-    def _restore(self, meta: dict[str, Any], path: Any) -> None:
+    def _restore(self, meta: dict[str, Any], path: PathLike) -> None:
         run, s = meta["run"], meta["state"]
         self.seed = _checked_seed(run.get("seed", self.seed))
         self.batch_size = _checked_batch_size(run.get("batch_size", self.batch_size))
@@ -463,7 +466,7 @@ class Trainer:
         self.history = History.from_dict(meta["history"])
 
 
-def schedule_from_config(cfg: Any, source: Any = "checkpoint") -> Schedule:
+def schedule_from_config(cfg: object, source: PathLike = "checkpoint") -> Schedule:
     """The built-in Schedule that ``Schedule.config()`` described."""
     kind = cfg.get("type") if isinstance(cfg, dict) else None
     try:
@@ -479,7 +482,7 @@ def schedule_from_config(cfg: Any, source: Any = "checkpoint") -> Schedule:
                           "to the Trainer that wrote it")
 
 
-def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
+def _current_format(meta: dict[str, Any], path: PathLike) -> dict[str, Any]:
     """Checkpoint metadata in the current version's layout (or a CheckpointError saying why not)."""
     version = meta.get("checkpoint_version", 1)
     if not _is_int(version) or version < 1:
@@ -509,19 +512,19 @@ def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
 
 
 # --- input checks --------------------------------------------------------------------
-def _checked_batch_size(v: Any) -> int:
+def _checked_batch_size(v: object) -> int:
     if not _is_int(v) or v <= 0:
         raise ValueError(f"batch_size must be an integer > 0, got {v!r}")
     return int(v)
 
 
-def _checked_seed(v: Any) -> int:
+def _checked_seed(v: object) -> int:
     if not _is_int(v) or not 0 <= v < _MAX_KEY:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {v!r}")
     return int(v)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -576,9 +579,9 @@ class _sigint_finishes_batch:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.previous: Any = None
+        self.previous: Optional[Callable[[int, Optional[FrameType]], Any] | int] = None
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.trainer._stop_requested:
             raise KeyboardInterrupt
         self.trainer._stop_requested = True
@@ -593,13 +596,13 @@ class _sigint_finishes_batch:
             self.previous = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         self.trainer._stop_requested = False
 
 
-def checkpoint_position(path: str | os.PathLike) -> tuple[int, int, int]:
+def checkpoint_position(path: PathLike) -> tuple[int, int, int]:
     """``(complete epochs, samples into the next, training-set size)`` of a checkpoint."""
     _, meta = read_npz(path)
     if meta.get("kind") != "checkpoint":
@@ -612,14 +615,15 @@ def checkpoint_position(path: str | os.PathLike) -> tuple[int, int, int]:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
 
 
-def resume_model(path: str | os.PathLike) -> Classifier:
+def resume_model(path: PathLike) -> Classifier:
     """An untrained Classifier with the architecture a checkpoint was written for."""
     _, meta = read_npz(path)
     return model_from_config(meta["model"], str(path))
 
 
-def fit(model: TrainableModel, optimizer: Optimizer, x_train: Any, y_train: Any, x_test: Any = None,
-        y_test: Any = None, epochs: int = 10, **kwargs: Any) -> History:
+def fit(model: TrainableModel, optimizer: Optimizer, x_train: Data, y_train: Data,
+        x_test: Optional[Data] = None, y_test: Optional[Data] = None, epochs: int = 10,
+        **kwargs: Any) -> History:
     """Train ``model`` (see :class:`Trainer` for the options) and return its History."""
     return Trainer(model, optimizer, **kwargs).fit(x_train, y_train, x_test, y_test, epochs)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from ..errors import ArgumentTypeError
 from ..node import Node, Parameter
 from .init import INITS, Init, initial_weights
 
+T = TypeVar("T")
 Activation = Literal["tanh", "relu", "sigmoid"]
 
 LAYERS: dict[str, type] = {}
@@ -207,10 +208,10 @@ class _Unset:
         return "<unset>"
 
 
-UNSET: Any = _Unset()
+UNSET: Any = _Unset()  # typed Any: it stands in for an argument of any type
 
 
-def deprecated_default(name: str, value: Any, instead: str) -> Any:
+def deprecated_default(name: str, value: T, instead: str) -> T:
     """``value`` after a DeprecationWarning that ``name`` will need to be given."""
     warnings.warn(f"{name} defaults to {value!r} (the MNIST size) for now; this default is "
                   f"deprecated: {instead}", DeprecationWarning, stacklevel=3)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -15,10 +14,9 @@ from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
+from ..hints import Array, Data, PathLike
 from .layers import Layer, Linear, Sequential, deprecated_default, from_config
 
-# A backend array (numpy.ndarray, or cupy.ndarray on the GPU backend).
-Array = Any
 
 
 @runtime_checkable
@@ -33,13 +31,13 @@ class TrainableModel(Protocol):
     def inputs(self) -> tuple[Input, Input]:
         """The ``(data, targets)`` inputs of ``train_graph`` that each batch feeds."""
 
-    def prepare(self, x: Any) -> Array:
+    def prepare(self, x: Data) -> Array:
         """Raw data -> what the ``data`` input takes, on the model's backend."""
 
-    def prepare_targets(self, y: Any, n: int, argument: str = "targets") -> Array:
+    def prepare_targets(self, y: Data, n: int, argument: str = "targets") -> Array:
         """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
 
-    def evaluate(self, x: Array, y: Array, batch_size: int = 2000,
+    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
                  prepared: bool = False) -> dict[str, float]:
         """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
 
@@ -63,7 +61,7 @@ class ClassifierInputError(FeedError):
     """Images, labels or a batch size given to a Classifier are not what the model expects."""
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def _check_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size <= 0:
         raise ClassifierInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -145,20 +143,20 @@ class Classifier:
         top = 1.0 / self.pixel_scale
         return float(round(top)) if abs(top - round(top)) < 1e-6 * top else top
 
-    def prepare(self, images: Any) -> Any:
+    def prepare(self, images: Data) -> Array:
         """Raw images (a batch) -> the network's float input on the active backend.
 
         Refuses images of another shape or pixel scale (see :meth:`check_images`).
         """
         return self._scale(self.check_images(images)[0])
 
-    def _scale(self, x: Any) -> Any:
+    def _scale(self, x: Array) -> Array:
         x = x.astype(self.mean.dtype)
         x *= self.pixel_scale
         x -= self.mean.value
         return x
 
-    def check_images(self, images: Any, argument: str = "images") -> tuple[Any, bool]:
+    def check_images(self, images: Data, argument: str = "images") -> tuple[Array, bool]:
         """``images`` as a backend batch ``(N, *input_shape)``, and whether it was one image.
 
         Takes one image or a batch in any of :meth:`image_shapes`, with raw pixel values
@@ -183,7 +181,7 @@ class Classifier:
         self._check_pixel_scale(x, argument)
         return x.reshape((1 if single else x.shape[0],) + self.input_shape), single
 
-    def _as_backend_array(self, values: Any, argument: str) -> Any:
+    def _as_backend_array(self, values: Data, argument: str) -> Array:
         b = self.backend
         if b.is_array(values):
             return values
@@ -195,7 +193,7 @@ class Classifier:
             raise ClassifierInputError(f"{argument}: expected numbers, got dtype {host.dtype}")
         return b.asarray(host)
 
-    def _check_pixel_scale(self, x: Any, argument: str) -> None:
+    def _check_pixel_scale(self, x: Array, argument: str) -> None:
         if x.size == 0 or x.dtype.kind == "u" and x.dtype.itemsize == 1 and self.pixel_max >= 255:
             return
         xp = self.backend.xp
@@ -213,12 +211,12 @@ class Classifier:
                 f"{argument}: values lie in [{lo:g}, {hi:g}] with fractions, as if already "
                 f"scaled to [0, 1]; {expected}: multiply them by {top:g}")
 
-    def prepare_targets(self, y: Any, n: int, argument: str = "labels") -> Array:
+    def prepare_targets(self, y: Data, n: int, argument: str = "labels") -> Array:
         """Training labels: ``n`` integers in ``[0, num_classes)`` as int64 on the backend
         (ValueError naming ``argument`` otherwise)."""
         return training_labels(self.backend, y, n, self.num_classes, argument)
 
-    def check_labels(self, labels: Any, n: int, argument: str = "labels") -> Any:
+    def check_labels(self, labels: Data, n: int, argument: str = "labels") -> Array:
         """``labels`` as a backend int64 vector of exactly ``n`` class indices in
         ``[0, num_classes)``; anything else raises :class:`ClassifierInputError`."""
         y = self._as_backend_array(labels, argument)
@@ -238,31 +236,32 @@ class Classifier:
                                            f"{self.num_classes - 1}], got values in [{lo}, {hi}]")
         return y.astype(self.backend.xp.int64)
 
-    def fit_preprocessing(self, images: Any) -> None:
+    def fit_preprocessing(self, images: Data) -> None:
         """Learn the per-pixel training mean (after scaling) from ``images``."""
         saved = self.mean.value
         self.mean.value = saved * 0
         self.mean.value = self.prepare(images).mean(axis=0)
 
     # --- inference ----------------------------------------------------------------------
-    def predict(self, images: Any, batch_size: int = 4096) -> Any:
+    def predict(self, images: Data, batch_size: int = 4096) -> Array:
         """Class indices (backend array) for raw images: ``(N,)`` for a batch, 0-d for one image."""
         probs = self.predict_proba(images, batch_size)
         return probs.argmax(axis=-1)
 
-    def predict_proba(self, images: Any, batch_size: int = 4096) -> Any:
+    def predict_proba(self, images: Data, batch_size: int = 4096) -> Array:
         """Class probabilities (backend array) for raw images: ``(N, num_classes)`` for a
         batch, ``(num_classes,)`` for one image."""
         return self._run_eval(images, batch_size, features=False)[0]
 
-    def deep_features(self, images: Any, batch_size: int = 4096) -> tuple[Any, Any]:
+    def deep_features(self, images: Data, batch_size: int = 4096) -> tuple[Array, Array]:
         """``(probabilities, last hidden layer)`` for raw images, from one run per batch;
         for one image, both without the batch axis."""
         if self.features is None:
             raise ValueError("this network has no hidden layer to take features from")
         return self._run_eval(images, batch_size, features=True)
 
-    def _run_eval(self, images: Any, batch_size: int, features: bool) -> tuple[Any, Any]:
+    def _run_eval(self, images: Data, batch_size: int,
+                  features: bool) -> tuple[Array, Optional[Array]]:
         batch_size = _check_batch_size(batch_size)
         x, single = self.check_images(images)
         x = self._scale(x)
@@ -279,7 +278,8 @@ class Classifier:
             return p[0], (f[0] if f is not None else None)
         return p, f
 
-    def evaluate(self, x: Any, y: Any, batch_size: int = 2000, prepared: bool = False) -> dict:
+    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
+                 prepared: bool = False) -> dict[str, float]:
         """Accuracy and mean loss as Python floats (one host synchronisation).
 
         ``x``: raw images (or, with ``prepared=True``, the output of :meth:`prepare`);
@@ -302,7 +302,7 @@ class Classifier:
         n = int(x.shape[0])
         return {"accuracy": int(correct) / n, "loss": float(loss_sum) / n}
 
-    def _eval_batch(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+    def _eval_batch(self, xb: Array, yb: Array) -> tuple[Array, Array]:
         loss, probs = self.eval_graph.values({self.images: xb, self.labels: yb},
                                              [self.loss, self.probs])
         return loss, probs
@@ -314,11 +314,12 @@ class Classifier:
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
                 "pixel_scale": self.pixel_scale}
 
-    def host_arrays(self) -> dict[str, Any]:
+    def host_arrays(self) -> dict[str, np.ndarray]:
         """Copies of every array on the host (the live model stays where it is)."""
         return {k: to_numpy(p.value) for k, p in self.named_arrays().items()}
 
-    def load_host_arrays(self, arrays: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_host_arrays(self, arrays: Mapping[str, np.ndarray],
+                         source: str = "checkpoint") -> None:
         """Set every array from host copies; mismatched names or shapes raise CheckpointError."""
         mine = self.named_arrays()
         missing = sorted(set(mine) - set(arrays))
@@ -333,12 +334,12 @@ class Classifier:
         for k, p in mine.items():
             p.value = arrays[k]
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the model (config and host copies of its arrays) to an ``.npz`` file."""
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
 
 
-def training_labels(b: Backend, y: Any, n: int, classes: int, name: str) -> Array:
+def training_labels(b: Backend, y: Data, n: int, classes: int, name: str) -> Array:
     """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
     y = y if b.is_array(y) else b.asarray(to_numpy(y))
     if y.dtype.kind not in "iu":
@@ -390,7 +391,7 @@ def model_from_config(cfg: dict[str, Any], source: str = "checkpoint") -> Classi
         raise CheckpointError(f"{source}: the model config cannot be rebuilt: {exc}") from None
 
 
-def load(path: str | os.PathLike) -> Classifier:
+def load(path: PathLike) -> Classifier:
     """Load a model saved by :meth:`Classifier.save` (or a training checkpoint) onto the active backend."""
     arrays, meta = read_npz(path)
     if "model" not in meta:
