@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -105,3 +107,16 @@ def test_random_shift_takes_the_image_shape_from_the_batch(numpy_backend):
     flat = numpy_backend.asarray(np.zeros((2, 784), np.float32))
     with pytest.warns(DeprecationWarning, match="image_shape"):
         assert random_shift(flat, 1, rng_key=(0, 0, 0)).shape == (2, 784)
+
+
+@pytest.mark.parametrize("script", ["train", "visualize"])
+def test_scripts_run_by_path_with_only_graphnet_importable(tmp_path, script):
+    """`python examples/mnist/x.py` from anywhere: the script finds its own package."""
+    (tmp_path / "graphnet").symlink_to(ROOT / "graphnet")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "mnist" / f"{script}.py"), "--help"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", f"examples.mnist.{script}", "--help"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
