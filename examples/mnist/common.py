@@ -21,7 +21,8 @@ from graphnet.io import CheckpointError, atomic_write
 from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
                             TrainingInterrupted, checkpoint_position)
 
-from .config import CNN_SIZES, IMAGE_SHAPE, N_IMAGES, N_PIXELS, build_network, describe_network
+from .config import (CNN_SIZES, IMAGE_SHAPE, N_IMAGES, N_PIXELS, NUM_CLASSES, PIXEL_SCALE,
+                     build_network, describe_network)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET = EXIT_USAGE, EXIT_FAILED, EXIT_FAILED
@@ -215,7 +216,8 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     x_train, y_train, x_test, y_test = mnist.load(args.data)
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
-    model = nn.Classifier(network, input_shape, check_numerics=args.check_numerics)
+    model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
+                          check_numerics=args.check_numerics)
     model.fit_preprocessing(x_train)
     trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
                       optim.make_schedule(cfg["schedule"], cfg["epochs"]),

@@ -47,11 +47,11 @@ def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0
 def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict]:
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
     from .common import build_optimizer
-    from .config import build_network
+    from .config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
-    model = gn.nn.Classifier(network, input_shape)
+    model = gn.nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE)
     model.fit_preprocessing(x_train)
     opt = build_optimizer(cfg, model.parameters())
     Trainer(model, opt, optim.make_schedule(cfg["schedule"], cfg["epochs"]),
