@@ -9,8 +9,8 @@ from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
 from .errors import ArgumentError, ArgumentTypeError, ShapeError
-from .io import CheckpointError
 from .hints import Array, Data
+from .io import CheckpointError
 from .node import Input, Node, Parameter
 
 if TYPE_CHECKING:
