@@ -4,7 +4,7 @@
     python benchmarks/bench_cnn.py --full          # whole epochs (469 batches) per round
     python benchmarks/bench_cnn.py --threads 1     # BLAS / torch threads (default: all cores)
 
-The network is ``graphnet.nn.mnist_cnn({"model": "cnn"})``: conv 32 3x3, ReLU, conv 64 3x3,
+The network is ``examples.mnist.config.mnist_cnn({"model": "cnn"})``: conv 32 3x3, ReLU, conv 64 3x3,
 max-pool 2, ReLU, dropout 0.25, dense 128, ReLU, dropout 0.5, dense 10; PyTorch gets the
 same layers in the same order, the same initial weights (checked: both give the same
 logits), Adam lr 1e-3 and the same pre-permuted contiguous batches of 128 of real MNIST,
@@ -67,11 +67,13 @@ class GraphnetCNN:
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, seed: int) -> None:
         import graphnet as gn
-        from graphnet import nn, optim
+        from graphnet import optim
+
+        from examples.mnist.config import mnist_cnn
         gn.set_backend("numpy")
         gn.seed(seed)
         self.gn = gn
-        self.net = nn.mnist_cnn({"model": "cnn"})
+        self.net = mnist_cnn({"model": "cnn"})
         self.x = gn.Input("images", shape=(None, 1, 28, 28))
         self.y = gn.Input("labels", shape=(None,), dtype="int64")
         self.logits = self.net(self.x)

@@ -1,7 +1,7 @@
 """graphnet: define-then-run computational graphs for neural networks on NumPy or CuPy."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 from .backends import (Backend, BackendUnavailableError, available_backends, backend,
                        backend_names, get_backend, set_backend, use_backend)
@@ -12,6 +12,7 @@ from .errors import (ArgumentError, ArgumentTypeError, FeedError, GraphError, Gr
                      NumericsError, RunError, ShapeError)
 from .io import CheckpointError
 from .graph import Graph
+from .hints import Array, Data, DTypeLike
 from .node import Constant, Input, Node, Parameter
 from .ops import (add, concat, div, dropout, exp, flatten, linear, log, log_softmax, matmul,
                   mean, mse, mul, neg, power, relu, reshape, sigmoid, softmax,
@@ -23,7 +24,7 @@ from . import nn, optim  # noqa: E402  (after the engine they build on)
 __version__ = "0.1.0"
 
 
-_last_seed: Any = None  # the Trainer's default seed
+_last_seed: Optional[int] = None  # the Trainer's default seed
 
 
 def seed(n: int) -> None:
@@ -37,7 +38,7 @@ def seed(n: int) -> None:
     _last_seed = n
 
 
-def asarray(x: Any, dtype: Any = None) -> Any:
+def asarray(x: Data, dtype: DTypeLike = None) -> Array:
     """``x`` as an array of the active backend."""
     return backend().asarray(x, dtype)
 

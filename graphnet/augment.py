@@ -2,25 +2,29 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .backends import backend
+from .hints import Array
 
 _STREAM = 0x617567  # separates these draws from any other use of the same key
 
 
-def random_shift(x: Any, max_shift: int = 2, image_shape: Sequence[int] = (1, 28, 28),
-                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Any:
+def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
+                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Array:
     """Each image moved by up to ``max_shift`` pixels (and turned by up to ``rotate`` degrees).
 
     ``x`` is a batch of prepared images, shape ``(N, *image_shape)``; uncovered pixels
     take the batch's background value (its minimum). One gather per batch; nearest-pixel
     sampling. With ``rng_key`` (non-negative ints, e.g. ``(seed, epoch, offset)``) the draws are
     a pure function of the key, made on the host: the same on every backend; without it they
-    come from the backend's generator.
+    come from the backend's generator. ``image_shape=None``: the last two axes of ``x``
+    (a batch of flat images needs it given; 28x28 is assumed for now, deprecated).
     """
+    image_shape = _image_shape(x, image_shape)
     b = backend()
     xp = b.xp
     n = x.shape[0]
@@ -55,3 +59,15 @@ def keyed_uniform(rng_key: Sequence[int], shape: tuple) -> np.ndarray:
     bits = np.random.Philox(np.random.SeedSequence(key + [_STREAM])).random_raw(math.prod(shape))
     # 24 random bits: exactly representable in float32, so never rounded up to 1.0
     return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
+
+
+def _image_shape(x: Array, given: Optional[Sequence[int]]) -> Sequence[int]:
+    """``given``, else the image axes of ``x`` (the old MNIST default for flat batches)."""
+    if given is not None:
+        return given
+    if x.ndim >= 3:
+        return tuple(x.shape[1:])
+    warnings.warn("random_shift: flat images with no image_shape are taken as 28x28 (the MNIST "
+                  "size) for now; this default is deprecated: give image_shape",
+                  DeprecationWarning, stacklevel=3)
+    return (28, 28)

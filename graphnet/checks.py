@@ -63,7 +63,7 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     return value
 
 
-def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+def int_pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
     """An int or a (height, width) pair of ints, each ``>= minimum``."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:

@@ -1,17 +1,20 @@
 """Host-side file I/O: atomic ``.npz`` writes and safe, validated reads."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import GraphnetError
+from .hints import PathLike
 
 FORMAT = "graphnet-checkpoint"
 VERSION = 1
@@ -21,29 +24,55 @@ class CheckpointError(GraphnetError, ValueError):
     """A file is not a readable graphnet checkpoint, or does not fit the model."""
 
 
-def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
-    """Write host arrays plus JSON metadata to ``path`` atomically (temp file, fsync, rename)."""
+Content = Union[Iterable[bytes], Callable[[BinaryIO], None]]
+
+
+def atomic_write(path: PathLike, content: Content,
+                 verify: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write ``content`` (byte chunks, or a function writing into a binary file) to ``path``
+    atomically: a temp file beside it, fsync, ``verify(temp path)``, rename, then an fsync of
+    the folder so that the rename itself survives a crash. On any failure ``path`` is
+    untouched and no temp file is left. The file gets the usual permissions (umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {k: np.asarray(v) for k, v in arrays.items()}
-    header = {"format": FORMAT, "version": VERSION, **meta}
-    payload["__meta__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            if callable(content):
+                content(f)
+            else:
+                f.writelines(content)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
     return path
 
 
+def atomic_write_npz(path: PathLike, arrays: Mapping[str, ArrayLike],
+                     meta: Mapping[str, Any]) -> Path:
+    """Write host arrays plus JSON metadata to ``path`` atomically (see :func:`atomic_write`)."""
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    header = {"format": FORMAT, "version": VERSION, **meta}
+    payload["__meta__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    return atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (POSIX; a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -56,7 +85,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_npz(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a graphnet ``.npz``; CheckpointError names the file on any problem.
 
     Total and bounded: only regular files are opened (a pipe or a device never blocks),
@@ -87,7 +116,7 @@ MAX_META_DEPTH = 64
 REQUIRED = {"model": {"model": dict}, "checkpoint": {"model": dict, "optimizer": dict, "state": dict}}
 
 
-def _open_regular(path: Path) -> Any:
+def _open_regular(path: Path) -> BinaryIO:
     """``path`` opened for binary reading, if it is a regular file (checked without blocking)."""
     try:
         st = os.stat(path)
@@ -151,7 +180,7 @@ def _check_dtype(path: Path, key: str, dtype: np.dtype) -> None:
                               + (f": {what}" if what else "") + "; only real numbers are read")
 
 
-def _read_meta(path: Path, raw: Any) -> dict[str, Any]:
+def _read_meta(path: Path, raw: Optional[np.ndarray]) -> dict[str, Any]:
     """The JSON metadata, checked: small, shallow, a dict of the graphnet format and a known version."""
     if raw is None:
         raise CheckpointError(f"{path}: not a graphnet checkpoint (no metadata)")
@@ -186,7 +215,7 @@ def _read_meta(path: Path, raw: Any) -> dict[str, Any]:
     return meta
 
 
-def _depth(obj: Any) -> int:
+def _depth(obj: object) -> int:
     """How deeply lists and dicts nest in ``obj`` (iteratively: no recursion limit)."""
     deepest, stack = 0, [(obj, 1)]
     while stack:

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
 from .errors import ArgumentError, ArgumentTypeError, ShapeError
+from .hints import Array, Data
 from .io import CheckpointError
 from .kernels import kernel
 from .node import Input, Node, Parameter
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .graph import Graph
 
 
 def _param_list(params: Any, who: str) -> list[Parameter]:
@@ -57,7 +63,7 @@ class Optimizer:
         self._grad_bufs: dict[Parameter, Any] = {}
         self._wrt: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
-    def step(self, grads: Mapping[Parameter, Any]) -> None:
+    def step(self, grads: Mapping[Parameter, Array]) -> None:
         """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are).
 
         Each gradient must be an array of the parameter's backend with exactly its shape
@@ -84,8 +90,8 @@ class Optimizer:
                 raise ArgumentTypeError(f"the gradient for parameter {p.name!r} must be floating, "
                                         f"got dtype {g.dtype}")
 
-    def minimize(self, graph: Any, feed: Mapping[Any, Any],
-                 rng_key: Optional[tuple[int, ...]] = None) -> Any:
+    def minimize(self, graph: Graph, feed: Mapping[Input, Data],
+                 rng_key: Optional[tuple[int, ...]] = None) -> Array:
         """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
 
         ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
@@ -124,14 +130,14 @@ class Optimizer:
         return s
 
     # --- checkpoints --------------------------------------------------------------------
-    def host_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def host_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(host arrays, JSON-able scalars) that restore this optimizer exactly."""
         arrays = {f"{s}.{i}": to_numpy(v) for s, vs in self.state.items()
                   for i, v in enumerate(vs) if v is not None}
         return arrays, {"type": type(self).__name__, "lr": self.lr, "steps": self.steps,
                         "weight_decay": self.weight_decay}
 
-    def load_host_state(self, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    def load_host_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Restore what :meth:`host_state` returned."""
         if not isinstance(meta, Mapping) or meta.get("type") != type(self).__name__:
             got = meta.get("type") if isinstance(meta, Mapping) else type(meta).__name__

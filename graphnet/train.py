@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .backends.host import to_numpy
-from .distributed import ShardedSampler, attach
+from .distributed import ShardedSampler, World, attach
 from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
-from .nn.model import Classifier, model_from_config
+from .nn.model import Classifier, TrainableModel, model_from_config
+from .hints import Array, Data, PathLike, RngKey
 from .optim import CosineLR, Optimizer, Schedule, StepLR
 
 CHECKPOINT = "checkpoint.npz"
@@ -123,19 +124,23 @@ class TrainState:
 
 
 class Trainer:
-    """Trains a Classifier with an optimizer; see :func:`fit`.
+    """Trains a model (any :class:`~graphnet.nn.TrainableModel`, e.g. a Classifier) with an
+    optimizer; see :func:`fit`.
 
     ``seed`` keys the shuffles, dropout masks and augmentation (default: the value last given
     to ``gn.seed``, else 0). ``augment(xb)`` or ``augment(xb, rng_key=...)`` transforms each batch.
     """
 
-    def __init__(self, model: Classifier, optimizer: Optimizer, schedule: Optional[Schedule] = None,
+    def __init__(self, model: TrainableModel, optimizer: Optimizer, schedule: Optional[Schedule] = None,
                  batch_size: int = 128, eval_every: Optional[int] = None,
-                 checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
+                 checkpoint_dir: Optional[PathLike] = None, progress: bool = True,
                  eval_subset: int = 10000, divergence_check_every: int = 25,
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
-                 augment: Optional[Callable[..., Any]] = None, seed: Optional[int] = None,
-                 distributed: Any = None) -> None:
+                 augment: Optional[Callable[..., Array]] = None, seed: Optional[int] = None,
+                 distributed: Optional[World] = None) -> None:
+        if not isinstance(model, TrainableModel):
+            raise TypeError(f"model: expected a TrainableModel (a loss graph, its inputs, prepare, "
+                            f"evaluate, ... like nn.Classifier), got {type(model).__name__}")
         self.model, self.optimizer = model, optimizer
         self.batch_size = _checked_batch_size(batch_size)
         self.schedule = schedule or Schedule()
@@ -152,7 +157,7 @@ class Trainer:
         self.history = History()
         self.state = TrainState()
         self._stop_requested = False
-        self._buffers: Optional[tuple[Any, Any]] = None
+        self._buffers: Optional[tuple[Array, Array]] = None
         self._keyed_step = _accepts(optimizer.minimize, "rng_key")
         self._keyed_augment = augment is not None and _accepts(augment, "rng_key")
         # Data-parallel hook: distributed is a graphnet.distributed.World (None: one process).
@@ -161,7 +166,8 @@ class Trainer:
             attach(self, distributed)
 
     # --- public -----------------------------------------------------------------------
-    def fit(self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
+    def fit(self, x_train: Data, y_train: Data, x_test: Optional[Data] = None,
+            y_test: Optional[Data] = None,
             epochs: int = 10) -> History:
         """Train until ``epochs`` epochs are complete (counting any resumed ones)."""
         st = self.state
@@ -172,12 +178,11 @@ class Trainer:
                              f"{st.epoch + 1}: give epochs >= {st.epoch + 1}")
         if (x_test is None) != (y_test is None):
             raise ValueError("give both x_test and y_test, or neither")
-        classes = self.model.num_classes
-        X = self.model.prepare(x_train)
-        Y = _labels(self.model.backend, y_train, X.shape[0], classes, "y_train")
-        Xt = None if x_test is None else self.model.prepare(x_test)
-        Yt = None if y_test is None else _labels(self.model.backend, y_test, Xt.shape[0], classes,
-                                                  "y_test")
+        m = self.model
+        X = m.prepare(x_train)
+        Y = m.prepare_targets(y_train, X.shape[0], "y_train")
+        Xt = None if x_test is None else m.prepare(x_test)
+        Yt = None if y_test is None else m.prepare_targets(y_test, Xt.shape[0], "y_test")
         n = X.shape[0]
         if st.sample and st.n != n:
             raise CheckpointError(f"the run stopped part-way through an epoch of {st.n} training "
@@ -253,7 +258,7 @@ class Trainer:
             meta["rng"] = {"backend": b.name, "device": _jsonable(b.rng_state())}
         return atomic_write_npz(path, arrays, meta)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
+    def load_checkpoint(self, path: PathLike) -> None:
         """Restore everything :meth:`save_checkpoint` wrote (onto the active backend).
 
         The run's settings (seed, batch size, learning rate, schedule) are restored as they
@@ -284,7 +289,7 @@ class Trainer:
         """The training rows of ``epoch``, in order (host int64)."""
         return epoch_permutation(self.seed, epoch, self.state.n)
 
-    def _run_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
+    def _run_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array]) -> None:
         b, st = self.model.backend, self.state
         n = st.n
         sampler = self._sampler()
@@ -318,13 +323,13 @@ class Trainer:
         st.loss_sum += self._weighted_sum(losses, sizes, len(starts))
         self._finish_epoch(X, Y, Xt, Yt, time.perf_counter() - t0)
 
-    def _weighted_sum(self, losses: Any, sizes: np.ndarray, stop: int) -> float:
+    def _weighted_sum(self, losses: Array, sizes: np.ndarray, stop: int) -> float:
         """Sum of the first ``stop`` batch losses times their batch sizes (one host read)."""
         if stop == 0:
             return 0.0
         return float(to_numpy(losses[:stop]).astype(np.float64) @ sizes[:stop])
 
-    def _batch(self, X: Any, Y: Any, rows: Any) -> tuple[Any, Any]:
+    def _batch(self, X: Array, Y: Array, rows: Array) -> tuple[Array, Array]:
         """The batch ``X[rows], Y[rows]``, gathered into two arrays reused every step.
 
         No shuffled copy of the training set: the data is held once.
@@ -341,8 +346,9 @@ class Trainer:
         b.take_rows(Y, rows, yb)
         return xb, yb
 
-    def _step(self, xb: Any, yb: Any, rng_key: tuple[int, int, int]) -> Any:
-        graph, feed = self.model.train_graph, {self.model.images: xb, self.model.labels: yb}
+    def _step(self, xb: Array, yb: Array, rng_key: RngKey) -> Array:
+        data, targets = self.model.inputs
+        graph, feed = self.model.train_graph, {data: xb, targets: yb}
         if self.dist is not None:
             self.optimizer.stop_requested = self._stop_requested  # Ctrl-C: all ranks stop together
             cost = self.optimizer.minimize(graph, feed, rng_key=rng_key if self._keyed_step else None,
@@ -358,7 +364,7 @@ class Trainer:
         world = self.dist
         return ShardedSampler(self.batch_size, *((0, 1) if world is None else (world.rank, world.size)))
 
-    def _evaluate(self, x: Any, y: Any) -> dict:
+    def _evaluate(self, x: Array, y: Array) -> dict[str, float]:
         if self.dist is None:
             return self.model.evaluate(x, y, prepared=True)
         return self.dist.evaluate(self.model, x, y)  # each rank a part, metrics reduced
@@ -366,7 +372,7 @@ class Trainer:
     def _set_lr(self, epoch: float) -> None:
         self.optimizer.lr = self.base_lr * self.schedule(max(epoch - self.schedule_from, 0.0))
 
-    def _check_finite(self, losses: Any, starts: range, stop: int) -> None:
+    def _check_finite(self, losses: Array, starts: range, stop: int) -> None:
         xp, check_from = self.model.backend.xp, max(stop - self.check_every, 0)
         bad = ~xp.isfinite(losses[check_from:stop])
         if bool(bad.any()):
@@ -379,17 +385,18 @@ class Trainer:
             raise DivergenceError(f"training diverged: the loss became {float(losses[first])} at "
                                   f"{where} (lr={self.optimizer.lr:g}); lower the learning rate{kept}")
 
-    def _finish_epoch(self, X: Any, Y: Any, Xt: Any, Yt: Any, secs: float) -> None:
+    def _finish_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array],
+                      secs: float) -> None:
         st, h = self.state, self.history
         if self.dist is not None:  # e.g. BatchNorm statistics: the mean over the ranks
             self.dist.average_([p for p in self.model.named_arrays().values() if not p.trainable])
         train = self._evaluate(X[:self.eval_subset], Y[:self.eval_subset])
         h.epoch.append(st.epoch + 1)
         h.train_loss.append(st.loss_sum / st.n)
-        h.train_accuracy.append(train["accuracy"])
+        h.train_accuracy.append(train.get("accuracy", math.nan))
         if Xt is not None:
             test = self._evaluate(Xt, Yt)
-            h.test_accuracy.append(test["accuracy"])
+            h.test_accuracy.append(test.get("accuracy", math.nan))
             h.test_loss.append(test["loss"])
         h.seconds.append(secs)
         h.lr.append(self.optimizer.lr)
@@ -402,7 +409,7 @@ class Trainer:
         if self.on_epoch_end:
             self.on_epoch_end(self)
 
-    def _record_curve(self, X: Any, Y: Any, Xt: Any, Yt: Any) -> None:
+    def _record_curve(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array]) -> None:
         h = self.history
         train = self._evaluate(X[:2000], Y[:2000])
         h.curve_batches.append(self.state.batches_seen)
@@ -440,7 +447,7 @@ class Trainer:
             segs.pop()  # replaced before any step was taken with it
         segs.append(seg)
 
-    def _restore(self, meta: dict[str, Any], path: Any) -> None:
+    def _restore(self, meta: dict[str, Any], path: PathLike) -> None:
         run, s = meta["run"], meta["state"]
         self.seed = _checked_seed(run.get("seed", self.seed))
         self.batch_size = _checked_batch_size(run.get("batch_size", self.batch_size))
@@ -459,7 +466,7 @@ class Trainer:
         self.history = History.from_dict(meta["history"])
 
 
-def schedule_from_config(cfg: Any, source: Any = "checkpoint") -> Schedule:
+def schedule_from_config(cfg: object, source: PathLike = "checkpoint") -> Schedule:
     """The built-in Schedule that ``Schedule.config()`` described."""
     kind = cfg.get("type") if isinstance(cfg, dict) else None
     try:
@@ -475,7 +482,7 @@ def schedule_from_config(cfg: Any, source: Any = "checkpoint") -> Schedule:
                           "to the Trainer that wrote it")
 
 
-def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
+def _current_format(meta: dict[str, Any], path: PathLike) -> dict[str, Any]:
     """Checkpoint metadata in the current version's layout (or a CheckpointError saying why not)."""
     version = meta.get("checkpoint_version", 1)
     if not _is_int(version) or version < 1:
@@ -505,35 +512,19 @@ def _current_format(meta: dict[str, Any], path: Any) -> dict[str, Any]:
 
 
 # --- input checks --------------------------------------------------------------------
-def _labels(b: Any, y: Any, n: int, classes: int, name: str) -> Any:
-    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
-    y = y if b.is_array(y) else b.asarray(to_numpy(y))
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
-                         f"got shape {tuple(y.shape)}")
-    if n:
-        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
-        if lo < 0 or hi >= classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
-    return y.astype(b.xp.int64)
-
-
-def _checked_batch_size(v: Any) -> int:
+def _checked_batch_size(v: object) -> int:
     if not _is_int(v) or v <= 0:
         raise ValueError(f"batch_size must be an integer > 0, got {v!r}")
     return int(v)
 
 
-def _checked_seed(v: Any) -> int:
+def _checked_seed(v: object) -> int:
     if not _is_int(v) or not 0 <= v < _MAX_KEY:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {v!r}")
     return int(v)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -588,9 +579,9 @@ class _sigint_finishes_batch:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.previous: Any = None
+        self.previous: Optional[Callable[[int, Optional[FrameType]], Any] | int] = None
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.trainer._stop_requested:
             raise KeyboardInterrupt
         self.trainer._stop_requested = True
@@ -605,13 +596,13 @@ class _sigint_finishes_batch:
             self.previous = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         self.trainer._stop_requested = False
 
 
-def checkpoint_position(path: str | os.PathLike) -> tuple[int, int, int]:
+def checkpoint_position(path: PathLike) -> tuple[int, int, int]:
     """``(complete epochs, samples into the next, training-set size)`` of a checkpoint."""
     _, meta = read_npz(path)
     if meta.get("kind") != "checkpoint":
@@ -624,14 +615,15 @@ def checkpoint_position(path: str | os.PathLike) -> tuple[int, int, int]:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
 
 
-def resume_model(path: str | os.PathLike) -> Classifier:
+def resume_model(path: PathLike) -> Classifier:
     """An untrained Classifier with the architecture a checkpoint was written for."""
     _, meta = read_npz(path)
     return model_from_config(meta["model"], str(path))
 
 
-def fit(model: Classifier, optimizer: Optimizer, x_train: Any, y_train: Any, x_test: Any = None,
-        y_test: Any = None, epochs: int = 10, **kwargs: Any) -> History:
+def fit(model: TrainableModel, optimizer: Optimizer, x_train: Data, y_train: Data,
+        x_test: Optional[Data] = None, y_test: Optional[Data] = None, epochs: int = 10,
+        **kwargs: Any) -> History:
     """Train ``model`` (see :class:`Trainer` for the options) and return its History."""
     return Trainer(model, optimizer, **kwargs).fit(x_train, y_train, x_test, y_test, epochs)
 

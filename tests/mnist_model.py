@@ -4,7 +4,6 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,12 +13,6 @@ from graphnet.datasets import mnist
 from graphnet.train import fit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "mnist"
-
-
-def mnist_examples_on_path() -> None:
-    """Make ``import digits, predict, serve`` find examples/mnist."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
 
 
 @functools.lru_cache(maxsize=None)

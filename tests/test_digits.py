@@ -14,11 +14,9 @@ import graphnet as gn
 from graphnet import nn
 from graphnet.datasets import mnist
 
-from mnist_model import EXAMPLES, mnist_examples_on_path, small_mnist_model
+from examples.mnist import digits, predict
+from mnist_model import EXAMPLES, small_mnist_model
 
-mnist_examples_on_path()
-import digits  # noqa: E402
-import predict  # noqa: E402
 
 ROOT = EXAMPLES.parent.parent
 

@@ -1,7 +1,7 @@
 """The MNIST example's command line: bad flags fail before any work; real runs are checks."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -30,14 +30,8 @@ def run(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.
 
 
 def _module(name: str):
-    """examples/mnist/<name>.py as a module (other examples have a train.py too)."""
-    key = f"graphnet_examples_mnist_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    """examples/mnist/<name>.py, imported as the package module examples.mnist.<name>."""
+    return importlib.import_module(f"examples.mnist.{name}")
 
 
 def _one_line_usage_error(res: subprocess.CompletedProcess, message: str) -> None:

@@ -20,10 +20,9 @@ import graphnet as gn
 from graphnet import nn
 from graphnet.datasets import mnist
 
-from mnist_model import mnist_examples_on_path, small_mnist_model
+from examples.mnist import digits, serve
+from mnist_model import small_mnist_model
 
-mnist_examples_on_path()
-import serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -118,7 +117,6 @@ def test_a_drawing_gets_probabilities_image_point_and_neighbours(untrained_serve
         assert math.isclose(sum(answer["probabilities"]), 1, rel_tol=1e-5)
         assert answer["top"] == int(np.argmax(answer["probabilities"]))
         image = np.array(answer["image"], dtype=np.uint8).reshape(28, 28)
-        import digits
         np.testing.assert_array_equal(image, digits.to_mnist(np.array(pixels, float)))
         with gn.use_backend("numpy"):
             probs, feats = dm.model.deep_features(image)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -268,13 +267,7 @@ def test_confusion_counts_and_mistakes_on_the_backend(backend):
 # --- the MNIST example's page, on fake data -------------------------------------------------
 @pytest.fixture
 def visualize_module(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "examples" / "mnist"))
-    for name in ("visualize", "weight_decay"):
-        sys.modules.pop(name, None)
-    vis = importlib.import_module("visualize")
-    yield vis
-    for name in ("visualize", "weight_decay", "common"):
-        sys.modules.pop(name, None)
+    yield importlib.import_module("examples.mnist.visualize")
 
 
 def test_write_all_writes_every_figure_and_the_page(visualize_module, monkeypatch, tmp_path):
@@ -319,10 +312,7 @@ def test_write_all_without_hidden_layer_or_metrics(visualize_module, monkeypatch
 
 # --- the toy problems -------------------------------------------------------------------
 def test_nonlinear_example_learns_and_writes_both_figures(backend, tmp_path):
-    spec = importlib.util.spec_from_file_location("nonlinear_train",
-                                                  ROOT / "examples" / "nonlinear" / "train.py")
-    toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(toy)
+    toy = importlib.import_module("examples.nonlinear.train")
     x, y = toy.make_data("disk", 200)
     assert 0.35 < y.mean() < 0.65  # the circle holds about half the square
     gn.seed(0)

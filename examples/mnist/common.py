@@ -17,34 +17,21 @@ except ImportError:  # not POSIX: runs are not locked
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
-from graphnet.io import CheckpointError
+from graphnet.io import CheckpointError, atomic_write
 from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
                             TrainingInterrupted, checkpoint_position)
+
+from .config import (CNN_SIZES, IMAGE_SHAPE, N_IMAGES, N_PIXELS, NUM_CLASSES, PIXEL_SCALE,
+                     build_network, describe_network)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET = EXIT_USAGE, EXIT_FAILED, EXIT_FAILED
 RUN_FILES = (CHECKPOINT, "model.npz", "metrics.json", "config.json")
 LOCK = ".lock"
-# Parameters of the fixed convolutional networks, and floats of activations per image
-# (forward values kept for the backward pass), for the memory estimate.
-CNN_SIZES = {"cnn": (1_200_000, 120_000), "cnn-best": (360_000, 110_000)}
 
 
 class LockHeld(RuntimeError):
     """Another live run holds the output folder."""
-
-
-def build_network(cfg: dict[str, Any]) -> tuple[Any, tuple]:
-    """The network and its input shape for a config."""
-    if cfg.get("model", "mlp") == "mlp":
-        return nn.MLP(cfg["layers"], 784, cfg["activation"], cfg["dropout"]), (784,)
-    return nn.mnist_cnn(cfg), (1, 28, 28)
-
-
-def describe_network(cfg: dict[str, Any]) -> str:
-    """``mlp [128, 64, 10]`` or the CNN's name, for the start-up line."""
-    model = cfg.get("model", "mlp")
-    return f"mlp {cfg['layers']}" if model == "mlp" else model
 
 
 def build_optimizer(cfg: dict[str, Any], params: list) -> optim.Optimizer:
@@ -60,7 +47,7 @@ def augmenter(cfg: dict[str, Any]) -> Any:
     if not cfg.get("augment"):
         return None
     from graphnet.augment import random_shift
-    return lambda xb, rng_key=None: random_shift(xb, max_shift=2, image_shape=(28, 28),
+    return lambda xb, rng_key=None: random_shift(xb, max_shift=2, image_shape=IMAGE_SHAPE,
                                                  rotate=cfg.get("rotate", 0.0), rng_key=rng_key)
 
 
@@ -70,13 +57,13 @@ def training_bytes(cfg: dict[str, Any]) -> int:
     state, and one batch of activations."""
     item = gn.get_default_dtype().itemsize
     if cfg.get("model", "mlp") == "mlp":
-        widths = [784] + list(cfg["layers"])
+        widths = [N_PIXELS] + list(cfg["layers"])
         params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
         acts = 3 * sum(widths)
     else:
         params, acts = CNN_SIZES.get(cfg["model"], (0, 0))
     slots = 2 if cfg["optimizer"] == "adam" else (1 if cfg["momentum"] else 0)
-    data = 70_000 * 784 * (item + 1)
+    data = N_IMAGES * N_PIXELS * (item + 1)
     return item * (params * (2 + slots) + cfg["batch_size"] * acts) + data
 
 
@@ -229,7 +216,8 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     x_train, y_train, x_test, y_test = mnist.load(args.data)
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
-    model = nn.Classifier(network, input_shape, check_numerics=args.check_numerics)
+    model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
+                          check_numerics=args.check_numerics)
     model.fit_preprocessing(x_train)
     trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
                       optim.make_schedule(cfg["schedule"], cfg["epochs"]),
@@ -261,7 +249,7 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     write_json(out / "metrics.json", metrics)
     figures = ""
     if args.plots:
-        from visualize import write_all
+        from .visualize import write_all
         figures = f", figures {write_all(out / 'model.npz', out, data=args.data)}"
     print(f"done in {time.perf_counter() - t_start:.1f} s: test accuracy "
           f"{metrics['test_accuracy']:.4f} (train {metrics['train_accuracy']:.4f}) after "
@@ -333,10 +321,5 @@ def final_metrics(model: nn.Classifier, history: Any, cfg: dict, b: Any, x_train
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically (see :func:`graphnet.io.atomic_write`)."""
+    atomic_write(path, [json.dumps(obj, indent=1).encode()])

@@ -14,6 +14,13 @@ others still get theirs), 2 for a bad model, backend or option.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
+    run_as_module("predict")
+
 import argparse
 import sys
 from pathlib import Path
@@ -21,12 +28,9 @@ from typing import Optional
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from graphnet import to_numpy
 
-import digits  # noqa: E402
-from graphnet import to_numpy  # noqa: E402
+from . import digits
 
 EXIT_SOME_FAILED, EXIT_BAD_SETUP = 1, 2
 

@@ -17,6 +17,13 @@ answer with a message and the server keeps serving.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
+    run_as_module("serve")
+
 import argparse
 import base64
 import binascii
@@ -32,13 +39,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from graphnet import to_numpy, viz
+from graphnet.datasets import mnist
 
-import digits  # noqa: E402
-from graphnet import to_numpy, viz  # noqa: E402
-from graphnet.datasets import mnist  # noqa: E402
+from . import digits
+
+HERE = Path(__file__).resolve().parent
 
 STATIC = HERE / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

@@ -14,6 +14,13 @@ Exit codes: 0 done, 1 training failed (diverged, out of memory, below --min-accu
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
+    run_as_module("train")
+
 import argparse
 import json
 import math
@@ -22,37 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The reference's two published set-ups: tanh, softmax, cross-entropy, batch 128, plain SGD.
-    "seed-10": dict(layers=[10], activation="tanh", epochs=1, optimizer="sgd", lr=0.5),
-    "seed-128-64-10": dict(layers=[128, 64, 10], activation="tanh", epochs=10, optimizer="sgd",
-                           lr=0.5),
-    # Best fully connected network that trains in about two minutes on two CPU cores.
-    "fast": dict(layers=[512, 256, 10], activation="relu", epochs=12, optimizer="sgd", lr=0.05,
-                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine"),
-    # The strongest fully connected network we found.
-    "best": dict(layers=[1024, 1024, 10], activation="relu", epochs=40, optimizer="sgd", lr=0.05,
-                 momentum=0.9, nesterov=True, weight_decay=5e-4, dropout=0.2, schedule="cosine",
-                 augment=True),
-    # Convolutional networks (graphnet.nn.mnist_cnn): the classic conv32-conv64-pool-dense128.
-    "cnn": dict(model="cnn", epochs=8, batch_size=128, optimizer="adam", lr=1e-3,
-                schedule="cosine"),
-    # Two BatchNorm conv blocks, trained on shifted (2 px) and rotated (10 degrees) digits.
-    "cnn-best": dict(model="cnn-best", epochs=15, batch_size=128, optimizer="adam", lr=2e-3,
-                     schedule="cosine", augment=True, rotate=10.0),
-}
-DEFAULTS: dict[str, Any] = dict(layers=[512, 256, 10], activation="relu", epochs=12, batch_size=128,
-                                optimizer="sgd", lr=0.05, momentum=0.0, nesterov=False,
-                                weight_decay=0.0, dropout=0.0, schedule="constant", seed=0,
-                                augment=False, model="mlp", rotate=0.0)
-FLAG_KEYS = ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "momentum",
-             "nesterov", "weight_decay", "dropout", "schedule", "seed", "augment")
-CHANGEABLE_ON_RESUME = ("epochs", "batch_size", "lr", "schedule", "augment")
-MLP_ONLY = ("layers", "activation", "dropout")
-SGD_ONLY = ("momentum", "nesterov")
-CHOICES = {"activation": ("tanh", "relu", "sigmoid"), "optimizer": ("sgd", "adam"),
-           "schedule": ("constant", "step", "cosine"), "model": ("mlp", "cnn", "cnn-best")}
-MAX_SEED = 2**32 - 1
+from .config import (CHANGEABLE_ON_RESUME, CHOICES, DEFAULTS, FLAG_KEYS, MAX_SEED,  # noqa: E402
+                     MLP_ONLY, PRESETS, SGD_ONLY)
 
 
 class UsageError(ValueError):
@@ -302,9 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        from common import run_training  # noqa: E402  (after the backend is chosen)
+        from .common import run_training  # (after the backend is chosen)
         if args.world is None:
             return run_training(args)
         with distributed.failure_ends_all(args.world) as guard:  # one rank failing ends them all

@@ -15,50 +15,43 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
+    try:
+        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
+    except ImportError:  # e.g. runpy.run_path with the repository importable
+        from examples.mnist._bootstrap import run_as_module
+    run_as_module("weight_decay")
+
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+import graphnet as gn
+from graphnet import optim, viz
+from graphnet.datasets import mnist
+from graphnet.train import Trainer
 
-import graphnet as gn  # noqa: E402
-from graphnet import optim, viz  # noqa: E402
-from graphnet.datasets import mnist  # noqa: E402
-from graphnet.train import Trainer  # noqa: E402
+from .config import DEFAULTS, PRESETS
 
 LAMBDA, EPOCHS = 0.01, 3
 
 
-def _mnist_train() -> Any:
-    """examples/mnist/train.py as a module (by path: other examples have a train.py too)."""
-    name = "graphnet_examples_mnist_train"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0) -> dict:
     """The seed-10 preset of train.py with the given epochs and weight decay."""
-    train = _mnist_train()
-    cfg = dict(train.DEFAULTS, **train.PRESETS["seed-10"])
+    cfg = dict(DEFAULTS, **PRESETS["seed-10"])
     cfg.update(epochs=epochs, weight_decay=weight_decay, seed=seed, preset="seed-10")
     return cfg
 
 
 def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict]:
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
-    from common import build_network, build_optimizer
+    from .common import build_optimizer
+    from .config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
-    model = gn.nn.Classifier(network, input_shape)
+    model = gn.nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE)
     model.fit_preprocessing(x_train)
     opt = build_optimizer(cfg, model.parameters())
     Trainer(model, opt, optim.make_schedule(cfg["schedule"], cfg["epochs"]),

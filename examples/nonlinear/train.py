@@ -12,7 +12,8 @@ Two problems in the plane:
 
 Each is learnt by a network 2 -> hidden tanh layers -> 2 (softmax) built directly
 with the graph API (``gn.Input``, ``gn.Parameter``, ``gn.tanh``, ``gn.linear``,
-``gn.Graph`` with the cost, ``gn.optim.Adam``), trained full-batch. The graph's
+``gn.Graph`` with the cost, ``gn.optim.Adam``), trained full-batch by graphnet's
+``Trainer`` (the same one that trains the MNIST example). The graph's
 outputs are the class probabilities *and* the last hidden layer, from one run.
 
 Writes OUT/xor.png and OUT/disk.png, each with two panels:
@@ -37,6 +38,8 @@ import numpy as np
 
 import graphnet as gn
 from graphnet import viz
+from graphnet.nn.init import glorot_uniform
+from graphnet.train import Trainer
 
 PROBLEMS = ("xor", "disk")
 
@@ -59,50 +62,86 @@ def make_data(problem: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 class Net:
     """2 -> tanh hidden layers -> 2 classes, as graphnet graphs."""
 
-    def __init__(self, hidden: list[int], seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
+    def __init__(self, hidden: list[int]) -> None:
+        """Weights from graphnet's host generator (seed it with ``gn.seed``)."""
+        self.backend = gn.backend()
+        self.hidden = list(hidden)
         self.x = gn.Input("x", shape=(None, 2))
         self.y = gn.Input("y", shape=(None,), dtype="int64")
         self.params: list[gn.Parameter] = []
         h, n_in = self.x, 2
         for i, n in enumerate(hidden):
-            h = gn.tanh(self._dense(h, n_in, n, rng, f"hidden{i + 1}"))
+            h = gn.tanh(self._dense(h, n_in, n, f"hidden{i + 1}"))
             n_in = n
         self.features = h
         # the output layer, also usable on its own (for the feature-space picture)
         self.h = gn.Input("h", shape=(None, n_in))
-        self.W_out = self._param(rng, n_in, 2, "W_out")
+        self.W_out = self._param(n_in, 2, "W_out")
         self.b_out = gn.Parameter(np.zeros(2), name="b_out")
         self.params.append(self.b_out)
         logits = gn.linear(self.features, self.W_out, self.b_out)
         self.probs = gn.softmax(logits)
         self.loss = gn.softmax_cross_entropy(logits, self.y)
         self.graph = gn.Graph([self.probs, self.features], cost=self.loss)
+        self.train_graph = gn.Graph([self.probs], cost=self.loss)
         self.head = gn.Graph(gn.softmax(gn.linear(self.h, self.W_out, self.b_out)))
 
-    def _param(self, rng: np.random.Generator, n_in: int, n_out: int, name: str) -> gn.Parameter:
-        limit = math.sqrt(6.0 / (n_in + n_out))  # Glorot uniform, for tanh
-        p = gn.Parameter(rng.uniform(-limit, limit, size=(n_in, n_out)), name=name)
+    def _param(self, n_in: int, n_out: int, name: str) -> gn.Parameter:
+        p = gn.Parameter(glorot_uniform((n_in, n_out), n_in, n_out), name=name)  # for tanh
         self.params.append(p)
         return p
 
-    def _dense(self, h: Any, n_in: int, n_out: int, rng: np.random.Generator, name: str) -> Any:
-        W = self._param(rng, n_in, n_out, f"W_{name}")
+    def _dense(self, h: Any, n_in: int, n_out: int, name: str) -> Any:
+        W = self._param(n_in, n_out, f"W_{name}")
         b = gn.Parameter(np.zeros(n_out), name=f"b_{name}")
         self.params.append(b)
         return gn.linear(h, W, b)
 
     def fit(self, x: Any, y: Any, steps: int, lr: float) -> list[float]:
-        """Full-batch Adam; returns the loss every 100 steps."""
+        """Full-batch Adam with graphnet's Trainer (one step per epoch); returns the loss
+        every 100 steps."""
         opt = gn.optim.Adam(self.params, lr=lr)
-        feed = {self.x: x, self.y: y}
-        losses = []
-        for step in range(steps):
-            loss, grads = self.graph.gradients(feed, return_cost=True)
-            opt.step(grads)
-            if step % 100 == 0 or step == steps - 1:
-                losses.append(float(loss))
-        return losses
+        n = int(x.shape[0])
+        history = Trainer(self, opt, batch_size=n, eval_subset=n, progress=False).fit(
+            x, y, epochs=steps)
+        return [loss for step, loss in enumerate(history.train_loss)
+                if step % 100 == 0 or step == steps - 1]
+
+    # --- what the Trainer needs (graphnet.nn.TrainableModel) ---------------------------
+    @property
+    def inputs(self) -> tuple[gn.Input, gn.Input]:
+        return self.x, self.y
+
+    def prepare(self, x: Any) -> Any:
+        return self.backend.asarray(x, self.W_out.dtype)
+
+    def prepare_targets(self, y: Any, n: int, argument: str = "targets") -> Any:
+        y = self.backend.asarray(y)
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise ValueError(f"{argument}: expected {n} integer labels, got {y.dtype} {y.shape}")
+        return y.astype(self.backend.xp.int64)
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 0, prepared: bool = False
+                 ) -> dict[str, float]:
+        x = x if prepared else self.prepare(x)
+        loss, probs = self.graph.values({self.x: x, self.y: y}, [self.loss, self.probs])
+        return {"loss": float(loss), "accuracy": float((probs.argmax(axis=1) == y).mean())}
+
+    def parameters(self) -> list[gn.Parameter]:
+        return list(self.params)
+
+    def named_arrays(self) -> dict[str, gn.Parameter]:
+        return {p.name: p for p in self.params}
+
+    def config(self) -> dict[str, Any]:
+        return {"network": "nonlinear", "hidden": self.hidden}
+
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        return {k: gn.to_numpy(p.value) for k, p in self.named_arrays().items()}
+
+    def load_host_arrays(self, arrays: Any, source: str = "checkpoint") -> None:
+        for k, p in self.named_arrays().items():
+            p.value = arrays[k]
 
     def run(self, x: Any) -> tuple[Any, Any]:
         """(probabilities, last hidden layer) on the backend, from one run."""
@@ -170,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.perf_counter()
         gn.seed(args.seed)
         x, y = make_data(problem, args.points, args.seed)
-        net = Net(hidden, args.seed)
+        net = Net(hidden)
         losses = net.fit(b.asarray(x), b.asarray(y), args.steps, args.lr)
         accuracy = float((gn.to_numpy(net.run(x)[0]).argmax(axis=1) == y).mean())
         path = viz.save(figure(problem, net, x, y, accuracy), out / f"{problem}.png")

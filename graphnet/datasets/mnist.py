@@ -6,7 +6,6 @@ before use; a bad file raises :class:`MNISTError` naming the path.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -22,9 +21,11 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+
+from ..io import atomic_write as _atomic_write  # the one atomic writer (kept under this name)
 
 # name -> MD5 of the uncompressed IDX content
 FILES: dict[str, str] = {
@@ -143,35 +144,6 @@ def encode_idx(arr: np.ndarray) -> bytes:
 
 
 # ----------------------------------------------------------------------------- cache writes
-def _atomic_write(path: Path, chunks: Iterable[bytes],
-                  verify: Callable[[Path], None] | None = None) -> None:
-    """Stream chunks into a temp file next to ``path``; fsync, verify, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use normal file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (POSIX)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def _find(root: Path, name: str) -> Path | None:
     """The raw or .gz copy of ``name`` in ``root``, if any (raw preferred)."""
     for candidate in (root / name, root / f"{name}.gz"):

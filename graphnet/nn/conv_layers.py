@@ -1,18 +1,20 @@
-"""Convolutional layers (NCHW): Conv2d, MaxPool2d, AvgPool2d, BatchNorm1d/2d, and ``mnist_cnn``."""
+"""Convolutional layers (NCHW): Conv2d, MaxPool2d, AvgPool2d, BatchNorm1d/2d."""
 from __future__ import annotations
 
-import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from .. import ops
-from ..backends.host import host_normal, host_uniform, host_zeros
+from ..backends.host import host_zeros
 from ..checks import choice, fits_in_memory, flag, int_pair, integer, real
 from ..node import Node, Parameter
-from .layers import Dropout, Flatten, Layer, Linear, ReLU, Sequential, register
+from .init import INITS, Init, initial_weights
+from .layers import Layer, register
+
+IntPair = Union[int, tuple[int, int], list[int]]
 
 
-def _pair(v: Any, what: str, minimum: int = 1) -> list:
-    """An int or a pair (each ``>= minimum``) as a JSON-friendly [h, w] list."""
+def _pair(v: IntPair, what: str, minimum: int = 1) -> list[int]:
+    """:func:`graphnet.checks.int_pair` as a JSON-friendly [h, w] list (layer configs)."""
     return list(int_pair(v, what, minimum))
 
 
@@ -24,10 +26,11 @@ class Conv2d(Layer):
     ``init``: ``"he"`` (normal, std sqrt(2 / fan_in), for ReLU) or ``"glorot"`` (uniform).
     """
 
-    def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size: Any = 3,
-                 stride: Any = 1, padding: Any = 0, bias: bool = True, init: str = "he") -> None:
+    def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size: IntPair = 3,
+                 stride: IntPair = 1, padding: IntPair = 0, bias: bool = True,
+                 init: Init = "he") -> None:
         self.out_channels = integer(out_channels, "Conv2d out_channels", 1)
-        self.init = choice(init, "Conv2d init", ("he", "glorot"))
+        self.init: Init = choice(init, "Conv2d init", INITS[::-1])  # type: ignore[assignment]
         self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
         self.stride = _pair(stride, "Conv2d stride")
         self.padding = _pair(padding, "Conv2d padding", 0)
@@ -44,15 +47,10 @@ class Conv2d(Layer):
         fits_in_memory((c_out, c_in, kh, kw), 8, "Conv2d weights")
         self.in_channels = c_in
         fan_in, fan_out = c_in * kh * kw, c_out * kh * kw
-        shape = (c_out, c_in, kh, kw)
-        if self.init == "he":
-            w = host_normal(math.sqrt(2.0 / fan_in), shape)
-        else:
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            w = host_uniform(-limit, limit, shape)
-        self.W = Parameter(w, name=f"conv_W{c_out}x{c_in}x{kh}x{kw}")
+        self.add_parameter("W", initial_weights(self.init, (c_out, c_in, kh, kw), fan_in, fan_out),
+                           f"conv_W{c_out}x{c_in}x{kh}x{kw}")
         if self.bias:
-            self.b = Parameter(host_zeros((c_out,)), name=f"conv_b{c_out}")
+            self.add_parameter("b", host_zeros((c_out,)), f"conv_b{c_out}")
 
     def __call__(self, x: Node) -> Node:
         if self.W is None:
@@ -62,14 +60,6 @@ class Conv2d(Layer):
             self._build(int(x.shape[1]))
         return ops.conv2d(x, self.W, self.b, tuple(self.stride), tuple(self.padding))
 
-    def named_parameters(self) -> dict[str, Parameter]:
-        out = {}
-        if self.W is not None:
-            out["W"] = self.W
-        if self.b is not None:
-            out["b"] = self.b
-        return out
-
     def config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
@@ -77,9 +67,9 @@ class Conv2d(Layer):
 
 
 class _Pool(Layer):
-    fn: Any
+    fn: Callable[..., Node]
 
-    def __init__(self, size: Any = 2, stride: Any = None) -> None:
+    def __init__(self, size: IntPair = 2, stride: Optional[IntPair] = None) -> None:
         self.size = _pair(size, f"{type(self).__name__} size")
         self.stride = None if stride is None else _pair(stride, f"{type(self).__name__} stride")
 
@@ -121,7 +111,10 @@ class _BatchNorm(Layer):
             num_features, f"{name} num_features", 1)
         self.momentum = real(momentum, f"{name} momentum", 0.0, 1.0)
         self.eps = real(eps, f"{name} eps", 0.0, low_open=True)
-        self.gamma = self.beta = self.running_mean = self.running_var = None
+        self.gamma: Optional[Parameter] = None
+        self.beta: Optional[Parameter] = None
+        self.running_mean: Optional[Parameter] = None
+        self.running_var: Optional[Parameter] = None
         if num_features is not None:
             fits_in_memory((self.num_features,), 8, f"{name} statistics")
             self._build(self.num_features)
@@ -130,10 +123,10 @@ class _BatchNorm(Layer):
         if c <= 0:
             raise ValueError(f"{type(self).__name__} needs num_features > 0, got {c}")
         self.num_features = c
-        self.gamma = Parameter(host_zeros((c,)) + 1, name=f"bn_gamma{c}")
-        self.beta = Parameter(host_zeros((c,)), name=f"bn_beta{c}")
-        self.running_mean = Parameter(host_zeros((c,)), name=f"bn_mean{c}", trainable=False)
-        self.running_var = Parameter(host_zeros((c,)) + 1, name=f"bn_var{c}", trainable=False)
+        self.add_parameter("gamma", host_zeros((c,)) + 1, f"bn_gamma{c}")
+        self.add_parameter("beta", host_zeros((c,)), f"bn_beta{c}")
+        self.add_parameter("running_mean", host_zeros((c,)), f"bn_mean{c}", trainable=False)
+        self.add_parameter("running_var", host_zeros((c,)) + 1, f"bn_var{c}", trainable=False)
 
     def __call__(self, x: Node) -> Node:
         if x.shape is not None and len(x.shape) != self.rank:
@@ -146,12 +139,6 @@ class _BatchNorm(Layer):
             self._build(int(x.shape[1]))
         return ops.batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
                               self.momentum, self.eps)
-
-    def named_parameters(self) -> dict[str, Parameter]:
-        if self.gamma is None:
-            return {}
-        return {"gamma": self.gamma, "beta": self.beta, "running_mean": self.running_mean,
-                "running_var": self.running_var}
 
     def config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
@@ -171,41 +158,4 @@ class BatchNorm1d(_BatchNorm):
     rank = 2
 
 
-def mnist_cnn(cfg: Optional[dict] = None) -> Sequential:
-    """The MNIST example's convolutional networks, for input (N, 1, 28, 28).
-
-    ``cfg["model"]``:
-
-    * ``"cnn"``: conv 32 3x3, ReLU, conv 64 3x3, ReLU, max-pool 2, dropout 0.25,
-      flatten, dense 128, ReLU, dropout 0.5, dense 10 (1.2 M parameters);
-    * ``"cnn-best"``: two blocks of [conv 3x3, BatchNorm, ReLU] x 2 then max-pool 2
-      (32 then 64 channels, no padding: 28 -> 24 -> 12 -> 8 -> 4), dropout 0.25, dense 256
-      with BatchNorm and ReLU, dropout 0.4, dense 10 (0.36 M parameters).
-
-    Where a ReLU meets a max-pool the pool comes first: ``relu(max(...)) == max(relu(...))``
-    (and so are the gradients), on a quarter of the values. Other keys of ``cfg`` are
-    ignored. The first layer is always the Conv2d whose ``W`` is (32, 1, 3, 3).
-    """
-    cfg = dict(cfg or {})
-    model = cfg.get("model", "cnn")
-    if model == "cnn":
-        # Glorot-uniform weights, like the Keras reference: with He-normal convolutions the
-        # same training reached a mean loss of 0.375 in epoch 1 instead of 0.239.
-        return Sequential([
-            Conv2d(1, 32, 3, init="glorot"), ReLU(),
-            Conv2d(32, 64, 3, init="glorot"), MaxPool2d(2), ReLU(), Dropout(0.25), Flatten(),
-            Linear(64 * 12 * 12, 128), ReLU(), Dropout(0.5),
-            Linear(128, 10),
-        ])
-    if model == "cnn-best":
-        def block(c_in: int, c_out: int, pool: bool = False) -> list:
-            return ([Conv2d(c_in, c_out, 3, bias=False), BatchNorm2d(c_out)]
-                    + ([MaxPool2d(2)] if pool else []) + [ReLU()])
-        return Sequential(
-            block(1, 32) + block(32, 32, pool=True) + block(32, 64) + block(64, 64, pool=True)
-            + [Dropout(0.25), Flatten(), Linear(64 * 4 * 4, 256, bias=False, init="he"),
-               BatchNorm1d(256), ReLU(), Dropout(0.4), Linear(256, 10)])
-    raise ValueError(f"unknown convolutional model {model!r}; choose 'cnn' or 'cnn-best'")
-
-
-__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "mnist_cnn"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d"]

@@ -1,14 +1,20 @@
 """Layers: objects that hold parameters and add nodes to a graph when called."""
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable, Optional, Sequence
+import warnings
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TypeVar, Union
+
+import numpy as np
 
 from .. import ops
-from ..backends.host import host_normal, host_uniform, host_zeros
+from ..backends.host import host_zeros
 from ..checks import choice, fits_in_memory, flag, integer, real, sizes
 from ..errors import ArgumentTypeError
 from ..node import Node, Parameter
+from .init import INITS, Init, initial_weights
+
+T = TypeVar("T")
+Activation = Literal["tanh", "relu", "sigmoid"]
 
 LAYERS: dict[str, type] = {}
 
@@ -25,9 +31,20 @@ class Layer:
     def __call__(self, x: Node) -> Node:
         raise NotImplementedError
 
+    def add_parameter(self, name: str, value: np.ndarray, label: str,
+                      trainable: bool = True) -> Parameter:
+        """Hold ``value`` as the Parameter ``self.<name>`` (named ``label`` in graphs), listed by
+        :meth:`named_parameters` in the order added."""
+        p = Parameter(value, name=label, trainable=trainable)
+        setattr(self, name, p)
+        names = self.__dict__.setdefault("_parameter_names", [])
+        if name not in names:
+            names.append(name)
+        return p
+
     def named_parameters(self) -> dict[str, Parameter]:
         """Every array the layer holds (trainable or not), by name."""
-        return {}
+        return {n: getattr(self, n) for n in self.__dict__.get("_parameter_names", ())}
 
     def parameters(self) -> list[Parameter]:
         """The trainable parameters."""
@@ -60,9 +77,9 @@ class Linear(Layer):
     """
 
     def __init__(self, in_features: Optional[int], out_features: int, bias: bool = True,
-                 init: str = "glorot") -> None:
+                 init: Init = "glorot") -> None:
         self.out_features = integer(out_features, "Linear out_features", 1)
-        self.init = choice(init, "Linear init", ("glorot", "he"))
+        self.init: Init = choice(init, "Linear init", INITS)  # type: ignore[assignment]
         self.bias = flag(bias, "Linear bias")
         self.in_features = in_features
         self.W: Optional[Parameter] = None
@@ -74,14 +91,10 @@ class Linear(Layer):
         n_out = self.out_features
         fits_in_memory((n_in, n_out), 8, f"Linear({n_in}, {n_out}) weights")
         self.in_features = n_in
-        if self.init == "glorot":
-            limit = math.sqrt(6.0 / (n_in + n_out))
-            w = host_uniform(-limit, limit, (n_in, n_out))
-        else:
-            w = host_normal(math.sqrt(2.0 / n_in), (n_in, n_out))
-        self.W = Parameter(w, name=f"W{n_in}x{n_out}")
+        self.add_parameter("W", initial_weights(self.init, (n_in, n_out), n_in, n_out),
+                           f"W{n_in}x{n_out}")
         if self.bias:
-            self.b = Parameter(host_zeros((n_out,)), name=f"b{n_out}")
+            self.add_parameter("b", host_zeros((n_out,)), f"b{n_out}")
 
     def __call__(self, x: Node) -> Node:
         if self.W is None:
@@ -90,14 +103,6 @@ class Linear(Layer):
                                  f"input {x.name!r} has an unknown last axis")
             self._build(int(x.shape[-1]))
         return ops.linear(x, self.W, self.b)
-
-    def named_parameters(self) -> dict[str, Parameter]:
-        out = {}
-        if self.W is not None:
-            out["W"] = self.W
-        if self.b is not None:
-            out["b"] = self.b
-        return out
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -154,7 +159,7 @@ class Dropout(Layer):
 class Sequential(Layer):
     """Layers applied in order. After a call, ``taps`` holds each layer's output node."""
 
-    def __init__(self, layers: Iterable[Any] = ()) -> None:
+    def __init__(self, layers: Iterable[Union[Layer, dict[str, Any]]] = ()) -> None:
         if isinstance(layers, (str, bytes, dict, Layer)) or not isinstance(layers, Iterable):
             raise ArgumentTypeError(f"Sequential takes a list of layers, got {type(layers).__name__}")
         self.layers = [from_config(l) if isinstance(l, dict) else l for l in layers]
@@ -196,24 +201,45 @@ class Sequential(Layer):
         return self.layers[i]
 
 
-def MLP(layers: Sequence[int], in_features: int = 784, activation: str = "tanh",
+class _Unset:
+    """Marks an argument left out (its old MNIST default is deprecated)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()  # typed Any: it stands in for an argument of any type
+
+
+def deprecated_default(name: str, value: T, instead: str) -> T:
+    """``value`` after a DeprecationWarning that ``name`` will need to be given."""
+    warnings.warn(f"{name} defaults to {value!r} (the MNIST size) for now; this default is "
+                  f"deprecated: {instead}", DeprecationWarning, stacklevel=3)
+    return value
+
+
+def MLP(layers: Sequence[int], in_features: Optional[int] = UNSET, activation: Activation = "tanh",
         dropout: float = 0.0) -> Sequential:
     """A fully connected network: ``layers`` are the sizes after the input (the last is the output).
 
     Each hidden layer is Linear then the activation (then Dropout when ``dropout`` > 0).
+    ``in_features=None`` takes the input size from the input at the first call; leaving it
+    out still means 784 (deprecated).
     """
     choice(activation, "MLP activation", ACTIVATIONS)
     sizes_ = sizes(layers, "MLP layers")
-    in_features = integer(in_features, "MLP in_features", 1)
+    if in_features is UNSET:
+        in_features = deprecated_default("MLP in_features", 784,
+                                         "give in_features (or None to infer it from the input)")
+    n_in = None if in_features is None else integer(in_features, "MLP in_features", 1)
     dropout = real(dropout, "MLP dropout", 0.0, 1.0, high_open=True)
-    init = "he" if activation == "relu" else "glorot"
+    init: Init = "he" if activation == "relu" else "glorot"
     out: list[Layer] = []
-    n_in = in_features
     for i, n in enumerate(sizes_):
         out.append(Linear(n_in, n, init=init))
         if i < len(sizes_) - 1:
             out.append(ACTIVATIONS[activation]())
             if dropout:
                 out.append(Dropout(dropout))
-        n_in = n
+        n_in = None if in_features is None else n  # inferred: every layer built at the call, in order
     return Sequential(out)

@@ -2,26 +2,66 @@
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..backends import backend
+from ..backends.base import Backend
 from ..backends.host import to_numpy
 from ..errors import FeedError
 from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
-from .layers import Layer, Sequential, from_config
+from ..hints import Array, Data, PathLike
+from .layers import Layer, Linear, Sequential, deprecated_default, from_config
+
+
+
+@runtime_checkable
+class TrainableModel(Protocol):
+    """What :class:`graphnet.train.Trainer` trains: a loss graph, its two inputs, and the
+    preparation, evaluation and saving of the model's arrays. :class:`Classifier` is one."""
+
+    backend: Backend
+    train_graph: Graph
+
+    @property
+    def inputs(self) -> tuple[Input, Input]:
+        """The ``(data, targets)`` inputs of ``train_graph`` that each batch feeds."""
+
+    def prepare(self, x: Data) -> Array:
+        """Raw data -> what the ``data`` input takes, on the model's backend."""
+
+    def prepare_targets(self, y: Data, n: int, argument: str = "targets") -> Array:
+        """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
+
+    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
+                 prepared: bool = False) -> dict[str, float]:
+        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters."""
+
+    def named_arrays(self) -> dict[str, Parameter]:
+        """Every array the model holds, by name (saved in checkpoints)."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description of the architecture (checked on resume)."""
+
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        """Host copies of :meth:`named_arrays`."""
+
+    def load_host_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "checkpoint") -> None:
+        """Set every array from host copies."""
 
 
 class ClassifierInputError(FeedError):
     """Images, labels or a batch size given to a Classifier are not what the model expects."""
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def _check_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size <= 0:
         raise ClassifierInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -36,11 +76,17 @@ class Classifier:
     :meth:`fit_preprocessing`); both travel with the saved model.
     """
 
-    def __init__(self, network: Layer, input_shape: Sequence[int] = (784,), num_classes: int = 10,
-                 pixel_scale: float = 1 / 255, check_numerics: bool = False) -> None:
+    def __init__(self, network: Layer, input_shape: Optional[Sequence[int]] = None,
+                 num_classes: Optional[int] = None, pixel_scale: float = 1 / 255,
+                 check_numerics: bool = False) -> None:
         self.network = network
+        if input_shape is None:
+            input_shape = _declared_input_shape(network)
+        if input_shape is None:
+            input_shape = deprecated_default(
+                "Classifier input_shape", (784,), "give input_shape, or a network whose first "
+                "layer declares its input size (e.g. MLP(..., in_features=784))")
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.num_classes = int(num_classes)
         self.pixel_scale = float(pixel_scale)
         if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
             raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
@@ -48,6 +94,7 @@ class Classifier:
         self.images = Input("images", shape=(None,) + self.input_shape)
         self.labels = Input("labels", shape=(None,), dtype="int64")
         self.logits: Node = network(self.images)
+        self.num_classes = _num_classes(num_classes, self.logits)
         if self.logits.shape is not None and self.logits.shape[-1] != self.num_classes:
             raise ValueError(f"the network ends in {self.logits.shape[-1]} outputs, "
                              f"but the classifier has {self.num_classes} classes")
@@ -58,6 +105,11 @@ class Classifier:
         self.train_graph = Graph([self.logits], cost=self.loss, check_numerics=check_numerics)
         outs = [self.probs] + ([self.features] if self.features is not None else [])
         self.eval_graph = Graph(outs, cost=self.loss, check_numerics=check_numerics)
+
+    @property
+    def inputs(self) -> tuple[Input, Input]:
+        """``(images, labels)``: the inputs a training batch feeds."""
+        return self.images, self.labels
 
     # --- parameters -------------------------------------------------------------------
     def parameters(self) -> list[Parameter]:
@@ -91,20 +143,20 @@ class Classifier:
         top = 1.0 / self.pixel_scale
         return float(round(top)) if abs(top - round(top)) < 1e-6 * top else top
 
-    def prepare(self, images: Any) -> Any:
+    def prepare(self, images: Data) -> Array:
         """Raw images (a batch) -> the network's float input on the active backend.
 
         Refuses images of another shape or pixel scale (see :meth:`check_images`).
         """
         return self._scale(self.check_images(images)[0])
 
-    def _scale(self, x: Any) -> Any:
+    def _scale(self, x: Array) -> Array:
         x = x.astype(self.mean.dtype)
         x *= self.pixel_scale
         x -= self.mean.value
         return x
 
-    def check_images(self, images: Any, argument: str = "images") -> tuple[Any, bool]:
+    def check_images(self, images: Data, argument: str = "images") -> tuple[Array, bool]:
         """``images`` as a backend batch ``(N, *input_shape)``, and whether it was one image.
 
         Takes one image or a batch in any of :meth:`image_shapes`, with raw pixel values
@@ -129,7 +181,7 @@ class Classifier:
         self._check_pixel_scale(x, argument)
         return x.reshape((1 if single else x.shape[0],) + self.input_shape), single
 
-    def _as_backend_array(self, values: Any, argument: str) -> Any:
+    def _as_backend_array(self, values: Data, argument: str) -> Array:
         b = self.backend
         if b.is_array(values):
             return values
@@ -141,7 +193,7 @@ class Classifier:
             raise ClassifierInputError(f"{argument}: expected numbers, got dtype {host.dtype}")
         return b.asarray(host)
 
-    def _check_pixel_scale(self, x: Any, argument: str) -> None:
+    def _check_pixel_scale(self, x: Array, argument: str) -> None:
         if x.size == 0 or x.dtype.kind == "u" and x.dtype.itemsize == 1 and self.pixel_max >= 255:
             return
         xp = self.backend.xp
@@ -159,7 +211,12 @@ class Classifier:
                 f"{argument}: values lie in [{lo:g}, {hi:g}] with fractions, as if already "
                 f"scaled to [0, 1]; {expected}: multiply them by {top:g}")
 
-    def check_labels(self, labels: Any, n: int, argument: str = "labels") -> Any:
+    def prepare_targets(self, y: Data, n: int, argument: str = "labels") -> Array:
+        """Training labels: ``n`` integers in ``[0, num_classes)`` as int64 on the backend
+        (ValueError naming ``argument`` otherwise)."""
+        return training_labels(self.backend, y, n, self.num_classes, argument)
+
+    def check_labels(self, labels: Data, n: int, argument: str = "labels") -> Array:
         """``labels`` as a backend int64 vector of exactly ``n`` class indices in
         ``[0, num_classes)``; anything else raises :class:`ClassifierInputError`."""
         y = self._as_backend_array(labels, argument)
@@ -179,31 +236,32 @@ class Classifier:
                                            f"{self.num_classes - 1}], got values in [{lo}, {hi}]")
         return y.astype(self.backend.xp.int64)
 
-    def fit_preprocessing(self, images: Any) -> None:
+    def fit_preprocessing(self, images: Data) -> None:
         """Learn the per-pixel training mean (after scaling) from ``images``."""
         saved = self.mean.value
         self.mean.value = saved * 0
         self.mean.value = self.prepare(images).mean(axis=0)
 
     # --- inference ----------------------------------------------------------------------
-    def predict(self, images: Any, batch_size: int = 4096) -> Any:
+    def predict(self, images: Data, batch_size: int = 4096) -> Array:
         """Class indices (backend array) for raw images: ``(N,)`` for a batch, 0-d for one image."""
         probs = self.predict_proba(images, batch_size)
         return probs.argmax(axis=-1)
 
-    def predict_proba(self, images: Any, batch_size: int = 4096) -> Any:
+    def predict_proba(self, images: Data, batch_size: int = 4096) -> Array:
         """Class probabilities (backend array) for raw images: ``(N, num_classes)`` for a
         batch, ``(num_classes,)`` for one image."""
         return self._run_eval(images, batch_size, features=False)[0]
 
-    def deep_features(self, images: Any, batch_size: int = 4096) -> tuple[Any, Any]:
+    def deep_features(self, images: Data, batch_size: int = 4096) -> tuple[Array, Array]:
         """``(probabilities, last hidden layer)`` for raw images, from one run per batch;
         for one image, both without the batch axis."""
         if self.features is None:
             raise ValueError("this network has no hidden layer to take features from")
         return self._run_eval(images, batch_size, features=True)
 
-    def _run_eval(self, images: Any, batch_size: int, features: bool) -> tuple[Any, Any]:
+    def _run_eval(self, images: Data, batch_size: int,
+                  features: bool) -> tuple[Array, Optional[Array]]:
         batch_size = _check_batch_size(batch_size)
         x, single = self.check_images(images)
         x = self._scale(x)
@@ -220,7 +278,8 @@ class Classifier:
             return p[0], (f[0] if f is not None else None)
         return p, f
 
-    def evaluate(self, x: Any, y: Any, batch_size: int = 2000, prepared: bool = False) -> dict:
+    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
+                 prepared: bool = False) -> dict[str, float]:
         """Accuracy and mean loss as Python floats (one host synchronisation).
 
         ``x``: raw images (or, with ``prepared=True``, the output of :meth:`prepare`);
@@ -243,7 +302,7 @@ class Classifier:
         n = int(x.shape[0])
         return {"accuracy": int(correct) / n, "loss": float(loss_sum) / n}
 
-    def _eval_batch(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+    def _eval_batch(self, xb: Array, yb: Array) -> tuple[Array, Array]:
         loss, probs = self.eval_graph.values({self.images: xb, self.labels: yb},
                                              [self.loss, self.probs])
         return loss, probs
@@ -255,11 +314,12 @@ class Classifier:
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
                 "pixel_scale": self.pixel_scale}
 
-    def host_arrays(self) -> dict[str, Any]:
+    def host_arrays(self) -> dict[str, np.ndarray]:
         """Copies of every array on the host (the live model stays where it is)."""
         return {k: to_numpy(p.value) for k, p in self.named_arrays().items()}
 
-    def load_host_arrays(self, arrays: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_host_arrays(self, arrays: Mapping[str, np.ndarray],
+                         source: str = "checkpoint") -> None:
         """Set every array from host copies; mismatched names or shapes raise CheckpointError."""
         mine = self.named_arrays()
         missing = sorted(set(mine) - set(arrays))
@@ -274,9 +334,43 @@ class Classifier:
         for k, p in mine.items():
             p.value = arrays[k]
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the model (config and host copies of its arrays) to an ``.npz`` file."""
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
+
+
+def training_labels(b: Backend, y: Data, n: int, classes: int, name: str) -> Array:
+    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
+    y = y if b.is_array(y) else b.asarray(to_numpy(y))
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
+                         f"got shape {tuple(y.shape)}")
+    if n:
+        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
+    return y.astype(b.xp.int64)
+
+
+def _declared_input_shape(network: Layer) -> Optional[tuple[int]]:
+    """``(in_features,)`` when the network starts with a Linear of known input size."""
+    first = network[0] if isinstance(network, Sequential) and len(network) else network
+    if isinstance(first, Linear) and first.in_features is not None:
+        return (int(first.in_features),)
+    return None
+
+
+def _num_classes(given: Optional[int], logits: Node) -> int:
+    """``given``, else the size of the network's output axis."""
+    if given is not None:
+        return int(given)
+    if logits.shape is None or logits.shape[-1] is None:
+        raise ValueError("num_classes: the network's output size is not known before running "
+                         "it; give num_classes")
+    return int(logits.shape[-1])
 
 
 def _features_of(network: Layer) -> Optional[Node]:
@@ -297,7 +391,7 @@ def model_from_config(cfg: dict[str, Any], source: str = "checkpoint") -> Classi
         raise CheckpointError(f"{source}: the model config cannot be rebuilt: {exc}") from None
 
 
-def load(path: str | os.PathLike) -> Classifier:
+def load(path: PathLike) -> Classifier:
     """Load a model saved by :meth:`Classifier.save` (or a training checkpoint) onto the active backend."""
     arrays, meta = read_npz(path)
     if "model" not in meta:

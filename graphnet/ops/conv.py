@@ -62,10 +62,6 @@ def set_im2col_limit(nbytes: int) -> int:
     return old
 
 
-def _pair(v: Any, what: str, minimum: int = 1) -> tuple:
-    return int_pair(v, what, minimum)
-
-
 def _out_size(n: Optional[int], k: int, s: int, p: int) -> Optional[int]:
     return None if n is None else (n + 2 * p - k) // s + 1
 
@@ -86,8 +82,8 @@ class Conv2d(Node):
         x = as_node(x)
         w = as_node(w, like=x)
         inputs = (x, w) if b is None else (x, w, as_node(b, like=x))
-        self.stride = _pair(stride, "conv2d stride")
-        self.padding = _pair(padding, "conv2d padding", 0)
+        self.stride = int_pair(stride, "conv2d stride")
+        self.padding = int_pair(padding, "conv2d padding", 0)
         if min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"conv2d needs stride >= 1 and padding >= 0, "
                              f"got stride={stride!r}, padding={padding!r}")
@@ -215,8 +211,8 @@ class _Pool2d(Node):
 
     def __init__(self, x: Any, size: Any, stride: Any = None) -> None:
         x = as_node(x)
-        self.size = _pair(size, f"{self.op} size")
-        self.stride = _pair(stride if stride is not None else size, f"{self.op} stride")
+        self.size = int_pair(size, f"{self.op} size")
+        self.stride = int_pair(stride if stride is not None else size, f"{self.op} stride")
         if min(self.size) < 1 or min(self.stride) < 1:
             raise ValueError(f"{self.op} needs size and stride >= 1, got size={size!r}, "
                              f"stride={stride!r}")

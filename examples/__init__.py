@@ -1,0 +1,1 @@
+"""graphnet's examples, importable as a package (``examples.mnist``, ``examples.nonlinear``)."""

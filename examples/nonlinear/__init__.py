@@ -1,0 +1,1 @@
+"""Toy two-class problems in the plane, trained with graphnet's Trainer."""
