@@ -174,6 +174,7 @@ class Graph:
         makes random ops (dropout) draw from that key and their position in the graph
         only, the same on every backend; None draws from the backend's generator.
         """
+        training = flag(training, "training")
         values = self.forward(feed, self._run_plan, RunContext(self.backend, training, rng_key))
         res = self._detach([values[self.index[o.id]] for o in self.outputs])
         return res[0] if self._single else res
@@ -184,6 +185,10 @@ class Graph:
 
         ``rng_key``: see :meth:`run`.
         """
+        training = flag(training, "training")
+        if not isinstance(nodes, (list, tuple)) or not all(isinstance(n, Node) for n in nodes):
+            raise ArgumentTypeError(f"values(nodes=...) takes a list of this graph's nodes, got "
+                                    f"{nodes!r}")
         key = tuple(n.id for n in nodes)
         plan = self._plans.get(key)
         if plan is None:
@@ -208,6 +213,7 @@ class Graph:
         """
         if self.cost is None:
             raise GraphError("this graph has no cost: build it as gn.Graph(outputs, cost=loss)")
+        training, return_cost = flag(training, "training"), flag(return_cost, "return_cost")
         targets = self._targets(wrt)
         if self.plan == "reference":
             values, grads = self._reference_step(feed, targets, training, into, rng_key)

@@ -544,3 +544,23 @@ def test_constants_must_be_real_regular_arrays():
         x * [[1.0], [1.0, 2.0]]
     with pytest.raises(ArgumentError, match="matrix"):
         x * np.asmatrix(np.ones((1, 3)))
+
+
+def test_run_flags_and_values_nodes_are_checked():
+    x = gn.Input("x", shape=(None, 3))
+    w = gn.Parameter(np.ones((3, 2)), name="W")
+    y = x @ w
+    g = gn.Graph(y, cost=y.sum())
+    feed = {x: np.ones((2, 3), np.float32)}
+    ArgumentTypeError = gn.errors.ArgumentTypeError
+    with pytest.raises(ArgumentTypeError, match="training must be True or False, got str 'no'"):
+        g.run(feed, training="no")
+    with pytest.raises(ArgumentTypeError, match="training must be True or False"):
+        g.values(feed, [y], training=1)
+    with pytest.raises(ArgumentTypeError, match="return_cost must be True or False"):
+        g.gradients(feed, return_cost="yes")
+    with pytest.raises(ArgumentTypeError, match=r"values\(nodes=...\) takes a list of this graph's nodes"):
+        g.values(feed, ["y"])
+    with pytest.raises(ArgumentTypeError, match="takes a list"):
+        g.values(feed, y)
+    assert gn.to_numpy(g.values(feed, [y])[0]).shape == (2, 2)
