@@ -564,3 +564,18 @@ def test_run_flags_and_values_nodes_are_checked():
     with pytest.raises(ArgumentTypeError, match="takes a list"):
         g.values(feed, y)
     assert gn.to_numpy(g.values(feed, [y])[0]).shape == (2, 2)
+
+
+def test_checkpoint_with_a_huge_input_shape_is_refused_before_allocating(tmp_path):
+    model = tiny_model(layers=(4, 10))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    arrays, meta = read_npz(path)
+    meta["model"]["input_shape"] = [10**9, 10**9]
+    atomic_write_npz(path, arrays, meta)
+    with pytest.raises(CheckpointError, match=r"input_shape of shape \(1000000000, 1000000000\)"):
+        nn.load(path)
+    meta["model"]["input_shape"] = [28, "x"]
+    atomic_write_npz(path, arrays, meta)
+    with pytest.raises(CheckpointError, match=r"input_shape\[1\]"):
+        nn.load(path)

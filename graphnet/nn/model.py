@@ -9,6 +9,7 @@ import numpy as np
 from ..backends import backend
 from ..backends.base import Backend
 from ..backends.host import to_numpy
+from ..checks import fits_in_memory, sizes
 from ..errors import FeedError
 from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
@@ -86,7 +87,8 @@ class Classifier:
             input_shape = deprecated_default(
                 "Classifier input_shape", (784,), "give input_shape, or a network whose first "
                 "layer declares its input size (e.g. MLP(..., in_features=784))")
-        self.input_shape = tuple(int(d) for d in input_shape)
+        self.input_shape = tuple(sizes(input_shape, "Classifier input_shape"))
+        fits_in_memory(self.input_shape, 8, "Classifier input_shape")  # the mean array
         self.pixel_scale = float(pixel_scale)
         if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
             raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
