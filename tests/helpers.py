@@ -1,6 +1,9 @@
 """Small synthetic data and models shared by the training tests."""
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 
 import graphnet as gn
@@ -23,3 +26,15 @@ def tiny_model(layers=(16, 10), activation: str = "tanh", dropout: float = 0.0, 
                pixels: int = 784) -> nn.Classifier:
     gn.seed(seed)
     return nn.Classifier(nn.MLP(list(layers), pixels, activation, dropout), input_shape=(pixels,))
+
+
+def interrupt_at_batch(k: int):
+    """An ``augment`` hook that sends this process SIGINT (Ctrl-C) at the k-th batch."""
+    calls = {"n": 0}
+
+    def hook(xb):
+        calls["n"] += 1
+        if calls["n"] == k:
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+    return hook

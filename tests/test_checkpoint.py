@@ -1,7 +1,6 @@
 """Nothing lost: model save/load, training checkpoints, resume, Ctrl-C, SIGKILL, divergence."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from graphnet import nn, optim
 from graphnet.io import CheckpointError, atomic_write_npz
 from graphnet.train import CHECKPOINT, DivergenceError, Trainer, TrainingInterrupted
 
-from helpers import blobs, tiny_model
+from helpers import blobs, interrupt_at_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,16 +31,6 @@ def _trainer(tmp_path=None, dropout=0.25, **kw) -> Trainer:
                    checkpoint_dir=tmp_path, **kw)
 
 
-def _interrupt_at_batch(k: int):
-    """An ``augment`` hook that sends this process SIGINT (Ctrl-C) at the k-th batch."""
-    calls = {"n": 0}
-
-    def hook(xb):
-        calls["n"] += 1
-        if calls["n"] == k:
-            os.kill(os.getpid(), signal.SIGINT)
-        return xb
-    return hook
 
 
 def _params(trainer):
@@ -98,7 +87,7 @@ def test_ctrl_c_finishes_batch_saves_and_resumes_exactly(tmp_path):
     straight = _trainer()
     straight.fit(x, y, epochs=2)
 
-    stopped = _trainer(tmp_path, augment=_interrupt_at_batch(10))
+    stopped = _trainer(tmp_path, augment=interrupt_at_batch(10))
     with pytest.raises(TrainingInterrupted, match="resume with --resume"):
         stopped.fit(x, y, epochs=2)
     assert stopped.state.epoch == 1 and stopped.state.sample == 3 * 32  # 7 batches per epoch
@@ -252,7 +241,7 @@ def test_resume_on_another_training_set_is_refused(tmp_path):
     """A mid-epoch checkpoint's position counts samples of its training set: it must be the same size."""
     x, y = blobs(200)
     with pytest.raises(TrainingInterrupted):
-        _trainer(tmp_path, augment=_interrupt_at_batch(3)).fit(x, y, epochs=1)
+        _trainer(tmp_path, augment=interrupt_at_batch(3)).fit(x, y, epochs=1)
     again = _trainer(tmp_path)
     again.load_checkpoint(tmp_path / CHECKPOINT)
     with pytest.raises(CheckpointError, match="epoch of 200 training images, but is resumed on 150"):

@@ -14,7 +14,7 @@ from graphnet.io import CheckpointError, atomic_write_npz, read_npz
 from graphnet.train import (CHECKPOINT, CHECKPOINT_VERSION, OutOfMemory, Trainer,
                             TrainingInterrupted, epoch_permutation)
 
-from helpers import blobs, tiny_model
+from helpers import blobs, interrupt_at_batch, tiny_model
 
 N, BATCH = 200, 32
 
@@ -27,16 +27,6 @@ def _trainer(tmp_path=None, batch_size=BATCH, schedule=None, **kw) -> Trainer:
                    progress=False, checkpoint_dir=tmp_path, **kw)
 
 
-def _interrupt_at_batch(k: int):
-    """An ``augment`` hook that sends this process SIGINT (Ctrl-C) at the k-th batch."""
-    calls = {"n": 0}
-
-    def hook(xb):
-        calls["n"] += 1
-        if calls["n"] == k:
-            os.kill(os.getpid(), signal.SIGINT)
-        return xb
-    return hook
 
 
 def _record_rows(trainer: Trainer, log: list) -> None:
@@ -157,7 +147,7 @@ def test_resume_equals_uninterrupted_whenever_checkpoints_are_written(tmp_path, 
 def test_ctrl_c_then_another_batch_size_sees_every_sample_of_every_epoch_once(tmp_path, new_batch):
     x, y = blobs(N)
     log: list = []
-    stopped = _trainer(tmp_path, augment=_interrupt_at_batch(10))  # epoch 2, batch 3
+    stopped = _trainer(tmp_path, augment=interrupt_at_batch(10))  # epoch 2, batch 3
     _record_rows(stopped, log)
     with pytest.raises(TrainingInterrupted, match="sample 96 of 200"):
         stopped.fit(x, y, epochs=3)
@@ -179,7 +169,7 @@ def test_ctrl_c_then_another_batch_size_sees_every_sample_of_every_epoch_once(tm
 def test_replan_changes_lr_and_schedule_from_the_resume_point(tmp_path):
     x, y = blobs(N)
     with pytest.raises(TrainingInterrupted):
-        _trainer(tmp_path, augment=_interrupt_at_batch(10)).fit(x, y, epochs=3)
+        _trainer(tmp_path, augment=interrupt_at_batch(10)).fit(x, y, epochs=3)
     resumed = _trainer(tmp_path)
     resumed.load_checkpoint(tmp_path / CHECKPOINT)
     t0 = 1 + 96 / N
@@ -209,7 +199,7 @@ def test_a_finished_run_does_not_train_again_and_epochs_cannot_go_back(tmp_path)
     before = again.optimizer.steps
     again.fit(x, y, epochs=2)
     assert again.optimizer.steps == before and again.history.epoch == [1, 2]
-    stopped = _trainer(tmp_path, augment=_interrupt_at_batch(2))
+    stopped = _trainer(tmp_path, augment=interrupt_at_batch(2))
     stopped.load_checkpoint(tmp_path / CHECKPOINT)
     with pytest.raises(TrainingInterrupted):
         stopped.fit(x, y, epochs=3)
