@@ -88,7 +88,7 @@ for t in r.get("targets", []):
 EOF
 
 step fast 90 env GRAPHNET_BACKEND=cupy python3 examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast" "${FAST_ARGS[@]}"
-say "fast preset: $(grep -E '^test accuracy' "$WORK/fast.log" | tail -n 1)"
+say "fast preset: $(grep -E 'test accuracy' "$WORK/fast.log" | tail -n 1)"
 rm -f "$WORK"/fast/*.npz
 
 say "total wall time $(( $(date +%s) - START )) s"

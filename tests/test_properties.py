@@ -6,8 +6,11 @@ NumPy float64 and the gradients with float64 central differences.
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
+
+pytest.importorskip("hypothesis", reason="the property tests need hypothesis (the test extra)")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import (array_shapes, arrays, mutually_broadcastable_shapes,
                                     valid_tuple_axes)
 
@@ -110,7 +113,6 @@ import io as _io  # noqa: E402
 import math  # noqa: E402
 import numbers  # noqa: E402
 
-import pytest  # noqa: E402
 
 from graphnet import nn, optim  # noqa: E402
 from graphnet.errors import GraphnetError  # noqa: E402
