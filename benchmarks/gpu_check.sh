@@ -32,7 +32,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 BENCH_ARGS=() FAST_ARGS=()
 if [ "$EMULATE" = 1 ]; then
     export PYTHONPATH=$PWD/tests/cupy_emulation/site:$PYTHONPATH
-    export GRAPHNET_CUPY_EMULATION=force GRAPHNET_CUPY_EMULATION_QUIET=1
+    export GRAPHNET_CUPY_EMULATION=force  # each process says it runs on the emulation
     BENCH_ARGS=(--quick) FAST_ARGS=(--epochs 1)
 fi
 SUMMARY=$WORK/summary.txt

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,9 +95,11 @@ def test_python_m_graphnet_lists_only_backends_that_run():
         except gn.BackendUnavailableError:
             pass
     assert gn.available_backends() == usable
+    env = {"PATH": "/usr/bin:/bin", "GRAPHNET_BACKEND": "numpy"}
+    # a forced dry run on the CuPy emulation (benchmarks/gpu_check.sh) must reach the child too
+    env.update({k: os.environ[k] for k in ("PYTHONPATH", "GRAPHNET_CUPY_EMULATION") if k in os.environ})
     res = subprocess.run([sys.executable, "-m", "graphnet"], capture_output=True, text=True,
-                         cwd=ROOT, env={"PATH": "/usr/bin:/bin", "GRAPHNET_BACKEND": "numpy"},
-                         timeout=120)
+                         cwd=ROOT, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     listed = next(l for l in lines if l.startswith("available backends:"))
