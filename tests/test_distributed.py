@@ -154,6 +154,25 @@ def test_two_ranks_step_like_one_process(tmp_path, bucket_bytes):
 
 @pytest.mark.mpi
 @needs_mpi
+def test_overlapped_all_reduce_gives_the_same_parameters(tmp_path):
+    """Buckets all-reduced while backward goes on: bit for bit the non-overlapped step."""
+    runs = {}
+    for overlap in ("0", "1"):
+        out = tmp_path / overlap
+        out.mkdir()
+        r = launch(2, "equivalence", out, OVERLAP=overlap)
+        assert r.returncode == 0, r.stderr
+        runs[overlap] = params(out)
+    steps = len(runs["1"]["costs"])
+    assert int(runs["0"]["overlapped"]) == 0
+    assert int(runs["1"]["overlapped"]) == 2 * steps  # both buckets, every step, began in backward
+    for k in runs["0"]:
+        if k != "overlapped":
+            np.testing.assert_array_equal(runs["1"][k], runs["0"][k], err_msg=k)
+
+
+@pytest.mark.mpi
+@needs_mpi
 def test_hung_rank_makes_the_others_exit_with_a_message(tmp_path):
     r = launch(2, "hang", tmp_path, timeout=90, GRAPHNET_DIST_TIMEOUT="3")
     assert r.returncode != 0
@@ -297,8 +316,9 @@ def test_buckets_hold_every_gradient_as_a_view_later_layers_first():
         sizes = [p.value.nbytes for p in params]
         assert len(distributed._Buckets(params, np, bucket_bytes=1).buffers) == len(params)
         b = distributed._Buckets(params, np, bucket_bytes=max(sizes))  # the first W alone
-        assert [int(x.nbytes) for x in b.buffers] == [sum(sizes[1:]), sizes[0] + distributed.STATS * 4]
-        assert sum(int(x.nbytes) for x in b.buffers) == sum(sizes) + distributed.STATS * 4
+        assert [int(x.nbytes) for x in b.buffers] == [sum(sizes[1:]), sizes[0]]
+        assert b.sizes == [len(params) - 1, 1] and b.stats.shape == (distributed.STATS,)
+        assert [b.bucket_of[p] for p in params] == [1] + [0] * (len(params) - 1)
         first = b.buffers[0]
         assert np.shares_memory(b.views[params[-1]], first)  # the last layer's bias leads
         for p in params:
