@@ -303,10 +303,23 @@ def test_example_on_two_ranks_trains_and_only_rank_0_writes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("data-parallel on 2 ranks: global batch 256 = 128 per rank x 2; mpi:") == 1
     assert r.stdout.count("test accuracy") == 1
+    assert r.stdout.count("learning rate 0.05 x 2 ranks = 0.1 (scaled with the global batch") == 1
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.85
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "config.json",
                                                           "metrics.json", "model.npz"]
+
+
+def test_example_scales_the_preset_lr_with_the_ranks_unless_lr_is_given(tmp_path):
+    from examples.mnist import train
+    out = ["--out", str(tmp_path / "run")]
+    args = train.parse_args(["--preset", "fast", *out])
+    assert train.scale_lr_with_ranks(args, 1) == "" and args.config["lr"] == 0.05
+    note = train.scale_lr_with_ranks(args, 4)
+    assert args.config["lr"] == 0.2 and note.startswith("learning rate 0.05 x 4 ranks = 0.2")
+    args = train.parse_args(["--preset", "fast", "--lr", "0.03", *out])
+    assert train.scale_lr_with_ranks(args, 4) == "" and args.config["lr"] == 0.03
 
 
 def test_buckets_hold_every_gradient_as_a_view_later_layers_first():
