@@ -339,7 +339,7 @@ def _unpack(flat: np.ndarray, params: Sequence[Parameter]) -> None:
 
 
 # --- gradient buckets and their all-reduce ----------------------------------------------
-STATS = 3  # extra slots after the last bucket's gradients: weighted cost, weight, stop vote
+STATS = 3  # a small extra buffer, reduced after the buckets: weighted cost, weight, stop vote
 
 
 class _Buckets:
@@ -347,7 +347,7 @@ class _Buckets:
 
     ``views[p]`` is ``p``'s gradient as a view into its bucket, so the graph writes the
     gradients straight into the buffers that are reduced. Later layers come first: in
-    backward their gradients are complete first.
+    backward their gradients are complete first (``bucket_of[p]`` says which bucket).
     """
 
     def __init__(self, params: Sequence[Parameter], xp: Any, bucket_bytes: int) -> None:
@@ -362,18 +362,21 @@ class _Buckets:
                 last.append(p)
         self.buffers: list[Any] = []
         self.views: dict[Parameter, Any] = {}
+        self.bucket_of: dict[Parameter, int] = {}
+        self.sizes = [len(group) for group in plan]  # parameters per bucket
         for k, group in enumerate(plan):
-            extra = STATS if k == len(plan) - 1 else 0
-            size = sum(int(np.prod(p.shape, dtype=np.int64)) for p in group) + extra
-            flat = xp.zeros(size, dtype=group[0].dtype)
+            flat = xp.zeros(sum(int(np.prod(p.shape, dtype=np.int64)) for p in group),
+                            dtype=group[0].dtype)
             offset = 0
             for p in group:
                 n = int(np.prod(p.shape, dtype=np.int64))
                 self.views[p] = flat[offset:offset + n].reshape(p.shape)
+                self.bucket_of[p] = k
                 offset += n
             self.buffers.append(flat)
-        self.stats = self.buffers[-1][-STATS:]
+        self.stats = xp.zeros(STATS, dtype=plan[-1][0].dtype)
         self.keyed = False  # whether the graph's gradients() takes an rng_key
+        self.hooked = False  # whether it takes on_final (reports each final gradient)
 
 
 def _nbytes(params: Sequence[Parameter]) -> int:
@@ -386,14 +389,21 @@ class _MpiReducer:
     def __init__(self, world: World) -> None:
         self.world = world
         self._staging: dict[int, np.ndarray] = {}
+        self._pending: list[tuple[Any, np.ndarray, Any]] = []
 
-    def reduce(self, buffers: Sequence[Any], what: str) -> None:
-        MPI, comm = self.world.MPI, self.world.comm
-        hosts = [self._host(b) for b in buffers]
-        # All buckets in flight at once; each is finished (and copied back) as it completes.
-        requests = [comm.Iallreduce(MPI.IN_PLACE, h, op=MPI.SUM) for h in hosts]
-        for k, (buf, host, req) in enumerate(zip(buffers, hosts, requests)):
-            self.world.wait([req], f"{what} (bucket {k + 1} of {len(buffers)})")
+    def start(self, buf: Any) -> None:
+        """Begin summing ``buf`` in place; earlier ones are nudged on (MPI progresses in calls)."""
+        MPI = self.world.MPI
+        if self._pending:
+            MPI.Request.Testall([r for _, _, r in self._pending])
+        host = self._host(buf)
+        self._pending.append((buf, host, self.world.comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM)))
+
+    def finish(self, what: str) -> None:
+        """Complete every started sum, in order, each copied back as it completes."""
+        pending, self._pending = self._pending, []
+        for k, (buf, host, req) in enumerate(pending):
+            self.world.wait([req], f"{what} (buffer {k + 1} of {len(pending)})")
             if host is not buf:
                 buf.set(host)
 
@@ -423,13 +433,15 @@ class _NcclReducer:
                        np.dtype(np.float32): nccl.NCCL_FLOAT32,
                        np.dtype(np.float64): nccl.NCCL_FLOAT64}
 
-    def reduce(self, buffers: Sequence[Any], what: str) -> None:
+    def start(self, buf: Any) -> None:
+        """Queue the sum of ``buf`` on the current stream, after the kernels that wrote it."""
         stream = self.cupy.cuda.get_current_stream()
-        for buf in buffers:
-            self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[np.dtype(buf.dtype)],
-                                self.nccl.NCCL_SUM, stream.ptr)
+        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[np.dtype(buf.dtype)],
+                            self.nccl.NCCL_SUM, stream.ptr)
+
+    def finish(self, what: str) -> None:
         done = self.cupy.cuda.Event(disable_timing=True)
-        done.record(stream)
+        done.record(self.cupy.cuda.get_current_stream())
         if not poll_until(lambda: done.done, self.world.timeout):
             self.comm.abort()
             self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
@@ -440,17 +452,23 @@ class DistributedOptimizer:
     """Wraps an Optimizer: this rank's gradients, their mean over all ranks, then its update.
 
     The mean is over the global batch (each rank's gradient weighted by its ``samples``),
-    so N ranks with batch B step like one process with batch N*B. Attributes not
-    defined here (``lr``, ``steps``, ``host_state``...) are the wrapped optimizer's.
+    so N ranks with batch B step like one process with batch N*B. With ``overlap`` (and
+    a graph whose ``gradients`` takes ``on_final``), each bucket's all-reduce starts as
+    soon as backward has finished its gradients, while backward goes on; the results
+    are the same either way. Attributes not defined here (``lr``, ``steps``,
+    ``host_state``...) are the wrapped optimizer's.
     """
 
-    def __init__(self, optimizer: Any, world: World, bucket_bytes: int = BUCKET_BYTES) -> None:
+    def __init__(self, optimizer: Any, world: World, bucket_bytes: int = BUCKET_BYTES,
+                 overlap: bool = True) -> None:
         if isinstance(optimizer, DistributedOptimizer):
             raise ValueError("optimizer is already a DistributedOptimizer")
         if not bucket_bytes > 0:
             raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+        if not isinstance(overlap, bool):
+            raise ValueError(f"overlap must be True or False, got {overlap!r}")
         object.__setattr__(self, "optimizer", optimizer)
-        self.world, self.bucket_bytes = world, int(bucket_bytes)
+        self.world, self.bucket_bytes, self.overlap = world, int(bucket_bytes), overlap
         b = optimizer.params[0].backend
         nccl_ok = b.name == "cupy" and _nccl_available()
         # Every rank must take the same path: NCCL only if all ranks can.
@@ -463,7 +481,9 @@ class DistributedOptimizer:
         self._layouts: "weakref.WeakKeyDictionary[Any, _Buckets]" = weakref.WeakKeyDictionary()
         self.stop_requested = False  # set before a step: any rank's True makes stop_agreed True
         self.stop_agreed = False
-        self.comm_seconds = 0.0  # time spent in the all-reduce, for measurements
+        self.comm_seconds = 0.0  # time spent waiting for the all-reduce, for measurements
+        self.compute_seconds = 0.0  # time spent in forward and backward
+        self.overlapped = 0  # buckets whose all-reduce began during backward
 
     def __getattr__(self, name: str) -> Any:
         if name == "optimizer":  # not set yet (e.g. while unpickling): no endless recursion
@@ -489,28 +509,50 @@ class DistributedOptimizer:
         weight = 1.0 if samples is None else float(samples)
         if weight < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
+        started = [False] * len(layout.buffers)
+        waiting = list(layout.sizes)  # gradients each bucket still waits for
+
+        def start(k: int) -> None:
+            if weight != 1.0:
+                layout.buffers[k] *= weight
+            started[k] = True
+            self._reducer.start(layout.buffers[k])
+
+        def on_final(p: Any) -> None:  # p's gradient is final: its bucket may go
+            k = layout.bucket_of[p]
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                start(k)
+                self.overlapped += 1
+
+        t0 = time.perf_counter()
         if weight > 0:
             kw = {} if rng_key is None or not layout.keyed else {"rng_key": rng_key}
+            if self.overlap and layout.hooked:
+                kw["on_final"] = on_final
             cost, _ = graph.gradients(feed, wrt=layout.params, return_cost=True,
                                       into=layout.views, **kw)
-            if weight != 1.0:
-                for buf in layout.buffers:
-                    buf *= weight
             layout.stats[0] = cost * weight
         else:
             for buf in layout.buffers:
                 buf[...] = 0
+        compute = time.perf_counter() - t0
         layout.stats[1] = weight
         layout.stats[2] = 1.0 if self.stop_requested else 0.0
-        t0 = time.perf_counter()
-        self._reducer.reduce(layout.buffers, f"the gradient all-reduce (step {self.steps + 1})")
-        self.comm_seconds += time.perf_counter() - t0
+        for k in range(len(layout.buffers)):
+            if not started[k]:
+                start(k)
+        self._reducer.start(layout.stats)
+        t1 = time.perf_counter()
+        self._reducer.finish(f"the gradient all-reduce (step {self.steps + 1})")
+        self.comm_seconds += time.perf_counter() - t1
+        self.compute_seconds += compute
         total = float(layout.stats[1])
         if not total > 0:
             raise DistributedError("no rank had any samples in this global batch")
         self.stop_agreed = bool(float(layout.stats[2]) > 0)
         scale = 1.0 / total
-        for buf in layout.buffers:
+        for buf in (*layout.buffers, layout.stats):
             buf *= scale
         cost = layout.stats[0].copy()
         # The views are this wrapper's own buffers: the update may use them as scratch.
@@ -522,7 +564,8 @@ class DistributedOptimizer:
         if layout is None:
             params = [p for p in self.optimizer.params if p in graph]
             layout = self._layouts[graph] = _Buckets(params, params[0].backend.xp, self.bucket_bytes)
-            layout.keyed = "rng_key" in inspect.signature(graph.gradients).parameters
+            accepts = inspect.signature(graph.gradients).parameters
+            layout.keyed, layout.hooked = "rng_key" in accepts, "on_final" in accepts
         return layout
 
     def buckets(self, graph: Any) -> list[int]:
@@ -530,12 +573,12 @@ class DistributedOptimizer:
         return [int(b.nbytes) for b in self._layout(graph).buffers]
 
 
-def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES) -> None:
+def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True) -> None:
     """Make a Trainer data-parallel: rank 0's parameters everywhere, the optimizer's gradients
     averaged over the ranks, each rank taking its part of every global batch, and progress
     shown by rank 0 only."""
     if not isinstance(trainer.optimizer, DistributedOptimizer):
-        trainer.optimizer = DistributedOptimizer(trainer.optimizer, world, bucket_bytes)
+        trainer.optimizer = DistributedOptimizer(trainer.optimizer, world, bucket_bytes, overlap)
     world.broadcast_parameters(trainer.model.named_arrays().values())
     trainer.progress = trainer.progress and world.is_root
 

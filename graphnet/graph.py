@@ -9,7 +9,7 @@ runs them here instead.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from .backends import Backend, backend
 from .backends.keyed import check_rng_key
@@ -202,23 +202,31 @@ class Graph:
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
                   training: bool = True, return_cost: bool = False,
                   into: Optional[Mapping[Node, Any]] = None,
-                  rng_key: Optional[tuple[int, ...]] = None) -> Any:
+                  rng_key: Optional[tuple[int, ...]] = None,
+                  on_final: Optional[Callable[[Node], None]] = None) -> Any:
         """``{node: d cost / d node}`` for the parameters (or the nodes in ``wrt``).
 
         A node the cost does not depend on gets a zero gradient. With
         ``return_cost`` the cost's value comes too: ``(cost, grads)``. With ``into``
         (``{node: array}`` for every node differentiated) the gradients are written
         into those arrays, which come back as the dict; otherwise each is a new array.
-        ``rng_key``: see :meth:`run`.
+        ``rng_key``: see :meth:`run`. ``on_final(node)`` (with ``into``) is called once per
+        node as soon as ``into[node]`` holds its final gradient, while backward goes on
+        (the reference executor calls it at the end, latest nodes first).
         """
         if self.cost is None:
             raise GraphError("this graph has no cost: build it as gn.Graph(outputs, cost=loss)")
         training, return_cost = flag(training, "training"), flag(return_cost, "return_cost")
         targets = self._targets(wrt)
+        if on_final is not None and (into is None or not callable(on_final)):
+            raise ArgumentError(f"gradients(on_final=...) takes a callable and needs into=, got "
+                                f"on_final={on_final!r} with into={'None' if into is None else '{...}'}")
         if self.plan == "reference":
             values, grads = self._reference_step(feed, targets, training, into, rng_key)
+            for t in sorted(targets, key=lambda t: -self.index[t.id]) if on_final else ():
+                on_final(t)
         else:
-            values, grads = self.planner.step(feed, targets, training, into, rng_key)
+            values, grads = self.planner.step(feed, targets, training, into, rng_key, on_final)
         if not return_cost:
             return grads
         cost = values[self.index[self.cost.id]]

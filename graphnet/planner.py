@@ -15,7 +15,7 @@ This module imports no concrete op.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from .graph_checks import check_into, check_scalar_cost
 from .node import Node, RunContext
@@ -138,6 +138,7 @@ class BackwardStep(NamedTuple):
 class StepPlan(NamedTuple):
     forward: "Plan"
     backward: list[BackwardStep]
+    finals: Sequence[tuple[int, ...]] = ()  # per backward step: targets whose gradient it completes
 
 
 class StepPlanner:
@@ -165,8 +166,13 @@ class StepPlanner:
         return plan
 
     def step(self, feed: Mapping[Any, Any], targets: tuple, training: bool,
-             into: Optional[Mapping[Node, Any]], rng_key: Optional[tuple]) -> tuple[list, dict]:
-        """One step: ``(values, {target: gradient})``."""
+             into: Optional[Mapping[Node, Any]], rng_key: Optional[tuple],
+             on_final: Optional[Callable[[Node], None]] = None) -> tuple[list, dict]:
+        """One step: ``(values, {target: gradient})``.
+
+        ``on_final(target)`` (needs ``into``) is called as soon as ``into[target]`` holds
+        the target's final gradient, once per target, while backward goes on.
+        """
         g = self.graph
         ci = g.index[g.cost.id]
         plan = self.plan(targets)
@@ -181,7 +187,10 @@ class StepPlanner:
             if seen != self._into_checked:  # checked once while the same arrays come back
                 check_into(g, targets, values, into)
                 self._into_checked = seen
-        grads = self._backward(values, ci, plan.backward, into, saved)
+        final = None if on_final is None else _Finaliser(g, grads_into=into, on_final=on_final)
+        grads = self._backward(values, ci, plan, into, saved, final)
+        if final is not None:
+            return values, final.finish(targets, grads)
         if into is not None:
             return values, g.copy_into(targets, grads, into)
         return values, g.collect(targets, grads, values, kept=self.arena.ids)
@@ -204,7 +213,8 @@ class StepPlanner:
             inner = {j for j, _ in fused.values()}
             forward = forward._replace(steps=[fused[s.index][1] if s.index in fused else s
                                               for s in forward.steps if s.index not in inner])
-        return StepPlan(forward, self._backward_plan(ci, wanted, fused))
+        backward = self._backward_plan(ci, wanted, fused)
+        return StepPlan(forward, backward, _final_writes(backward, wanted))
 
     def _fusions(self, wanted: set[int]) -> dict[int, tuple[int, "Step"]]:
         """``{consumer index: (producer index, fused step)}`` for the pairs a step may fuse."""
@@ -246,8 +256,9 @@ class StepPlanner:
         return plan
 
     # --- running ------------------------------------------------------------------------
-    def _backward(self, values: list, ci: int, plan: list[BackwardStep],
-                  into: Optional[Mapping[Node, Any]], saved: dict) -> list:
+    def _backward(self, values: list, ci: int, step_plan: StepPlan,
+                  into: Optional[Mapping[Node, Any]], saved: dict,
+                  final: Optional["_Finaliser"] = None) -> list:
         g = self.graph
         grads: list = [None] * (ci + 1)
         owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
@@ -255,7 +266,10 @@ class StepPlanner:
         grads[ci] = g.backend.xp.ones(cost.shape, dtype=cost.dtype)
         ctx = StepContext(g.backend, True, self.arena, saved=saved)
         order = g.order
-        for i, node, args, needs, wanted, offers in plan:
+        finals = step_plan.finals if final is not None else ()
+        for s, (i, node, args, needs, wanted, offers) in enumerate(step_plan.backward):
+            if finals and s and finals[s - 1]:
+                final.emit(finals[s - 1], grads)
             gi = grads[i]
             if gi is None:
                 continue
@@ -289,7 +303,46 @@ class StepPlanner:
                 else:
                     grads[j] = grads[j] + gj
                     owned[j] = True
+        if finals and finals[-1]:
+            final.emit(finals[-1], grads)
         return grads
+
+
+def _final_writes(plan: list[BackwardStep], wanted: set[int]) -> list[tuple[int, ...]]:
+    """Per backward step, the differentiated nodes whose gradient it writes for the last time."""
+    last: dict[int, int] = {}
+    for s, step in enumerate(plan):
+        for _, j in step.wanted:
+            if j in wanted:
+                last[j] = s
+    finals: list[list[int]] = [[] for _ in plan]
+    for j, s in last.items():
+        finals[s].append(j)
+    return [tuple(sorted(f, reverse=True)) for f in finals]
+
+
+class _Finaliser:
+    """Writes each target's gradient into its ``into`` array once it is final, then reports it."""
+
+    def __init__(self, graph: "Graph", grads_into: Mapping[Node, Any],
+                 on_final: Callable[[Node], None]) -> None:
+        self.graph, self.into, self.on_final = graph, grads_into, on_final
+        self.done: set[int] = set()
+
+    def emit(self, js: tuple[int, ...], grads: list) -> None:
+        order = self.graph.order
+        for j in js:
+            node = order[j]
+            self.graph.copy_into((node,), grads, self.into)
+            self.done.add(j)
+            self.on_final(node)
+
+    def finish(self, targets: tuple, grads: list) -> dict:
+        """The rest (those backward never wrote: zero), then ``{target: into[target]}``."""
+        index = self.graph.index
+        rest = tuple(sorted({index[t.id] for t in targets} - self.done, reverse=True))
+        self.emit(rest, grads)
+        return {t: self.into[t] for t in targets}
 
 
 def _rank_known(node: Node) -> bool:

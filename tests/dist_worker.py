@@ -39,7 +39,8 @@ def equivalence(world, out: Path) -> None:
     model = tiny_model(layers=(32, 10), activation="relu", seed=world.rank)  # different per rank
     world.broadcast_parameters(model.named_arrays().values())
     opt = distributed.DistributedOptimizer(make_optimizer(model), world,
-                                           bucket_bytes=int(os.environ.get("BUCKET_BYTES", 4096)))
+                                           bucket_bytes=int(os.environ.get("BUCKET_BYTES", 4096)),
+                                           overlap=os.environ.get("OVERLAP", "1") == "1")
     x, y = blobs(200, seed=1)
     model.fit_preprocessing(x)
     costs = []
@@ -50,7 +51,7 @@ def equivalence(world, out: Path) -> None:
     if world.is_root:
         arrays = {k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()}
         np.savez(out / "params.npz", costs=np.array(costs), buckets=np.array(opt.buckets(model.train_graph)),
-                 **arrays)
+                 overlapped=opt.overlapped, **arrays)
         print(f"transport {opt.transport}: {opt.reason}")
 
 

@@ -154,6 +154,25 @@ def test_two_ranks_step_like_one_process(tmp_path, bucket_bytes):
 
 @pytest.mark.mpi
 @needs_mpi
+def test_overlapped_all_reduce_gives_the_same_parameters(tmp_path):
+    """Buckets all-reduced while backward goes on: bit for bit the non-overlapped step."""
+    runs = {}
+    for overlap in ("0", "1"):
+        out = tmp_path / overlap
+        out.mkdir()
+        r = launch(2, "equivalence", out, OVERLAP=overlap)
+        assert r.returncode == 0, r.stderr
+        runs[overlap] = params(out)
+    steps = len(runs["1"]["costs"])
+    assert int(runs["0"]["overlapped"]) == 0
+    assert int(runs["1"]["overlapped"]) == 2 * steps  # both buckets, every step, began in backward
+    for k in runs["0"]:
+        if k != "overlapped":
+            np.testing.assert_array_equal(runs["1"][k], runs["0"][k], err_msg=k)
+
+
+@pytest.mark.mpi
+@needs_mpi
 def test_hung_rank_makes_the_others_exit_with_a_message(tmp_path):
     r = launch(2, "hang", tmp_path, timeout=90, GRAPHNET_DIST_TIMEOUT="3")
     assert r.returncode != 0
@@ -284,10 +303,23 @@ def test_example_on_two_ranks_trains_and_only_rank_0_writes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("data-parallel on 2 ranks: global batch 256 = 128 per rank x 2; mpi:") == 1
     assert r.stdout.count("test accuracy") == 1
+    assert r.stdout.count("learning rate 0.05 x 2 ranks = 0.1 (scaled with the global batch") == 1
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.85
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "config.json",
                                                           "metrics.json", "model.npz"]
+
+
+def test_example_scales_the_preset_lr_with_the_ranks_unless_lr_is_given(tmp_path):
+    from examples.mnist import train
+    out = ["--out", str(tmp_path / "run")]
+    args = train.parse_args(["--preset", "fast", *out])
+    assert train.scale_lr_with_ranks(args, 1) == "" and args.config["lr"] == 0.05
+    note = train.scale_lr_with_ranks(args, 4)
+    assert args.config["lr"] == 0.2 and note.startswith("learning rate 0.05 x 4 ranks = 0.2")
+    args = train.parse_args(["--preset", "fast", "--lr", "0.03", *out])
+    assert train.scale_lr_with_ranks(args, 4) == "" and args.config["lr"] == 0.03
 
 
 def test_buckets_hold_every_gradient_as_a_view_later_layers_first():
@@ -297,8 +329,9 @@ def test_buckets_hold_every_gradient_as_a_view_later_layers_first():
         sizes = [p.value.nbytes for p in params]
         assert len(distributed._Buckets(params, np, bucket_bytes=1).buffers) == len(params)
         b = distributed._Buckets(params, np, bucket_bytes=max(sizes))  # the first W alone
-        assert [int(x.nbytes) for x in b.buffers] == [sum(sizes[1:]), sizes[0] + distributed.STATS * 4]
-        assert sum(int(x.nbytes) for x in b.buffers) == sum(sizes) + distributed.STATS * 4
+        assert [int(x.nbytes) for x in b.buffers] == [sum(sizes[1:]), sizes[0]]
+        assert b.sizes == [len(params) - 1, 1] and b.stats.shape == (distributed.STATS,)
+        assert [b.bucket_of[p] for p in params] == [1] + [0] * (len(params) - 1)
         first = b.buffers[0]
         assert np.shares_memory(b.views[params[-1]], first)  # the last layer's bias leads
         for p in params:

@@ -264,6 +264,18 @@ def path_problems(args: argparse.Namespace) -> list[str]:
     return bad
 
 
+def scale_lr_with_ranks(args: argparse.Namespace, ranks: int) -> str:
+    """Multiply the preset's learning rate by ``ranks`` (the global batch grows as much:
+    the linear scaling rule, Goyal et al. 2017) unless --lr was given or the run is resumed
+    (its config.json holds the rate it used). Returns a line saying what was done, or ''."""
+    if ranks <= 1 or args.lr is not None or args.resume:
+        return ""
+    base = args.config["lr"]
+    args.config["lr"] = base * ranks
+    return (f"learning rate {base:g} x {ranks} ranks = {base * ranks:g} (scaled with the global "
+            f"batch; give --lr to set it yourself)")
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -276,6 +288,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         args.world = distributed.from_flag(args.distributed)
         if args.world is not None:
+            note = scale_lr_with_ranks(args, args.world.size)
+            if note:
+                print(note)
             args.world.check_config(args.config)
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr)
