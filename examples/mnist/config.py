@@ -26,9 +26,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The reference script's own learning rate for this network: 1.0, loss averaged over the batch.
     "seed-128-64-10": dict(layers=[128, 64, 10], activation="tanh", epochs=10, optimizer="sgd",
                            lr=1.0),
-    # Best fully connected network that trains in about two minutes on two CPU cores.
+    # Best fully connected network that trains in about a minute on two quiet CPU cores; shifts
+    # of up to 2 px took seed 0 from 98.30% to 98.75% at the same 12 epochs.
     "fast": dict(layers=[512, 256, 10], activation="relu", epochs=12, optimizer="sgd", lr=0.05,
-                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine"),
+                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine", augment=True),
     # The strongest fully connected network we found.
     "best": dict(layers=[1024, 1024, 10], activation="relu", epochs=40, optimizer="sgd", lr=0.05,
                  momentum=0.9, nesterov=True, weight_decay=5e-4, dropout=0.2, schedule="cosine",
