@@ -23,11 +23,13 @@ CNN_SIZES = {"cnn": (1_200_000, 120_000), "cnn-best": (360_000, 110_000)}
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference's two published set-ups: tanh, softmax, cross-entropy, batch 128, plain SGD.
     "seed-10": dict(layers=[10], activation="tanh", epochs=1, optimizer="sgd", lr=0.5),
+    # The reference script's own learning rate for this network: 1.0, loss averaged over the batch.
     "seed-128-64-10": dict(layers=[128, 64, 10], activation="tanh", epochs=10, optimizer="sgd",
-                           lr=0.5),
-    # Best fully connected network that trains in about two minutes on two CPU cores.
+                           lr=1.0),
+    # Best fully connected network that trains in about a minute on two quiet CPU cores; shifts
+    # of up to 2 px took seed 0 from 98.30% to 98.75% at the same 12 epochs.
     "fast": dict(layers=[512, 256, 10], activation="relu", epochs=12, optimizer="sgd", lr=0.05,
-                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine"),
+                 momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine", augment=True),
     # The strongest fully connected network we found.
     "best": dict(layers=[1024, 1024, 10], activation="relu", epochs=40, optimizer="sgd", lr=0.05,
                  momentum=0.9, nesterov=True, weight_decay=5e-4, dropout=0.2, schedule="cosine",
