@@ -30,6 +30,8 @@ class Backend(ABC):
     xp: Any
     #: conv2d works through the batch in chunks whose im2col buffer is at most this big
     im2col_chunk_bytes: int = 256 * 2**20
+    #: chunked kernels may run their chunks on host worker threads (graphnet.parallel)
+    host_parallel: bool = False
 
     # --- arrays and transfers -------------------------------------------------
     @abstractmethod

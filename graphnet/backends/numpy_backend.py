@@ -16,6 +16,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
     im2col_chunk_bytes = 2 * 2**20  # cache-sized chunks: ~1.5-2x faster than whole-batch buffers
+    host_parallel = True
 
     def __init__(self) -> None:
         self._rng = np.random.default_rng(0)

@@ -41,10 +41,11 @@ of windows); max pooling sends each gradient to the first maximum of its window.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from .. import parallel
 from ..checks import int_pair, integer
 from ..errors import ShapeError
 from ..kernels import kernel
@@ -113,7 +114,8 @@ class Conv2d(Node):
         return (n, co, _out_size(h, kh, sh, ph), _out_size(wd, kw, sw, pw))
 
     # --- helpers ---------------------------------------------------------------------
-    def _geometry(self, x: Any, w: Any) -> tuple:
+    def geometry(self, be: Any, x: Any, w: Any) -> "ConvGeometry":
+        """The sizes of one call: output, padded images, columns per row, chunks."""
         (sh, sw), (ph, pw) = self.stride, self.padding
         n, c, h, wd = x.shape
         co, ci, kh, kw = w.shape
@@ -121,14 +123,14 @@ class Conv2d(Node):
             raise ShapeError(f"conv2d: input {tuple(x.shape)} does not fit weight {tuple(w.shape)} "
                              f"(stride {self.stride}, padding {self.padding})")
         oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-        return n, c, co, kh, kw, oh, ow
-
-    def _layout(self, be: Any, x: Any, kh: int, oh: int, ow: int) -> tuple:
-        """Padded image size (with the spare row full-width rows need) and Q, columns per row."""
-        (ph, pw) = self.padding
-        hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        wp = wd + 2 * pw
         q = conv_row_width(self.stride, wp, ow)
-        return (oh + kh if self.stride == (1, 1) else hp), wp, q
+        # full-width rows read one spare row past the last window row
+        hp = oh + kh if self.stride == (1, 1) else h + 2 * ph
+        k = c * kh * kw
+        chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
+        return ConvGeometry(n, c, co, kh, kw, oh, ow, hp, wp, q, k, chunks,
+                            chunks[0][1] - chunks[0][0])
 
     def _images(self, xp: Any, x: Any, hp: int, wp: int, buf: Any = None) -> Any:
         """``x`` (a chunk, NCHW) as zero-padded channel-major images (C, n, hp, wp)."""
@@ -138,72 +140,172 @@ class Conv2d(Node):
         out[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
         return out
 
+    def _cols(self, be: Any, x: Any, geo: "ConvGeometry", s: "_Scratch", n0: int, n1: int) -> Any:
+        """The chunk's im2col matrix ``(C*kh*kw, m*OH*Q)``, in ``s``'s buffers."""
+        full = n1 - n0 == geo.step
+        images = self._images(be.xp, x[n0:n1], geo.hp, geo.wp, s.images if full else None)
+        return im2col(be, images, (geo.kh, geo.kw), self.stride, (geo.oh, geo.ow), out=s.cols)
+
     # --- forward and backward --------------------------------------------------------
     def forward(self, ctx, x, w, b=None):
-        xp, be = ctx.xp, ctx.b
-        n, c, co, kh, kw, oh, ow = self._geometry(x, w)
-        hp, wp, q = self._layout(be, x, kh, oh, ow)
-        k = c * kh * kw
-        w2 = w.reshape(co, k)
-        out = ctx.empty((n, co, oh, ow), xp.result_type(x.dtype, w.dtype))
-        chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
-        step = chunks[0][1] - chunks[0][0]
-        buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
-        images = xp.zeros((c, step, hp, wp), dtype=x.dtype)  # borders stay zero
-        bias = None if b is None else b.reshape(1, co, 1, 1)
-        for n0, n1 in chunks:
-            m = n1 - n0
-            xs = self._images(xp, x[n0:n1], hp, wp, images if m == step else None)
-            cols = im2col(be, xs, (kh, kw), self.stride, (oh, ow), out=buf)
-            y = (w2 @ cols).reshape(co, m, oh, q)[:, :, :, :ow].transpose(1, 0, 2, 3)
+        xp = ctx.xp
+        geo = self.geometry(ctx.b, x, w)
+        out = ctx.empty((geo.n, geo.co, geo.oh, geo.ow), xp.result_type(x.dtype, w.dtype))
+        bias = None if b is None else b.reshape(1, geo.co, 1, 1)
+
+        def emit(y4: Any, n0: int, n1: int, s: "_Scratch") -> None:
+            y = y4[:, :, :, :geo.ow].transpose(1, 0, 2, 3)
             if bias is None:
                 out[n0:n1] = y
             else:
                 xp.add(y, bias, out=out[n0:n1])
+        self.forward_chunks(ctx, x, w, geo, emit)
         return out
+
+    def forward_chunks(self, ctx: Any, x: Any, w: Any, geo: "ConvGeometry",
+                       emit: Callable[[Any, int, int, "_Scratch"], None],
+                       extra: Optional[Callable[[], Any]] = None) -> None:
+        """Compute the output chunk by chunk: ``emit(y4, n0, n1, scratch)`` gets images
+        ``n0:n1`` as ``y4`` (C_out, m, OH, Q), no bias added, in scratch memory.
+
+        ``extra()`` makes per-worker scratch for ``emit`` (``scratch.extra``).
+        """
+        xp, be = ctx.xp, ctx.b
+        w2 = w.reshape(geo.co, geo.k)
+        ydtype = xp.result_type(x.dtype, w.dtype)
+        per_chunk = geo.oh * geo.q
+
+        def work(s: _Scratch, c: int) -> None:
+            n0, n1 = geo.chunks[c]
+            cols = self._cols(be, x, geo, s, n0, n1)
+            y = s.y[:geo.co * (n1 - n0) * per_chunk].reshape(geo.co, -1)
+            xp.matmul(w2, cols, out=y)
+            emit(y.reshape(geo.co, n1 - n0, geo.oh, geo.q), n0, n1, s)
+
+        def scratch() -> _Scratch:
+            return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
+                            xp.empty((geo.step * geo.k * per_chunk,), dtype=x.dtype),
+                            xp.empty((geo.co * geo.step * per_chunk,), dtype=ydtype),
+                            None, None, None, extra() if extra else None)
+        parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
 
     def backward(self, ctx, g, xs, y):
         x, w = xs[0], xs[1]
+        geo = self.geometry(ctx.b, x, w)
+        ow = geo.ow
+
+        def fill(g4: Any, n0: int, n1: int, s: "_Scratch") -> None:
+            g4[:, :, :, :ow] = g[n0:n1].transpose(1, 0, 2, 3)
+            if geo.q > ow:
+                g4[:, :, :, ow:] = 0  # the junk columns of full-width rows
+        has_bias = len(xs) == 3 and hasattr(xs[2], "shape")
+        return self.backward_chunks(ctx, x, w, geo, g.dtype, fill, has_bias, len(xs) == 3)
+
+    def backward_chunks(self, ctx: Any, x: Any, w: Any, geo: "ConvGeometry", gdtype: Any,
+                        fill: Callable[[Any, int, int, "_Scratch"], None], has_bias: bool,
+                        bias_slot: bool, extra: Optional[Callable[[], Any]] = None) -> tuple:
+        """The gradients ``(gx, gw[, gb])``, chunk by chunk: ``fill(g4, n0, n1, scratch)``
+        writes images ``n0:n1``'s upstream gradient into ``g4`` (C_out, m, OH, Q), junk
+        columns included (zero).
+
+        Weight and bias gradients are summed per chunk group, then over the groups in
+        order (:mod:`graphnet.parallel`): the same bits whatever the number of workers.
+        """
         xp, be = ctx.xp, ctx.b
-        n, c, co, kh, kw, oh, ow = self._geometry(x, w)
-        hp, wp, q = self._layout(be, x, kh, oh, ow)
-        ph, pw = self.padding
-        h, wd = x.shape[2], x.shape[3]
-        k = c * kh * kw
+        co, k, per_chunk = geo.co, geo.k, geo.oh * geo.q
         need_x = ctx.needs is None or ctx.needs[0]
         w2t = w.reshape(co, k).T
-        gw = xp.zeros((co, k), dtype=xp.result_type(w.dtype, g.dtype))
-        gx_dtype = xp.result_type(x.dtype, g.dtype)
+        groups = min(parallel.GROUPS, len(geo.chunks))
+        gwdtype = xp.result_type(w.dtype, gdtype)
+        gw_acc = xp.zeros((groups, co, k), dtype=gwdtype)
+        gb_acc = xp.zeros((groups, co), dtype=gdtype) if has_bias else None
+        gx_dtype = xp.result_type(x.dtype, gdtype)
         gx = ctx.grad_out(0, gx_dtype) if need_x else None  # fully written below
-        if gx is None:
+        if gx is None and need_x:
             gx = xp.empty(x.shape, dtype=gx_dtype)
-        chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
-        step = chunks[0][1] - chunks[0][0]
-        buf = xp.empty((step * k * oh * q,), dtype=x.dtype)
-        dbuf = xp.empty((step * k * oh * q,), dtype=gx.dtype)
-        gbuf = xp.empty((co * step * oh * q,), dtype=g.dtype)
-        images = xp.zeros((c, step, hp, wp), dtype=x.dtype)
-        for n0, n1 in chunks:
+        (ph, pw), (h, wd) = self.padding, x.shape[2:]
+
+        def work(s: _Scratch, c: int) -> None:
+            n0, n1 = geo.chunks[c]
             m = n1 - n0
-            cols = im2col(be, self._images(xp, x[n0:n1], hp, wp, images if m == step else None),
-                             (kh, kw), self.stride, (oh, ow), out=buf)
-            g4 = gbuf[:co * m * oh * q].reshape(co, m, oh, q)
-            g4[:, :, :, :ow] = g[n0:n1].transpose(1, 0, 2, 3)
-            if q > ow:
-                g4[:, :, :, ow:] = 0  # the junk columns of full-width rows
-            g2 = g4.reshape(co, m * oh * q)
-            gw += g2 @ cols.T
+            cols = self._cols(be, x, geo, s, n0, n1)
+            g4 = s.g[:co * m * per_chunk].reshape(co, m, geo.oh, geo.q)
+            fill(g4, n0, n1, s)
+            g2 = g4.reshape(co, m * per_chunk)
+            xp.matmul(g2, cols.T, out=s.gw)
+            gw_acc[c % parallel.GROUPS] += s.gw
+            if gb_acc is not None:
+                gb_acc[c % parallel.GROUPS] += g2.sum(axis=1)
             if not need_x:  # e.g. the first layer: nobody needs d loss / d images
-                continue
-            dcols = dbuf[:k * m * oh * q].reshape(k, m * oh * q)
+                return
+            dcols = s.dcols[:k * m * per_chunk].reshape(k, m * per_chunk)
             xp.matmul(w2t, g2, out=dcols)
-            dimages = xp.zeros((c, m, hp, wp), dtype=gx.dtype)
-            col2im(be, dcols, dimages, (kh, kw), self.stride, (oh, ow))
+            full = m == geo.step
+            dimages = s.dimages if full else xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx.dtype)
+            dimages[...] = 0
+            col2im(be, dcols, dimages, (geo.kh, geo.kw), self.stride, (geo.oh, geo.ow))
             gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
-        grads = (gx if need_x else None, gw.reshape(w.shape))
-        if len(xs) == 3:
-            grads += (g.sum(axis=(0, 2, 3)) if hasattr(xs[2], "shape") else None,)
+
+        def scratch() -> _Scratch:
+            step = geo.step
+            return _Scratch(
+                xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
+                xp.empty((step * k * per_chunk,), dtype=x.dtype), None,
+                xp.empty((co * step * per_chunk,), dtype=gdtype),
+                xp.empty((co, k), dtype=gwdtype),
+                (xp.empty((k * step * per_chunk,), dtype=gx_dtype),
+                 xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)) if need_x else None,
+                extra() if extra else None)
+        parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
+        grads = (gx if need_x else None, _sum_groups(gw_acc).reshape(w.shape))
+        if bias_slot:
+            grads += (_sum_groups(gb_acc) if has_bias else None,)
         return grads
+
+
+class ConvGeometry(NamedTuple):
+    """One conv2d call's sizes (see :meth:`Conv2d.geometry`)."""
+
+    n: int
+    c: int
+    co: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    hp: int   # padded image rows (one spare row for full-width rows)
+    wp: int   # padded image columns
+    q: int    # columns per output row: wp for stride 1 (full-width rows), else ow
+    k: int    # c * kh * kw, the rows of im2col
+    chunks: list
+    step: int  # images in a full chunk
+
+
+class _Scratch:
+    """One worker's buffers for a chunk at a time."""
+
+    __slots__ = ("images", "cols", "y", "g", "gw", "dx", "extra")
+
+    def __init__(self, images: Any, cols: Any, y: Any, g: Any, gw: Any, dx: Any,
+                 extra: Any) -> None:
+        self.images, self.cols, self.y, self.g, self.gw, self.extra = images, cols, y, g, gw, extra
+        self.dx = dx
+
+    @property
+    def dcols(self) -> Any:
+        return self.dx[0]
+
+    @property
+    def dimages(self) -> Any:
+        return self.dx[1]
+
+
+def _sum_groups(acc: Any) -> Any:
+    """``acc[0] + acc[1] + ...`` in that order (a fresh array)."""
+    total = acc[0].copy()
+    for part in acc[1:]:
+        total += part
+    return total
 
 
 class _Pool2d(Node):

@@ -9,6 +9,8 @@ from typing import Any
 
 from ..backends.host import is_floating
 from ..planner import register_fusion
+from .conv import Conv2d, MaxPool2d
+from .conv_pool import ConvMaxPool
 from .matrix import Linear
 from .unary import Activation
 
@@ -41,3 +43,4 @@ def _floating(linear: Linear) -> bool:
 
 
 register_fusion(Linear, Activation, LinearActivation, when=_floating)
+register_fusion(Conv2d, MaxPool2d, ConvMaxPool)

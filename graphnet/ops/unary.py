@@ -182,6 +182,34 @@ def _sigmoid_backward_cuda(be: Any, y: Any, g: Any, out: Any = None) -> Any:
 
 
 @kernel
+def keep_where(be: Any, cond: Any, a: Any, out: Any = None) -> Any:
+    """``a`` where ``cond``, else exactly +0, even where ``a`` is NaN or inf (in ``out`` if given).
+
+    A select, not ``a * cond`` (whose ``inf * 0`` is NaN and ``-1 * 0`` is -0).
+    """
+    xp = be.xp
+    res = xp.where(cond, a, xp.zeros((), dtype=a.dtype))
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+@keep_where.override("numpy")
+def _keep_where_numpy(be: Any, cond: Any, a: Any, out: Any = None) -> Any:
+    uint = _UINT_OF.get(getattr(a, "dtype", None))
+    if (uint is None or cond.shape != a.shape
+            or (out is not None and (out.dtype != a.dtype or out.shape != a.shape))):
+        return keep_where.generic(be, cond, a, out)
+    # The select on the bits: a's bit pattern times 1 or 0 (a float product would turn
+    # inf * 0 into NaN). Several times faster than np.where or a masked write.
+    if out is None:
+        out = np.empty_like(a)
+    np.multiply(a.view(uint), cond, out=out.view(uint))
+    return out
+
+
+@kernel
 def relu_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
     """``g`` where ``y > 0``, else exactly 0 even where ``g`` is NaN or inf (in ``out`` if given).
 
@@ -198,16 +226,9 @@ def relu_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
 
 @relu_backward.override("numpy")
 def _relu_backward_numpy(be: Any, y: Any, g: Any, out: Any = None) -> Any:
-    uint = _UINT_OF.get(getattr(g, "dtype", None))
-    if (uint is None or not getattr(y, "ndim", 0) or g.shape != y.shape
-            or (out is not None and out.dtype != g.dtype)):
+    if not getattr(y, "ndim", 0) or g.shape != y.shape:
         return relu_backward.generic(be, y, g, out)
-    # The select on the bits: g's bit pattern times 1 or 0 (a float product would turn
-    # inf * 0 into NaN). Several times faster than np.where or a masked write.
-    if out is None:
-        out = np.empty_like(g)
-    np.multiply(g.view(uint), y > 0, out=out.view(uint))
-    return out
+    return _keep_where_numpy(be, y > 0, g, out)
 
 
 @relu_backward.override("cupy")

@@ -1,0 +1,134 @@
+"""Host threads for chunked kernels: a convolution's chunks on several CPU cores.
+
+NumPy runs one thread per call except inside BLAS, and a convolution's many memory-bound
+passes (im2col, col2im, transposes, pooling) leave the second core idle. Chunks of a batch
+are independent, so :func:`for_each_chunk` gives them to up to :data:`GROUPS` worker
+threads (NumPy releases the GIL in copies, ufuncs and products), with BLAS limited to one
+thread while they run so the workers do not oversubscribe the cores.
+
+Results never depend on the number of workers: chunk ``c`` belongs to group
+``c % GROUPS``, a group's chunks run in order on one worker, and whatever chunks sum
+(a weight gradient) is summed per group, then over the groups in a fixed order.
+
+Used where the backend says so (``Backend.host_parallel``: NumPy) and threadpoolctl can
+set the BLAS's threads; otherwise one worker, the caller's thread. The worker count is
+the BLAS's own thread count (``OPENBLAS_NUM_THREADS=1`` means one core, one worker);
+:func:`set_workers` overrides it.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, Callable, Optional
+
+from .checks import integer
+from .errors import ArgumentError
+
+GROUPS = 4  #: accumulation groups, and the most workers a chunked kernel uses
+
+_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+_blas: Any = False  # False: not looked up yet; None: no controllable BLAS
+_forced: Optional[int] = None
+_busy = threading.local()
+_limited = 0  # parallel regions running; the first limits BLAS to one thread, the last restores
+_blas_threads = 0
+
+
+def set_workers(n: Optional[int]) -> Optional[int]:
+    """Use ``n`` worker threads for chunked kernels (``None``: the BLAS's thread count).
+
+    Returns the previous setting.
+    """
+    global _forced
+    if n is not None:
+        n = integer(n, "workers", 1)
+        if n > GROUPS:
+            raise ArgumentError(f"workers must be at most {GROUPS}, got {n}")
+    old, _forced = _forced, n
+    return old
+
+
+def _blas_controller() -> Any:
+    global _blas
+    if _blas is False:
+        with _lock:
+            if _blas is False:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                    _blas = libs[0] if len(libs) == 1 else None
+                except Exception:  # no threadpoolctl, or a BLAS it cannot drive
+                    _blas = None
+    return _blas
+
+
+def workers(be: Any, n_chunks: int) -> int:
+    """How many threads ``n_chunks`` chunks run on for backend ``be``."""
+    if n_chunks < 2 or not getattr(be, "host_parallel", False) or getattr(_busy, "on", False):
+        return 1
+    blas = _blas_controller()
+    if blas is None:
+        return 1
+    n = _forced if _forced is not None else blas.get_num_threads()
+    return max(1, min(n, GROUPS, n_chunks))
+
+
+def for_each_chunk(be: Any, n_chunks: int, work: Callable[[Any, int], None],
+                   make_scratch: Callable[[], Any]) -> None:
+    """Call ``work(scratch, c)`` for every chunk ``c`` in ``range(n_chunks)``.
+
+    Each worker gets its own ``make_scratch()``; a chunk's group (``c % GROUPS``) always
+    runs on one worker, in increasing ``c``. Exceptions from a worker are raised here.
+    """
+    n = workers(be, n_chunks)
+    if n == 1:
+        scratch = make_scratch()
+        for c in range(n_chunks):
+            work(scratch, c)
+        return
+    blas = _blas_controller()
+
+    def run(w: int) -> None:
+        _busy.on = True  # a kernel inside a worker runs its own chunks serially
+        try:
+            scratch = make_scratch()
+            for c in range(n_chunks):
+                if (c % GROUPS) % n == w:
+                    work(scratch, c)
+        finally:
+            _busy.on = False
+
+    _limit_blas(blas, True)
+    try:
+        futures = [_executor().submit(run, w) for w in range(n)]
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            wait(futures)  # never leave a worker writing into arrays after we return
+    finally:
+        _limit_blas(blas, False)
+
+
+def _limit_blas(blas: Any, enter: bool) -> None:
+    global _limited, _blas_threads
+    with _lock:
+        if enter:
+            if _limited == 0:
+                _blas_threads = blas.get_num_threads()
+                blas.set_num_threads(1)
+            _limited += 1
+        else:
+            _limited -= 1
+            if _limited == 0:
+                blas.set_num_threads(_blas_threads)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(GROUPS, thread_name_prefix="graphnet-chunks")
+    return _pool
