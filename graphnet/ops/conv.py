@@ -36,6 +36,13 @@ i.e. a few times B whatever the batch. Measured (tracemalloc) for that layer at 
 128: on NumPy (2 images per chunk) 2.3 MB extra in forward and 3.7 MB in backward; with
 256 MiB chunks (CuPy's setting: the batch is one chunk) 124 MB and 228 MB.
 
+Threads and fusion. On NumPy the chunks run on worker threads (:mod:`graphnet.parallel`;
+the weight and bias gradients are summed per chunk group, so the bits do not depend on the
+number of workers), and in a training step a max-pool right after the convolution is
+applied to each chunk while it is in cache (:mod:`graphnet.ops.conv_pool`):
+:meth:`Conv2d.forward_chunks` and :meth:`Conv2d.backward_chunks` take the per-chunk output
+and upstream-gradient steps as arguments for that.
+
 Pooling loops over the kh*kw kernel offsets with strided slices (no im2col, no copies
 of windows); max pooling sends each gradient to the first maximum of its window.
 """
