@@ -57,7 +57,9 @@ def _blas_controller() -> Any:
                 try:
                     from threadpoolctl import ThreadpoolController
                     libs = ThreadpoolController().select(user_api="blas").lib_controllers
-                    _blas = libs[0] if len(libs) == 1 else None
+                    # NumPy's own BLAS (wheels bundle it under numpy.libs or numpy/.dylibs)
+                    mine = [lib for lib in libs if "numpy" in str(lib.filepath)]
+                    _blas = (mine or libs)[0] if len(mine) == 1 or len(libs) == 1 else None
                 except Exception:  # no threadpoolctl, or a BLAS it cannot drive
                     _blas = None
     return _blas

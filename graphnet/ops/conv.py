@@ -75,9 +75,14 @@ def _out_size(n: Optional[int], k: int, s: int, p: int) -> Optional[int]:
 
 
 def _chunks(n: int, per_item_bytes: int, backend: Any = None) -> list[tuple[int, int]]:
-    """``(start, stop)`` of consecutive images whose cols fit the chunk size."""
+    """``(start, stop)`` of consecutive images whose cols fit the chunk size.
+
+    As few chunks as fit, of sizes as even as possible (so that workers share them evenly).
+    """
     limit = min(IM2COL_LIMIT_BYTES, getattr(backend, "im2col_chunk_bytes", DEFAULT_CHUNK_BYTES))
-    step = max(1, min(n, limit // max(per_item_bytes, 1)))
+    most = max(1, min(n, limit // max(per_item_bytes, 1)))
+    count = -(-n // most)
+    step = -(-n // count) if n else 1
     return [(i, min(n, i + step)) for i in range(0, n, step)] or [(0, 0)]
 
 
