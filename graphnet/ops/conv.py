@@ -160,6 +160,12 @@ class Conv2d(Node):
 
     # --- forward and backward --------------------------------------------------------
     def forward(self, ctx, x, w, b=None):
+        return self.forward_nchw(ctx, x, w, b)
+
+    def forward_nchw(self, ctx: Any, x: Any, w: Any, b: Any = None,
+                     then: Optional[Callable[[Any], None]] = None) -> Any:
+        """The output (N, C_out, OH, OW); ``then(block)`` runs on each chunk's block of it
+        once written (an activation applied in place, while in cache)."""
         xp = ctx.xp
         geo = self.geometry(ctx.b, x, w)
         out = ctx.empty((geo.n, geo.co, geo.oh, geo.ow), xp.result_type(x.dtype, w.dtype))
@@ -171,6 +177,8 @@ class Conv2d(Node):
                 out[n0:n1] = y
             else:
                 xp.add(y, bias, out=out[n0:n1])
+            if then is not None:
+                then(out[n0:n1])
         self.forward_chunks(ctx, x, w, geo, emit)
         return out
 
@@ -202,16 +210,22 @@ class Conv2d(Node):
         parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
 
     def backward(self, ctx, g, xs, y):
+        return self.backward_nchw(ctx, xs, lambda n0, n1, s: g[n0:n1], g.dtype)
+
+    def backward_nchw(self, ctx: Any, xs: tuple, upstream: Callable[[int, int, Any], Any],
+                      gdtype: Any, extra: Optional[Callable[[], Any]] = None) -> tuple:
+        """The gradients, with ``upstream(n0, n1, scratch)`` giving images ``n0:n1``'s
+        gradient of the output (N, C_out, OH, OW) chunk by chunk."""
         x, w = xs[0], xs[1]
         geo = self.geometry(ctx.b, x, w)
         ow = geo.ow
 
         def fill(g4: Any, n0: int, n1: int, s: "_Scratch") -> None:
-            g4[:, :, :, :ow] = g[n0:n1].transpose(1, 0, 2, 3)
+            g4[:, :, :, :ow] = upstream(n0, n1, s).transpose(1, 0, 2, 3)
             if geo.q > ow:
                 g4[:, :, :, ow:] = 0  # the junk columns of full-width rows
         has_bias = len(xs) == 3 and hasattr(xs[2], "shape")
-        return self.backward_chunks(ctx, x, w, geo, g.dtype, fill, has_bias, len(xs) == 3)
+        return self.backward_chunks(ctx, x, w, geo, gdtype, fill, has_bias, len(xs) == 3, extra)
 
     def backward_chunks(self, ctx: Any, x: Any, w: Any, geo: "ConvGeometry", gdtype: Any,
                         fill: Callable[[Any, int, int, "_Scratch"], None], has_bias: bool,

@@ -1,11 +1,14 @@
-"""conv2d followed by max_pool2d, fused in training steps, and convolution chunks on threads.
+"""conv2d fused with what follows it in training steps, and convolution chunks on threads.
+
+conv2d followed by max_pool2d:
 
 The fused step (graphnet/ops/conv_pool.py) must give the bits of the two nodes run one
 after the other by the reference executor, in every case the fusion meets: ties (flat
 regions, as MNIST's background gives), NaN in a window, NaN and inf in the upstream
 gradient, windows that leave rows or columns over, strides, padding, no bias, float64,
 a short last chunk, and windows it does not fuse (overlapping, with gaps). Chunks on
-several threads must give the bits of one thread.
+several threads must give the bits of one thread. conv2d followed by an activation (the
+activation applied to each chunk in place) must also give the two nodes' bits.
 """
 from __future__ import annotations
 
@@ -196,3 +199,32 @@ def test_keep_where_passes_nan_and_inf_only_where_kept(backend):
     got = gn.to_numpy(out)
     assert _bits(got) == _bits(np.array([0.0, 0.0, 0.0, -np.inf, 2.0], dtype=np.float32))
     assert not np.signbit(got[2]), "a dropped -1 must give +0, not -0"
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("nan_grad", [False, True])
+def test_fused_conv_activation_gives_the_bits_of_the_two_nodes(backend, act, nan_grad):
+    x = gn.Input("x", shape=(None, 2, 9, 9))
+    w = gn.Input("w", shape=(3, 2, 3, 3))
+    b = gn.Input("b", shape=(3,))
+    y = getattr(gn, act)(ops.conv2d(x, w, b, padding=1))
+    r = gn.Input("r", shape=None)
+    cost = gn.sum(y * r)  # the activation's gradient meets r directly, NaN and inf included
+    rng = np.random.default_rng(11)
+    xv, wv, bv = _data(rng, (5, 2, 9, 9), (3, 2, 3, 3), np.float32, flat=True)
+    rv = rng.standard_normal((5, 3, 9, 9)).astype(np.float32)
+    if nan_grad:
+        rv.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, np.nan]
+    feed = {x: xv, w: wv, b: bv, r: rv}
+    fast, ref = gn.Graph(y, cost=cost), gn.Graph(y, cost=cost, plan="reference")
+    old = set_im2col_limit(2 * 18 * 9 * 11 * 4)  # several chunks, the last one short
+    try:
+        for step in range(2):
+            c1, g1 = fast.gradients(feed, wrt=[x, w, b], return_cost=True)
+            c2, g2 = ref.gradients(feed, wrt=[x, w, b], return_cost=True)
+            _assert_bits(c1, c2, f"step {step} cost")
+            for node in (x, w, b):
+                _assert_bits(g1[node], g2[node], f"step {step} gradient of {node.name}")
+    finally:
+        set_im2col_limit(old)
+    assert fast.planner.fused_ops(fast._targets([x, w, b])) == [f"conv2d+{act}"]
