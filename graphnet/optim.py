@@ -5,6 +5,7 @@ import math
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
+from . import parallel
 from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
@@ -106,8 +107,9 @@ class Optimizer:
             for p in wrt:
                 if p not in self._grad_bufs:
                     self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
-        cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
-                                     rng_key=rng_key)
+        with parallel.step_scope(graph):
+            cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
+                                         rng_key=rng_key)
         self._apply(grads, True)
         return cost
 

@@ -228,3 +228,48 @@ def test_fused_conv_activation_gives_the_bits_of_the_two_nodes(backend, act, nan
     finally:
         set_im2col_limit(old)
     assert fast.planner.fused_ops(fast._targets([x, w, b])) == [f"conv2d+{act}"]
+
+
+def _small_cnn_step(workers: int):
+    from graphnet import nn, optim
+    parallel.set_workers(workers)
+    try:
+        gn.seed(5)
+        net = nn.Sequential([nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.MaxPool2d(2),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 700), nn.ReLU(),
+                             nn.Linear(700, 10)])
+        x = gn.Input("x", shape=(None, 1, 14, 14))
+        y = gn.Input("y", shape=(None,), dtype="int64")
+        logits = net(x)
+        graph = gn.Graph(logits, cost=gn.softmax_cross_entropy(logits, y))
+        opt = optim.Adam(net.parameters(), lr=1e-2)
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            feed = {x: rng.standard_normal((48, 1, 14, 14)).astype(np.float32),
+                    y: rng.integers(0, 10, 48)}
+            opt.minimize(graph, feed)
+        return [gn.to_numpy(p.value).copy() for p in net.parameters()]
+    finally:
+        parallel.set_workers(None)
+
+
+def test_training_steps_on_workers_give_the_bits_of_one_thread(numpy_backend):
+    """Chunks on workers with the BLAS held at one thread for the whole step (step_scope)
+    give the bits of a run on one thread."""
+    blas = parallel._blas_controller()
+    if blas is None:
+        pytest.skip("threadpoolctl cannot drive this BLAS")
+    before = blas.get_num_threads()
+    old = set_im2col_limit(4 * 9 * 12 * 14 * 4)  # a few images per chunk
+    try:
+        blas.set_num_threads(1)  # one worker, one BLAS thread: a plain single-thread run
+        try:
+            one = _small_cnn_step(1)
+        finally:
+            blas.set_num_threads(before)
+        two = _small_cnn_step(2)
+    finally:
+        set_im2col_limit(old)
+    for k, (a, b) in enumerate(zip(one, two)):
+        _assert_bits(a, b, f"parameter {k} after 3 Adam steps")
+    assert blas.get_num_threads() == before
