@@ -259,8 +259,8 @@ class Conv2d(Node):
             g4 = s.g[:co * m * per_chunk].reshape(co, m, geo.oh, geo.q)
             fill(g4, n0, n1, s)
             g2 = g4.reshape(co, m * per_chunk)
-            xp.matmul(g2, cols.T, out=s.gw)
-            gw_acc[c % parallel.GROUPS] += s.gw
+            xp.matmul(cols, g2.T, out=s.gw)  # gw.T: about 20% faster than g2 @ cols.T here
+            gw_acc[c % parallel.GROUPS] += s.gw.T
             if gb_acc is not None:
                 gb_acc[c % parallel.GROUPS] += g2.sum(axis=1)
             if not need_x:  # e.g. the first layer: nobody needs d loss / d images
@@ -279,7 +279,7 @@ class Conv2d(Node):
                 xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
                 xp.empty((step * k * per_chunk,), dtype=x.dtype), None,
                 xp.empty((co * step * per_chunk,), dtype=gdtype),
-                xp.empty((co, k), dtype=gwdtype),
+                xp.empty((k, co), dtype=gwdtype),
                 (xp.empty((k * step * per_chunk,), dtype=gx_dtype),
                  xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)) if need_x else None,
                 extra() if extra else None)
