@@ -133,7 +133,7 @@ def test_each_override_matches_the_reference(backend, case, dtype):
 
 
 # --- the Backend interface ---------------------------------------------------------------------
-INTERFACE = {"name", "xp", "im2col_chunk_bytes", "asarray", "to_numpy", "is_array", "synchronize",
+INTERFACE = {"name", "xp", "im2col_chunk_bytes", "host_parallel", "asarray", "to_numpy", "is_array", "synchronize",
              "device_name", "memory_info", "versions", "seed", "uniform", "permutation",
              "keyed_bits", "rng_state", "set_rng_state", "scatter_add", "take_rows",
              "sliding_window_view", "scratch", "elementwise"}
