@@ -94,19 +94,16 @@ class ConvMaxPool:
             gp = s.extra[1][:step * m].reshape(co, m, poh, pow_)
             gp[...] = g[n0:n1].transpose(1, 0, 2, 3)
             idx = first[step * n0:step * n1].reshape(gp.shape)
-            part = s.extra[0][:step * m].reshape(gp.shape)
             for p in range(windows):
                 i, j = divmod(p, sw)
-                keep_where(ctx.b, idx == p, gp, out=part)
-                g4[:, :, i:poh * sh:sh, j:pow_ * sw:sw] = part
+                keep_where(ctx.b, idx == p, gp, out=g4[:, :, i:poh * sh:sh, j:pow_ * sw:sw])
             if geo.oh > poh * sh:
                 g4[:, :, poh * sh:] = 0
             if geo.q > pow_ * sw:
                 g4[:, :, :, pow_ * sw:] = 0  # rows' leftover and junk columns
 
         def extra() -> tuple:
-            return (xp.empty((step * geo.step,), dtype=g.dtype),
-                    xp.empty((step * geo.step,), dtype=g.dtype))
+            return (None, xp.empty((step * geo.step,), dtype=g.dtype))
         has_bias = len(xs) == 3 and hasattr(xs[2], "shape")
         return self.conv.backward_chunks(ctx, x, w, geo, g.dtype, fill, has_bias, len(xs) == 3,
                                          extra)
