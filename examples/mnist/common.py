@@ -51,7 +51,7 @@ def augmenter(cfg: dict[str, Any]) -> Any:
                                                  rotate=cfg.get("rotate", 0.0), rng_key=rng_key)
 
 
-def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eval_every: int = 100,
+def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eval_every: int,
                   progress: bool = True, check_numerics: bool = False,
                   world: Any = None) -> tuple[nn.Classifier, Trainer]:
     """The model (seeded, preprocessing fitted on ``x_train``) and the Trainer the CLI runs."""

@@ -33,6 +33,9 @@ from .config import (CHANGEABLE_ON_RESUME, CHOICES, DEFAULTS, FLAG_KEYS, MAX_SEE
                      MLP_ONLY, PRESETS, SGD_ONLY)
 
 
+CURVE_EVERY = 100  # default --eval-every: training batches between learning-curve points
+
+
 class UsageError(ValueError):
     """A flag or saved configuration that cannot be honoured; nothing has been done yet."""
 
@@ -72,7 +75,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="exit 1 if the test accuracy is below A: a fraction (0.98) or a percent "
                         "(98 or 98%%; values above 1 are percents)")
     p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR")
-    p.add_argument("--eval-every", type=int, default=100,
+    p.add_argument("--eval-every", type=int, default=CURVE_EVERY,
                    help="batches between learning-curve points (0: none)")
     p.add_argument("--check-numerics", action="store_true", help="name the first node producing NaN/inf")
     p.add_argument("--plots", action="store_true", help="write the figures of visualize.py at the end")
