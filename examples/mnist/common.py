@@ -55,6 +55,7 @@ def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eva
                   progress: bool = True, check_numerics: bool = False,
                   world: Any = None) -> tuple[nn.Classifier, Trainer]:
     """The model (seeded, preprocessing fitted on ``x_train``) and the Trainer the CLI runs."""
+    from .train import CURVE_IMAGES
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
     model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
@@ -63,6 +64,7 @@ def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eva
     trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
                       optim.make_schedule(cfg["schedule"], cfg["epochs"]),
                       batch_size=cfg["batch_size"], eval_every=eval_every or None,
+                      curve_subset=CURVE_IMAGES,
                       checkpoint_dir=out, progress=progress, augment=augmenter(cfg),
                       seed=cfg["seed"], distributed=world)
     return model, trainer
