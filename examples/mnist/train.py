@@ -35,7 +35,7 @@ from .config import (CHANGEABLE_ON_RESUME, CHOICES, DEFAULTS, FLAG_KEYS, MAX_SEE
 
 # Learning-curve points: every CURVE_EVERY training batches (the --eval-every default), each
 # evaluated on CURVE_IMAGES training and CURVE_IMAGES test images. Evaluation is forward
-# passes only, but 2 x 2000 images every 100 batches added 11-13% to an epoch; this is 3%.
+# passes only, but 2 x 2000 images every 100 batches added 8-14% to an epoch; this 2-3%.
 CURVE_EVERY, CURVE_IMAGES = 200, 1000
 
 
