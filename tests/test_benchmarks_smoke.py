@@ -53,3 +53,20 @@ def test_gpu_benchmark_skips_or_runs_without_cuda(tmp_path):
     else:
         assert r.get("skipped"), "no usable CuPy here, yet the GPU benchmark did not skip"
         assert "cupy" in r["reason"].lower() or "cuda" in r["reason"].lower()
+
+
+def test_cli_benchmark_quick(tmp_path):
+    """The CLI-epoch benchmark runs, splits the epoch, and its two contenders did the same
+    training (weights equal bit for bit after every epoch)."""
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only",
+                        "cli_small", "--threads", "1", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "cli_small.json").read_text())
+    assert r["agreement"]["weights_bit_identical_every_round"] is True
+    for key in ("engine", "cli_steps", "cli_loop", "curve", "end", "end_evaluate", "end_checkpoint"):
+        assert r["results"][key]["n"] >= 1, key
+    assert r["results"]["engine"]["median"] > 0 and r["results"]["end"]["median"] > 0
+    assert "cli_loop/engine" in r["ratios"] and r["targets"][0]["ratio"] == "cli_loop/engine"
+    assert "_run_epoch" in (out / "profile_cli_small.txt").read_text()

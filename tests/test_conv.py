@@ -420,7 +420,6 @@ def test_cupy_col2im_kernel_body_matches_numpy_on_host(tmp_path):
     import shutil
     import subprocess
 
-    from graphnet.backends.cupy_backend import COL2IM_BODY
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to check the CuPy kernel body on the host")
@@ -430,7 +429,7 @@ def test_cupy_col2im_kernel_body_matches_numpy_on_host(tmp_path):
         "void col2im(const T *cols, T *outp, ptrdiff_t size, int n_img, int height, int width,"
         " int k_h, int k_w, int s_h, int s_w, int o_h, int o_w, int q_w) {\n"
         "  for (ptrdiff_t i = 0; i < size; ++i) {\n#define out (outp[i])\n"
-        + COL2IM_BODY + "\n#undef out\n  }\n}\n")
+        + conv_mod.COL2IM_BODY + "\n#undef out\n  }\n}\n")
     lib_path = tmp_path / "col2im.so"
     subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
     lib = ctypes.CDLL(str(lib_path))
@@ -440,7 +439,7 @@ def test_cupy_col2im_kernel_body_matches_numpy_on_host(tmp_path):
     for (c, n, h, w), (kh, kw), stride in [((2, 3, 6, 5), (3, 3), (1, 1)), ((3, 2, 7, 6), (3, 2), (2, 1)),
                                             ((1, 2, 5, 5), (2, 2), (2, 2)), ((2, 1, 4, 4), (1, 1), (1, 3))]:
         oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
-        q = ref.conv_row_width(stride, w, ow)
+        q = conv_mod.conv_row_width(stride, w, ow)
         if stride == (1, 1):
             oh -= 1  # full-width rows keep a spare image row
         cols = rng.normal(size=(c * kh * kw, n * oh * q))
@@ -448,7 +447,7 @@ def test_cupy_col2im_kernel_body_matches_numpy_on_host(tmp_path):
             cols.reshape(-1, n, oh, q)[..., ow:] = 0  # junk columns are zero in col2im's input
         want = rng.normal(size=(c, n, h, w))
         got = want.copy()
-        ref.col2im(cols, want, (kh, kw), stride, (oh, ow))
+        conv_mod.col2im(ref, cols, want, (kh, kw), stride, (oh, ow))
         lib.col2im(cols.ctypes.data_as(dp), got.ctypes.data_as(dp), ctypes.c_ssize_t(got.size),
                    *[ctypes.c_int(v) for v in (n, h, w, kh, kw, stride[0], stride[1], oh, ow, q)])
         assert_close(got, want, rtol=1e-12, atol=1e-12, what=f"col2im kernel {kh}x{kw} s{stride}")

@@ -18,9 +18,10 @@ import pytest
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.backends.base import Backend
-from graphnet.backends.cupy_backend import MAX_POOL_BW_BODY, CupyBackend
-from graphnet.backends.numpy_backend import NumpyBackend
+from graphnet.backends.cupy_backend import CupyBackend
 from graphnet.backends.keyed import PHILOX_BODY, keep_threshold, philox_key, random_bits
+from graphnet.ops import conv, losses, unary
+from graphnet.ops.conv import MAX_POOL_BW_BODY
 from graphnet.ops.losses import check_class_labels
 from graphnet.ops.matrix import Linear
 from graphnet.testing import assert_close
@@ -163,11 +164,11 @@ def _grid(ys):
 
 ACTIVATIONS = {
     # relu: the select, g where y > 0 and exactly 0 elsewhere (NaN/inf in g included)
-    "relu": (lambda b: b.relu_backward, [np.nan, 0.0, 2.0, np.inf],
+    "relu": (unary.relu_backward, [np.nan, 0.0, 2.0, np.inf],
              lambda y, g: np.where(y > 0, g, 0.0)),
-    "tanh": (lambda b: b.tanh_backward, [np.nan, 0.0, 1.0, -1.0, 0.25],
+    "tanh": (unary.tanh_backward, [np.nan, 0.0, 1.0, -1.0, 0.25],
              lambda y, g: g * (1 - y * y)),
-    "sigmoid": (lambda b: b.sigmoid_backward, [np.nan, 0.0, 1.0, 0.5],
+    "sigmoid": (unary.sigmoid_backward, [np.nan, 0.0, 1.0, 0.5],
                 lambda y, g: (g * y) * (1 - y)),
 }
 
@@ -175,15 +176,18 @@ ACTIVATIONS = {
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("with_out", [False, True])
-def test_activation_gradients_treat_nan_and_inf_alike(backend, name, dtype, with_out):
-    method, ys, ref = ACTIVATIONS[name]
+@pytest.mark.parametrize("version", ["reference", "backend's"])
+def test_activation_gradients_treat_nan_and_inf_alike(backend, name, dtype, with_out, version):
+    """The kernel's reference and the version this backend runs (its override, if any)."""
+    kern, ys, ref = ACTIVATIONS[name]
+    fn = kern.generic if version == "reference" else kern.implementation(backend.name)
     y, g = _grid(ys)
     with np.errstate(invalid="ignore"):
         want = ref(y, g)
     yb, gb = backend.asarray(y.astype(dtype)), backend.asarray(g.astype(dtype))
     out = backend.xp.empty(yb.shape, dtype) if with_out else None
     with np.errstate(invalid="ignore"):
-        got = gn.to_numpy(method(backend)(yb, gb, out))
+        got = gn.to_numpy(fn(backend, yb, gb, out))
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{name}: NaN positions")
     assert_close(got, want, rtol=1e-6, atol=0, what=f"{name} backward")
@@ -271,47 +275,37 @@ class _DeviceOnly(np.ndarray):
     __bool__ = __int__ = __float__ = item = tolist = _sync
 
 
-class _Generic(NumpyBackend):
-    """NumPy with the backend-generic code of the paths CuPy shares (no host fast paths)."""
-
-    softmax_cross_entropy = Backend.softmax_cross_entropy
-    softmax_cross_entropy_backward = Backend.softmax_cross_entropy_backward
-    label_poison = Backend.label_poison
-    max_pool_backward = Backend.max_pool_backward
-    relu_backward = Backend.relu_backward
-
-
 def _device(*arrays):
     return [np.asarray(a).view(_DeviceOnly) for a in arrays]
 
 
 @pytest.mark.parametrize("size,stride,shape", POOLS)
 def test_max_pool_backward_needs_no_host_value(numpy_backend, size, stride, shape):
-    """The backend-generic path (what the CuPy kernel computes) reads no device value on the
-    host; the NumPy fast path does (it is free there), which shows the check can fail."""
+    """The kernel's reference (what the CuPy kernel computes) reads no device value on the
+    host; the NumPy override does (it is free there), which shows the check can fail."""
     x = _pool_data(shape, 3)
     y = gn.Graph(gn.max_pool2d(gn.Constant(x), size, stride)).run({})
     g = _pool_grad(y.shape, 4)
-    gx = _Generic().max_pool_backward(*_device(x, y, g), size, stride)
+    gx = conv.max_pool_backward.generic(numpy_backend, *_device(x, y, g), size, stride)
     with np.errstate(invalid="ignore"):
         assert_close(np.asarray(gx), _pool_reference(x, g, size, stride), rtol=1e-6, atol=1e-7,
                      what="generic max-pool backward")
     if size == stride and shape[2] % size[0] == 0 and shape[3] % size[1] == 0:
         with pytest.raises(AssertionError, match="host sync"):
-            numpy_backend.max_pool_backward(*_device(x, y, g), size, stride)
+            conv.max_pool_backward(numpy_backend, *_device(x, y, g), size, stride)
 
 
 def test_label_check_needs_no_host_value(numpy_backend):
     logits = np.random.default_rng(0).normal(size=(4, 3))
     labels = np.array([0, 5, 2, -1])
-    gen = _Generic()
+    forward, backward = losses.softmax_ce_forward.generic, losses.softmax_ce_backward.generic
     with np.errstate(invalid="ignore"):
-        loss, probs = gen.softmax_cross_entropy(*_device(logits, labels))
-        grad = gen.softmax_cross_entropy_backward(probs, *_device(labels, np.ones(())))
+        loss, probs = forward(numpy_backend, *_device(logits, labels))
+        grad = backward(numpy_backend, probs, *_device(labels, np.ones(())))
     assert np.isnan(np.asarray(loss)) and np.isnan(np.asarray(grad)[[1, 3]]).all()
     assert np.isfinite(np.asarray(grad)[[0, 2]]).all()
     with pytest.raises(AssertionError, match="host sync"):
-        numpy_backend.softmax_cross_entropy(*_device(logits, labels))
+        losses.softmax_ce_forward(numpy_backend, *_device(logits, labels))
 
 
 def _compile(tmp_path, name, source):

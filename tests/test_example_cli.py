@@ -113,6 +113,19 @@ def test_min_accuracy_takes_a_fraction_or_a_percent(text, value):
     assert _module("train")._accuracy(text) == pytest.approx(value)
 
 
+def test_the_cli_trainer_has_the_cli_curve_settings(tmp_path):
+    """--eval-every's default and the curve points' images reach the Trainer (build_trainer,
+    which the CLI and benchmarks/bench_cli.py share)."""
+    train, common = _module("train"), _module("common")
+    cfg = dict(train.DEFAULTS, **train.PRESETS["seed-10"], preset="seed-10")
+    args = train.parse_args(["--preset", "seed-10", "--out", str(tmp_path / "run")])
+    assert args.eval_every == train.CURVE_EVERY
+    _, trainer = common.build_trainer(cfg, blobs(64)[0], None, eval_every=args.eval_every)
+    assert (trainer.eval_every, trainer.curve_subset) == (train.CURVE_EVERY, train.CURVE_IMAGES)
+    _, trainer = common.build_trainer(cfg, blobs(64)[0], None, eval_every=0)
+    assert trainer.eval_every is None
+
+
 # --- a run folder -----------------------------------------------------------------------
 def _fake_run(folder: Path, finished: bool = True) -> dict:
     """A seed-10 run folder (config.json, a one-epoch checkpoint) trained on synthetic data."""

@@ -10,7 +10,7 @@ import pytest
 import graphnet as gn
 from graphnet import optim
 from graphnet.backends import array_library
-from graphnet.backends.base import _MOVED, Backend
+from graphnet.backends.base import Backend
 from graphnet.kernels import Kernel, kernel
 from graphnet.ops import conv, losses, matrix, unary
 from graphnet.testing import assert_close
@@ -152,23 +152,9 @@ def _backend_classes():
 @pytest.mark.parametrize("cls", _backend_classes(), ids=lambda c: c.__name__)
 def test_backends_define_no_op_kernel(cls):
     """A backend class holds arrays, transfers, random numbers, device, memory and the
-    elementwise helper; op kernels live beside their ops (the old names are shims on Backend)."""
+    elementwise helper; op kernels live beside their ops."""
     own = {n for n in vars(cls) if not n.startswith("_")}
-    if cls is Backend:
-        own -= set(_MOVED)
     assert own <= INTERFACE, f"{cls.__name__} defines {sorted(own - INTERFACE)} beyond the interface"
-
-
-def test_deprecated_backend_methods_warn_and_run_the_kernel(numpy_backend):
-    y = np.array([-1.0, 2.0, np.nan])
-    g = np.array([np.inf, 3.0, 1.0])
-    with pytest.warns(DeprecationWarning, match="graphnet.ops.unary.relu_backward"):
-        old = numpy_backend.relu_backward
-    np.testing.assert_array_equal(old(y, g), unary.relu_backward(numpy_backend, y, g))
-    with pytest.warns(DeprecationWarning, match="Backend.adam_update"):
-        assert Backend.adam_update is optim.adam_update.generic
-    with pytest.warns(DeprecationWarning):
-        assert numpy_backend.conv_row_width((1, 1), 9, 7) == conv.conv_row_width((1, 1), 9, 7) == 9
 
 
 def test_the_numpy_backend_compiles_no_elementwise_kernels(numpy_backend):

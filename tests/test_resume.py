@@ -12,7 +12,7 @@ from graphnet import optim
 from graphnet.augment import random_shift
 from graphnet.io import CheckpointError, atomic_write_npz, read_npz
 from graphnet.train import (CHECKPOINT, CHECKPOINT_VERSION, OutOfMemory, Trainer,
-                            TrainingInterrupted, epoch_permutation)
+                            TrainingInterrupted, _stable_order, epoch_permutation)
 
 from helpers import blobs, interrupt_at_batch, tiny_model
 
@@ -60,6 +60,25 @@ def test_epoch_permutation_is_a_pure_function_of_seed_epoch_n():
     assert epoch_permutation(0, 0, 0).shape == (0,)
     # pinned: a NumPy upgrade must not reorder a resumed epoch (raw Philox bits, stable sort)
     assert epoch_permutation(0, 0, 10).tolist() == [0, 2, 9, 1, 8, 5, 4, 3, 6, 7]
+
+
+@pytest.mark.parametrize("seed, epoch, n", [(0, 0, 60000), (7, 3, 60000), (2**64 - 1, 9, 1001),
+                                           (1, 1, 1), (5, 2, 2)])
+def test_epoch_permutation_is_the_stable_sort_of_its_bits(seed, epoch, n):
+    bits = np.random.Philox(key=np.array([seed, epoch], dtype=np.uint64)).random_raw(n)
+    np.testing.assert_array_equal(epoch_permutation(seed, epoch, n),
+                                  np.argsort(bits, kind="stable"))
+
+
+def test_stable_order_keeps_tied_keys_in_their_order():
+    """The fast (unstable) sort is used only when no two keys are equal."""
+    rng = np.random.default_rng(0)
+    for keys in (rng.integers(0, 4, 5000).astype(np.uint64),
+                 np.concatenate([rng.integers(0, 2**63, 3000, dtype=np.uint64)] * 2),
+                 np.zeros(3, np.uint64), np.zeros(0, np.uint64)):
+        got = _stable_order(keys)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
 
 
 @pytest.mark.parametrize("args", [(-1, 0, 5), (0, -1, 5), (0, 0, -1), (1.5, 0, 5), (0, 0, "5"),

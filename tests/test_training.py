@@ -217,6 +217,26 @@ def test_learning_curve_recorded_every_n_batches():
     assert len(hist.curve_test_accuracy) == len(hist.curve_train_loss) == 4
 
 
+def test_learning_curve_points_evaluate_curve_subset_images():
+    x, y = blobs(256)
+    model = tiny_model()
+    model.fit_preprocessing(x)
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), batch_size=32, eval_every=4,
+                      curve_subset=40, eval_subset=100, progress=False)
+    sizes, evaluate = [], model.evaluate
+    model.evaluate = lambda xs, ys, **kw: sizes.append(len(xs)) or evaluate(xs, ys, **kw)
+    hist = trainer.fit(x, y, x[:200], y[:200], epochs=1)
+    assert hist.curve_batches == [4, 8]
+    assert sizes == [40, 40, 40, 40, 100, 200]  # two curve points (train, test), then the epoch's
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_curve_subset_must_be_a_positive_integer(bad):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=f"curve_subset must be an integer > 0, got {bad!r}"):
+        Trainer(model, optim.SGD(model.parameters()), curve_subset=bad)
+
+
 def test_random_shift_moves_flat_and_nchw_images(backend):
     from graphnet.augment import random_shift
     img = np.zeros((28, 28), dtype=np.float32)

@@ -51,6 +51,25 @@ def augmenter(cfg: dict[str, Any]) -> Any:
                                                  rotate=cfg.get("rotate", 0.0), rng_key=rng_key)
 
 
+def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eval_every: int,
+                  progress: bool = True, check_numerics: bool = False,
+                  world: Any = None) -> tuple[nn.Classifier, Trainer]:
+    """The model (seeded, preprocessing fitted on ``x_train``) and the Trainer the CLI runs."""
+    from .train import CURVE_IMAGES
+    gn.seed(cfg["seed"])
+    network, input_shape = build_network(cfg)
+    model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
+                          check_numerics=check_numerics)
+    model.fit_preprocessing(x_train)
+    trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
+                      optim.make_schedule(cfg["schedule"], cfg["epochs"]),
+                      batch_size=cfg["batch_size"], eval_every=eval_every or None,
+                      curve_subset=CURVE_IMAGES,
+                      checkpoint_dir=out, progress=progress, augment=augmenter(cfg),
+                      seed=cfg["seed"], distributed=world)
+    return model, trainer
+
+
 # --- before any work --------------------------------------------------------------------
 def training_bytes(cfg: dict[str, Any]) -> int:
     """About how much memory training needs: data, parameters with gradients and optimizer
@@ -214,16 +233,9 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
         for name in existing:
             (out / name).unlink()
     x_train, y_train, x_test, y_test = mnist.load(args.data)
-    gn.seed(cfg["seed"])
-    network, input_shape = build_network(cfg)
-    model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
-                          check_numerics=args.check_numerics)
-    model.fit_preprocessing(x_train)
-    trainer = Trainer(model, build_optimizer(cfg, model.parameters()),
-                      optim.make_schedule(cfg["schedule"], cfg["epochs"]),
-                      batch_size=cfg["batch_size"], eval_every=args.eval_every or None,
-                      checkpoint_dir=out, progress=not args.no_progress, augment=augmenter(cfg),
-                      seed=cfg["seed"], distributed=world)
+    model, trainer = build_trainer(cfg, x_train, out, eval_every=args.eval_every,
+                                   progress=not args.no_progress,
+                                   check_numerics=args.check_numerics, world=world)
     if world is not None:
         from graphnet.distributed import describe_training
         print(describe_training(trainer))

@@ -2,11 +2,9 @@
 device, memory, compiling elementwise kernels). Op kernels live beside their ops."""
 from __future__ import annotations
 
-import importlib
 import math
-import warnings
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import GraphnetError
 
@@ -130,56 +128,3 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"the {self.name!r} backend compiles no elementwise kernels "
                                   f"(asked for {name!r})")
-
-
-class _MovedToKernel:
-    """A former Backend method, now a kernel beside its op: calls it, with a DeprecationWarning.
-
-    On an instance it runs that backend's version; on the class (``Backend.relu_backward``)
-    the kernel's reference, as a function taking the backend first.
-    """
-
-    def __init__(self, target: str) -> None:
-        self.target = target  # "module:name", imported on first use (ops import backends)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def _resolve(self) -> Any:
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
-
-    def __get__(self, obj: Any, cls: Any = None) -> Callable[..., Any]:
-        found = self._resolve()
-        is_kernel = hasattr(found, "overrides")  # else a plain layout helper
-        warnings.warn(f"Backend.{self.name} is deprecated: use {self.target.replace(':', '.')}"
-                      + ("(backend, ...)" if is_kernel else "(...)"), DeprecationWarning,
-                      stacklevel=2)
-        if not is_kernel:
-            return found
-        if obj is None:
-            return found.generic
-        return lambda *args, **kwargs: found(obj, *args, **kwargs)
-
-
-_MOVED = {
-    "softmax_cross_entropy": "graphnet.ops.losses:softmax_ce_forward",
-    "softmax_cross_entropy_backward": "graphnet.ops.losses:softmax_ce_backward",
-    "label_poison": "graphnet.ops.losses:label_poison",
-    "tanh_backward": "graphnet.ops.unary:tanh_backward",
-    "sigmoid_backward": "graphnet.ops.unary:sigmoid_backward",
-    "relu_backward": "graphnet.ops.unary:relu_backward",
-    "sum_rows": "graphnet.ops.matrix:sum_rows",
-    "sgd_update": "graphnet.optim:sgd_update",
-    "adam_update": "graphnet.optim:adam_update",
-    "im2col": "graphnet.ops.conv:im2col",
-    "col2im": "graphnet.ops.conv:col2im",
-    "conv_row_width": "graphnet.ops.conv:conv_row_width",
-    "pool_offsets": "graphnet.ops.conv:pool_offsets",
-    "max_pool_backward": "graphnet.ops.conv:max_pool_backward",
-}
-for _name, _target in _MOVED.items():
-    _shim = _MovedToKernel(_target)
-    setattr(Backend, _name, _shim)
-    _shim.__set_name__(Backend, _name)
-del _name, _target, _shim

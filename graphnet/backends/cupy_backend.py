@@ -34,14 +34,6 @@ def _import_cupy() -> Any:
     return cupy
 
 
-def __getattr__(name: str) -> Any:
-    # The CUDA bodies moved beside their op (graphnet.ops.conv); old imports keep working.
-    if name in ("COL2IM_BODY", "MAX_POOL_BW_BODY"):
-        from ..ops import conv
-        return getattr(conv, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class CupyBackend(Backend):
     """Runs on the current CUDA device with CuPy; kernels compiled by :meth:`elementwise`."""
 
