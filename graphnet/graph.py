@@ -21,7 +21,7 @@ from .graph_checks import (check_finite, check_into, check_scalar_cost, describe
 from .planner import Arena, StepPlanner
 from .shapes import fmt
 
-PLANS = ("step", "reference")
+PLANS = ("step", "loop", "reference")
 
 
 class Leaf(NamedTuple):
@@ -87,8 +87,10 @@ class Graph:
     gradients. The order is computed once, here. With ``plan="step"`` (the default)
     ``gradients`` keeps its intermediate arrays (about one step's activations and their
     gradients) for the next call, so a step allocates almost nothing; what it returns is
-    never reused. ``plan="reference"`` runs every step node by node on fresh arrays (the
-    same numbers, bit for bit). A graph runs one call at a time: share it between
+    never reused; each plan runs as a Python function generated for it (see
+    ``graph.planner.source()``), or with ``plan="loop"`` through the planner's loop.
+    ``plan="reference"`` runs every step node by node on fresh arrays (the same numbers,
+    bit for bit, in all three). A graph runs one call at a time: share it between
     threads only with a lock.
     """
 
