@@ -207,7 +207,7 @@ def test_the_engine_and_the_planner_import_no_op():
     import ast
     from pathlib import Path
     root = Path(gn.__file__).parent
-    for name in ("graph.py", "planner.py", "graph_checks.py"):
+    for name in ("graph.py", "planner.py", "stepgen.py", "graph_checks.py"):
         tree = ast.parse((root / name).read_text())
         modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -162,3 +162,27 @@ def test_gradients_keep_their_nodes_dtype_once_and_when_summed(numpy_backend):
         for g in grads:
             assert g.dtype == np.float32
             np.testing.assert_array_equal(g, grads[-1])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_and_batch_norm_steps_match_in_and_out_of_training(backend, training):
+    """``training`` and ``rng_key`` reach the ops the same way through the generated step."""
+    x = gn.Input("x", (None, 6))
+    w = gn.Parameter(np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4), name="w")
+    gamma = gn.Parameter(np.ones(4, np.float32), name="gamma")
+    beta = gn.Parameter(np.zeros(4, np.float32), name="beta")
+    h = gn.ops.dropout(gn.relu(gn.ops.batch_norm(x @ w, gamma, beta)), 0.5)
+    cost = gn.mean(h * h)
+    rng = np.random.default_rng(1)
+    results = []
+    for plan in ("step", "loop", "reference"):
+        graph = gn.Graph(h, cost=cost, plan=plan)
+        out = []
+        for n in (5, 5, 3):
+            feed = {x: backend.asarray(np.asarray(rng.standard_normal((n, 6)), np.float32))}
+            c, g = graph.gradients(feed, return_cost=True, training=training, rng_key=(3, n))
+            out.append([gn.to_numpy(c)] + [gn.to_numpy(g[p]) for p in (w, gamma, beta)])
+        rng = np.random.default_rng(1)
+        results.append(out)
+    _check_same(results[0], results[2])
+    _check_same(results[1], results[2])
