@@ -17,7 +17,7 @@ from .checks import flag
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, NumericsError, RunError
 from .node import Constant, Input, Node, Parameter, RunContext
 from .graph_checks import (check_finite, check_into, check_scalar_cost, describe_failure,
-                           out_of_memory, output_list, resolve_feed, wrong_backend)
+                           not_fed, out_of_memory, output_list, resolve_feed, wrong_backend)
 from .planner import Arena, StepPlanner
 from .shapes import fmt
 
@@ -379,8 +379,7 @@ class Graph:
         if kind == "input":
             v = fed.get(node.id)
             if v is None:
-                raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
-                                "dict: graph.run({input: array}))")
+                raise FeedError(not_fed(node))
             return v
         return node.forward(None)
 

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from .errors import FeedError, GraphError, NumericsError, RunError
-from .graph_checks import describe_failure, out_of_memory, wrong_backend
+from .graph_checks import describe_failure, not_fed, out_of_memory, wrong_backend
 
 if TYPE_CHECKING:
     from .graph import Graph, Step
@@ -140,8 +140,7 @@ def _values(w: _Writer, graph: "Graph", plan: "StepPlan") -> None:
 
 
 def _missing(node: Any) -> None:
-    raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
-                    "dict: graph.run({input: array}))")
+    raise FeedError(not_fed(node))
 
 
 def _wrong_backend(graph: "Graph") -> Callable[[Any], None]:
