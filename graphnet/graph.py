@@ -17,11 +17,11 @@ from .checks import flag
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, NumericsError, RunError
 from .node import Constant, Input, Node, Parameter, RunContext
 from .graph_checks import (check_finite, check_into, check_scalar_cost, describe_failure,
-                           out_of_memory, output_list, resolve_feed, wrong_backend)
+                           not_fed, out_of_memory, output_list, resolve_feed, wrong_backend)
 from .planner import Arena, StepPlanner
 from .shapes import fmt
 
-PLANS = ("step", "reference")
+PLANS = ("step", "loop", "reference")
 
 
 class Leaf(NamedTuple):
@@ -87,8 +87,10 @@ class Graph:
     gradients. The order is computed once, here. With ``plan="step"`` (the default)
     ``gradients`` keeps its intermediate arrays (about one step's activations and their
     gradients) for the next call, so a step allocates almost nothing; what it returns is
-    never reused. ``plan="reference"`` runs every step node by node on fresh arrays (the
-    same numbers, bit for bit). A graph runs one call at a time: share it between
+    never reused; each plan runs as a Python function generated for it (see
+    ``graph.planner.source()``), or with ``plan="loop"`` through the planner's loop.
+    ``plan="reference"`` runs every step node by node on fresh arrays (the same numbers,
+    bit for bit, in all three). A graph runs one call at a time: share it between
     threads only with a lock.
     """
 
@@ -377,8 +379,7 @@ class Graph:
         if kind == "input":
             v = fed.get(node.id)
             if v is None:
-                raise FeedError(f"input {node.name!r} was not fed (pass it in the feed "
-                                "dict: graph.run({input: array}))")
+                raise FeedError(not_fed(node))
             return v
         return node.forward(None)
 

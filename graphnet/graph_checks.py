@@ -70,6 +70,11 @@ def check_scalar_cost(graph: "Graph", cost: Any) -> None:
                          f"{tuple(cost.shape)} at run time (reduce it, e.g. with .mean())")
 
 
+def not_fed(node: Input) -> str:
+    return (f"input {node.name!r} was not fed (pass it in the feed dict: "
+            "graph.run({input: array}))")
+
+
 def wrong_backend(graph: "Graph", node: Parameter) -> str:
     return (f"parameter {node.name!r} lives on the {node.backend.name!r} backend "
             f"but this graph runs on {graph.backend.name!r}: move the model first")

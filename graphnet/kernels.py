@@ -18,12 +18,16 @@ under its name, next to the reference it must match bit for bit, e.g.::
 Calling ``relu_backward(be, y, g)`` runs ``be``'s override if it has one, else the
 reference. Kernels live beside their ops (``graphnet/ops``) and optimizers (``optim``);
 backends hold no kernels of their own.
+
+An op running in a graph calls ``ctx.kernels[relu_backward](ctx.b, y, g)`` instead: the
+run's :func:`implementations` table, resolved once per backend, so a call costs a dict
+lookup rather than a dispatch through :meth:`Kernel.__call__`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["Kernel", "kernel"]
+__all__ = ["Kernel", "KernelTable", "implementations", "kernel"]
 
 
 class Kernel:
@@ -39,6 +43,9 @@ class Kernel:
         """Decorator: register the decorated function as this kernel's version on ``backend_name``."""
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.overrides[backend_name] = fn
+            table = _TABLES.get(backend_name)
+            if table is not None:
+                table.pop(self, None)  # resolved again on next use
             return fn
         return register
 
@@ -56,3 +63,26 @@ class Kernel:
 def kernel(generic: Callable[..., Any]) -> Kernel:
     """Decorator: make ``generic(be, ...)`` the reference of a new :class:`Kernel`."""
     return Kernel(generic)
+
+
+class KernelTable(dict):
+    """``{kernel: its implementation on one backend}``, each resolved on first use."""
+
+    def __init__(self, backend_name: str) -> None:
+        super().__init__()
+        self.backend_name = backend_name
+
+    def __missing__(self, k: Kernel) -> Callable[..., Any]:
+        fn = self[k] = k.implementation(self.backend_name)
+        return fn
+
+
+_TABLES: dict[str, KernelTable] = {}
+
+
+def implementations(backend_name: str) -> KernelTable:
+    """The kernel table of the backend called ``backend_name`` (one per name, shared)."""
+    table = _TABLES.get(backend_name)
+    if table is None:
+        table = _TABLES[backend_name] = KernelTable(backend_name)
+    return table

@@ -12,6 +12,7 @@ from .backends import Backend, backend
 from .backends.host import array_library, dtype_of, is_floating, result_dtype, to_numpy
 from .checks import flag, integer
 from .errors import ArgumentError, ArgumentTypeError, FeedError, GraphError, ShapeError
+from .kernels import KernelTable, implementations
 from .shapes import Shape, fmt
 
 _ids = itertools.count()
@@ -21,20 +22,22 @@ class RunContext:
     """What an op sees while it runs: the backend ``b``, its array namespace ``xp``,
     ``training``, and the run's per-run state.
 
-    ``rng_key`` is the run's key for random ops (None: the backend's own generator) and
-    ``key`` the running node's position in the graph's order. In backward, ``needs`` says
-    per input whether it needs a gradient (None: all). The reference executor uses this
-    class as it is: :meth:`empty` gives a new array and :meth:`grad_out` offers nothing.
-    The step planner's context (``graphnet.planner.StepContext``) hands out arrays
-    reused from step to step instead.
+    ``kernels`` is the backend's kernel table (``ctx.kernels[k](ctx.b, ...)`` runs kernel
+    ``k``'s version for this backend). ``rng_key`` is the run's key for random ops (None:
+    the backend's own generator) and ``key`` the running node's position in the graph's
+    order. In backward, ``needs`` says per input whether it needs a gradient (None: all).
+    The reference executor uses this class as it is: :meth:`empty` gives a new array and
+    :meth:`grad_out` offers nothing. The step planner's context
+    (``graphnet.planner.StepContext``) hands out arrays reused from step to step instead.
     """
 
-    __slots__ = ("b", "xp", "training", "needs", "key", "rng_key", "_saved")
+    __slots__ = ("b", "xp", "kernels", "training", "needs", "key", "rng_key", "_saved")
 
     def __init__(self, b: Backend, training: bool, rng_key: Optional[tuple] = None,
-                 saved: Optional[dict] = None) -> None:
+                 saved: Optional[dict] = None, kernels: Optional[KernelTable] = None) -> None:
         self.b = b
         self.xp = b.xp
+        self.kernels = implementations(b.name) if kernels is None else kernels
         self.training = training
         self.rng_key = rng_key
         self._saved = {} if saved is None else saved

@@ -11,14 +11,24 @@ adds three things to the reference run:
 - fusion: rewrite rules, registered by ops with :func:`register_fusion`, that run two
   nodes as one step (``ops/fused.py`` registers linear followed by an activation).
 
+A plan runs through a straight-line function generated for it (:mod:`graphnet.stepgen`),
+or, with ``Graph(..., plan="loop")`` and where the generator does not apply, through the
+loop in :meth:`StepPlanner._backward`; each node's kernels are resolved once per backend
+(:func:`graphnet.kernels.implementations`).
+
 This module imports no concrete op.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
-from .graph_checks import check_into, check_scalar_cost
+from .backends.keyed import check_rng_key
+from .checks import flag
+from .errors import GraphError
+from .graph_checks import check_into, check_scalar_cost, resolve_feed
+from .kernels import KernelTable, implementations
 from .node import Node, RunContext
+from .stepgen import GeneratedStep, NotGenerated, generate
 
 if TYPE_CHECKING:
     from .graph import Graph, Plan, Step
@@ -58,8 +68,9 @@ class StepContext(RunContext):
     __slots__ = ("arena", "escape", "dests")
 
     def __init__(self, b: Any, training: bool, arena: Optional[Arena], escape: int = -1,
-                 rng_key: Optional[tuple] = None, saved: Optional[dict] = None) -> None:
-        super().__init__(b, training, rng_key, saved)
+                 rng_key: Optional[tuple] = None, saved: Optional[dict] = None,
+                 kernels: Optional[KernelTable] = None) -> None:
+        super().__init__(b, training, rng_key, saved, kernels)
         self.arena = arena
         self.escape = escape  # the node whose value is handed out: never an arena array
         self.dests: Optional[list] = None
@@ -147,7 +158,9 @@ class StepPlanner:
     def __init__(self, graph: "Graph") -> None:
         self.graph = graph
         self.arena = Arena(graph.backend.xp)
+        self.kernels = implementations(graph.backend.name)  # the backend never changes
         self._plans: dict[tuple, StepPlan] = {}
+        self._code: dict[tuple, GeneratedStep] = {}
         self._into_checked: tuple = ()
         self._uses = [0] * len(graph.order)
         for args in graph.args:
@@ -165,6 +178,32 @@ class StepPlanner:
             plan = self._plans[key] = self._build(targets, g.check_numerics)
         return plan
 
+    def generated(self, targets: tuple, into: bool, final: bool) -> GeneratedStep:
+        """The (cached) generated step of the plan for ``targets``: ``run`` is None where
+        the loop runs instead. ``into``, ``final``: whether ``into=`` and ``on_final`` are given."""
+        g = self.graph
+        key = (targets, g.check_numerics, into, final)
+        code = self._code.get(key)
+        if code is None:
+            try:
+                code = generate(g, self.plan(targets), targets, g.check_numerics, into, final,
+                                self._after_forward, self.arena.get)
+            except NotGenerated as why:
+                code = GeneratedStep(f"# no generated step: {why}; it runs through the "
+                                     "planner's loop\n", None)
+            self._code[key] = code
+        return code
+
+    def source(self, wrt: Optional[Any] = None, into: bool = False, on_final: bool = False) -> str:
+        """The Python source of the generated training step differentiating ``wrt`` (default:
+        the parameters), with or without ``into=`` arrays and an ``on_final`` hook."""
+        g = self.graph
+        if g.cost is None:
+            raise GraphError("this graph has no cost, so no training step: build it as "
+                             "gn.Graph(outputs, cost=loss)")
+        into, on_final = flag(into, "source into"), flag(on_final, "source on_final")
+        return self.generated(g._targets(wrt), into, on_final).source
+
     def step(self, feed: Mapping[Any, Any], targets: tuple, training: bool,
              into: Optional[Mapping[Node, Any]], rng_key: Optional[tuple],
              on_final: Optional[Callable[[Node], None]] = None) -> tuple[list, dict]:
@@ -174,19 +213,18 @@ class StepPlanner:
         the target's final gradient, once per target, while backward goes on.
         """
         g = self.graph
+        if g.plan == "step":
+            run = self.generated(targets, into is not None, on_final is not None).run
+            if run is not None:
+                return self._run_generated(run, feed, targets, training, into, rng_key, on_final)
         ci = g.index[g.cost.id]
         plan = self.plan(targets)
         saved: dict = {}
         # Checking numerics names each node's values: they must not be overwritten.
         arena = None if g.check_numerics else self.arena
-        ctx = StepContext(g.backend, training, arena, ci, rng_key, saved)
+        ctx = StepContext(g.backend, training, arena, ci, rng_key, saved, self.kernels)
         values = g.forward(feed, plan.forward, ctx)
-        check_scalar_cost(g, values[ci])
-        if into is not None:
-            seen = (id(into), targets, tuple([id(into.get(t)) for t in targets]))
-            if seen != self._into_checked:  # checked once while the same arrays come back
-                check_into(g, targets, values, into)
-                self._into_checked = seen
+        self._after_forward(values, targets, into)
         final = None if on_final is None else _Finaliser(g, grads_into=into, on_final=on_final)
         grads = self._backward(values, ci, plan, into, saved, final)
         if final is not None:
@@ -194,6 +232,32 @@ class StepPlanner:
         if into is not None:
             return values, g.copy_into(targets, grads, into)
         return values, g.collect(targets, grads, values, kept=self.arena.ids)
+
+    def _run_generated(self, run: Callable[..., tuple], feed: Mapping[Any, Any], targets: tuple,
+                       training: bool, into: Optional[Mapping[Node, Any]],
+                       rng_key: Optional[tuple], on_final: Optional[Callable[[Node], None]]
+                       ) -> tuple[list, dict]:
+        g = self.graph
+        saved: dict = {}
+        ctx = StepContext(g.backend, training, self.arena, g.index[g.cost.id],
+                          check_rng_key(rng_key), saved, self.kernels)
+        fed = resolve_feed(g, feed)
+        bctx = StepContext(g.backend, True, self.arena, saved=saved, kernels=self.kernels)
+        values, out = run(fed, ctx, bctx, into, on_final)
+        if into is None:
+            out = g.collect(targets, out, values, kept=self.arena.ids)
+        return values, out
+
+    def _after_forward(self, values: list, targets: tuple,
+                       into: Optional[Mapping[Node, Any]]) -> None:
+        """The checks between forward and backward: a scalar cost, fitting ``into`` arrays."""
+        g = self.graph
+        check_scalar_cost(g, values[g.index[g.cost.id]])
+        if into is not None:
+            seen = (id(into), targets, tuple([id(into.get(t)) for t in targets]))
+            if seen != self._into_checked:  # checked once while the same arrays come back
+                check_into(g, targets, values, into)
+                self._into_checked = seen
 
     def fused_ops(self, targets: tuple) -> list[str]:
         """The ops of the fused steps the last plan for ``targets`` runs (for tests)."""
@@ -264,7 +328,7 @@ class StepPlanner:
         owned = [False] * (ci + 1)  # grads[j] is an array of j's own, safe to add into
         cost = values[ci]
         grads[ci] = g.backend.xp.ones(cost.shape, dtype=cost.dtype)
-        ctx = StepContext(g.backend, True, self.arena, saved=saved)
+        ctx = StepContext(g.backend, True, self.arena, saved=saved, kernels=self.kernels)
         order = g.order
         finals = step_plan.finals if final is not None else ()
         for s, (i, node, args, needs, wanted, offers) in enumerate(step_plan.backward):

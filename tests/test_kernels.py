@@ -11,7 +11,7 @@ import graphnet as gn
 from graphnet import optim
 from graphnet.backends import array_library
 from graphnet.backends.base import Backend
-from graphnet.kernels import Kernel, kernel
+from graphnet.kernels import Kernel, implementations, kernel
 from graphnet.ops import conv, losses, matrix, unary
 from graphnet.testing import assert_close
 
@@ -30,6 +30,28 @@ def test_a_kernel_runs_its_backends_override_else_the_reference():
     assert double(types.SimpleNamespace(name="elsewhere"), 3) == ("reference", 6)
     assert double.implementation("numpy") is not double.generic
     assert double.implementation("cupy") is double.generic
+
+
+def test_a_run_looks_kernels_up_in_its_backends_table_resolved_once():
+    @kernel
+    def triple(be, x):
+        return ("reference", 3 * x)
+
+    table = implementations("numpy")
+    assert table is implementations("numpy") and table.backend_name == "numpy"
+    assert table[triple] is triple.generic and table[unary.tanh_backward] is \
+        unary.tanh_backward.implementation("numpy")
+
+    @triple.override("numpy")
+    def numpy_triple(be, x):
+        return ("numpy", x + x + x)
+
+    assert table[triple] is numpy_triple  # an override registered later is seen
+    x = gn.Input("x", (2,))
+    graph = gn.Graph(x * 2, cost=gn.sum(x * 2))
+    assert graph.planner.kernels is table
+    ctx = gn.graph.RunContext(graph.backend, False)
+    assert ctx.kernels is table and ctx.kernels[triple](ctx.b, 2) == ("numpy", 6)
 
 
 # --- every override against its reference -------------------------------------------------------

@@ -1,8 +1,10 @@
 """The step planner against the reference executor: the same numbers, bit for bit.
 
 ``Graph(..., plan="reference")`` runs every node on its own with fresh arrays; the
-default step plan reuses arrays, writes gradients in place and fuses nodes. Every op
-of tests/test_ops.py's table, the spatial ops and the MNIST networks run both ways.
+default step plan reuses arrays, writes gradients in place and fuses nodes, and runs
+through code generated for it (``graphnet/stepgen.py``), or with ``plan="loop"`` through
+the planner's loop. Every op of tests/test_ops.py's table, the spatial ops and the MNIST
+networks run all three ways.
 """
 from __future__ import annotations
 
@@ -23,24 +25,37 @@ def _same(a, b, what: str) -> None:
     np.testing.assert_array_equal(a, b, err_msg=what)  # NaNs in the same places count as equal
 
 
-def _both(out, cost, *extra_outputs):
+PLANS = ("step", "loop", "reference")  # the reference last: the others are compared with it
+
+
+def _all(out, cost, *extra_outputs):
     outs = [out, *extra_outputs]
-    return (gn.Graph(outs, cost=cost), gn.Graph(outs, cost=cost, plan="reference"))
+    return tuple(gn.Graph(outs, cost=cost, plan=plan) for plan in PLANS)
+
+
+def _ran_generated(graph, wrt, into, on_final=False):
+    """Whether ``graph``'s steps for ``wrt`` ran through generated code (not the loop)."""
+    code = graph.planner._code.get((graph._targets(wrt), graph.check_numerics, into, on_final))
+    return code is not None and code.run is not None
 
 
 def _compare_steps(graphs, feeds, wrt, into=None):
-    """Run each feed through both graphs (a second step reuses the arena) and compare."""
-    fast, ref = graphs
+    """Run each feed through every graph (a second step reuses the arena) and compare
+    each with the reference (the last)."""
+    *fast, ref = graphs
     for n, feed in enumerate(feeds):
-        c1, g1 = fast.gradients(feed, wrt=wrt, return_cost=True,
-                                into=into[0] if into else None, rng_key=(1, n))
         c2, g2 = ref.gradients(feed, wrt=wrt, return_cost=True,
-                               into=into[1] if into else None, rng_key=(1, n))
-        _same(c1, c2, f"step {n} cost")
-        for k, node in enumerate(wrt):
-            _same(g1[node], g2[node], f"step {n} gradient {k} ({node.name})")
-        for a, b in zip(fast.run(feed), ref.run(feed)):
-            _same(a, b, f"step {n} outputs")
+                               into=into[-1] if into else None, rng_key=(1, n))
+        for m, graph in enumerate(fast):
+            c1, g1 = graph.gradients(feed, wrt=wrt, return_cost=True,
+                                     into=into[m] if into else None, rng_key=(1, n))
+            what = f"plan {graph.plan!r} step {n}"
+            _same(c1, c2, f"{what} cost")
+            for k, node in enumerate(wrt):
+                _same(g1[node], g2[node], f"{what} gradient {k} ({node.name})")
+            for a, b in zip(graph.run(feed), ref.run(feed)):
+                _same(a, b, f"{what} outputs")
+    assert _ran_generated(graphs[0], wrt, into is not None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -62,9 +77,9 @@ def test_every_op_matches_the_reference(backend, case):
         feed.update({node: backend.asarray(case.nondiff[k]) for k, node in extra.items()})
         feed[r_node] = backend.asarray(np.asarray(rng.standard_normal(shape), np.float32))
         feeds.append(feed)
-    _compare_steps(_both(out, cost), feeds, nodes)
-    into = [{n: backend.xp.empty(n.shape, np.float32) for n in nodes} for _ in range(2)]
-    _compare_steps(_both(out, cost), feeds, nodes, into)
+    _compare_steps(_all(out, cost), feeds, nodes)
+    into = [{n: backend.xp.empty(n.shape, np.float32) for n in nodes} for _ in PLANS]
+    _compare_steps(_all(out, cost), feeds, nodes, into)
 
 
 SPATIAL = {
@@ -85,7 +100,7 @@ def test_spatial_ops_match_the_reference(backend, name):
     feeds = [{x: backend.asarray(rng.standard_normal((n, 2, 6, 6)).astype(np.float32)),
               w: backend.asarray(rng.standard_normal((3, 2, 3, 3)).astype(np.float32)),
               b: backend.asarray(rng.standard_normal(3).astype(np.float32))} for n in (4, 4, 3)]
-    _compare_steps(_both(out, cost), feeds, [x, w, b])
+    _compare_steps(_all(out, cost), feeds, [x, w, b])
 
 
 # --- the MNIST networks, trained a few steps each way -------------------------------------
@@ -112,7 +127,7 @@ NETWORKS = {
 def test_mnist_networks_train_identically(backend, name):
     build, make_opt = NETWORKS[name]
     runs = []
-    for plan in ("step", "reference"):
+    for plan in PLANS:
         gn.seed(0)
         model = build()
         model.train_graph.plan = plan
@@ -129,14 +144,19 @@ def test_mnist_networks_train_identically(backend, name):
         values = model.train_graph.values(feed, [model.logits], training=True, rng_key=(5, 9))
         runs.append((costs, [gn.to_numpy(p.value) for p in params],
                      [gn.to_numpy(grads[p]) for p in model.train_graph.parameters()], values))
-    (c1, p1, g1, v1), (c2, p2, g2, v2) = runs
-    for k, (a, b) in enumerate(zip(c1, c2)):
-        _same(a, b, f"cost of step {k}")
-    for k, (a, b) in enumerate(zip(p1, p2)):
-        _same(a, b, f"parameter {k} after the steps")
-    for k, (a, b) in enumerate(zip(g1, g2)):
-        _same(a, b, f"gradient {k}")
-    _same(v1[0], v2[0], "logits")
+        if plan == "step":
+            targets = tuple(opt.params)
+            assert _ran_generated(model.train_graph, targets, True)
+            assert _ran_generated(model.train_graph, None, False)
+    *fast, (c2, p2, g2, v2) = runs
+    for plan, (c1, p1, g1, v1) in zip(PLANS, fast):
+        for k, (a, b) in enumerate(zip(c1, c2)):
+            _same(a, b, f"{plan}: cost of step {k}")
+        for k, (a, b) in enumerate(zip(p1, p2)):
+            _same(a, b, f"{plan}: parameter {k} after the steps")
+        for k, (a, b) in enumerate(zip(g1, g2)):
+            _same(a, b, f"{plan}: gradient {k}")
+        _same(v1[0], v2[0], f"{plan}: logits")
 
 
 def test_the_step_plan_fuses_and_the_reference_does_not(numpy_backend):
@@ -164,7 +184,7 @@ def test_fusion_rules_come_from_ops_and_register_once():
 
 def test_plan_is_validated():
     x = gn.Input("x", (2,))
-    with pytest.raises(ArgumentError, match="plan.*'fast'"):
+    with pytest.raises(ArgumentError, match="plan.*'loop'.*'fast'"):
         gn.Graph(x * 2, plan="fast")
 
 
@@ -179,7 +199,7 @@ def test_gradients_summed_over_several_consumers_match(backend):
     feeds = [{x: backend.asarray(rng.standard_normal((n, 5)).astype(np.float32)),
               w: backend.asarray(rng.standard_normal((5, 4)).astype(np.float32)),
               b: backend.asarray(rng.standard_normal(4).astype(np.float32))} for n in (6, 6)]
-    _compare_steps(_both(out, cost), feeds, [x, w, b])
+    _compare_steps(_all(out, cost), feeds, [x, w, b])
 
 
 def test_the_engine_and_the_planner_import_no_op():
@@ -187,8 +207,34 @@ def test_the_engine_and_the_planner_import_no_op():
     import ast
     from pathlib import Path
     root = Path(gn.__file__).parent
-    for name in ("graph.py", "planner.py", "graph_checks.py"):
+    for name in ("graph.py", "planner.py", "stepgen.py", "graph_checks.py"):
         tree = ast.parse((root / name).read_text())
         modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in modules if m == "ops" or m.startswith("ops.") or ".ops" in m], name
+
+
+def test_on_final_reports_the_same_gradients_in_the_same_order(backend):
+    """The generated step and the loop report each gradient as it becomes final, alike."""
+    reports = {}
+    for plan in ("step", "loop"):
+        gn.seed(0)
+        model = _mlp([12, 8, 10], "tanh")()
+        graph = model.train_graph
+        graph.plan = plan
+        params = graph.parameters()
+        rng = np.random.default_rng(5)
+        into = {p: backend.xp.full(p.shape, np.nan, dtype=p.dtype) for p in params}
+        seen = []
+        for n in (6, 6, 4):
+            feed = {model.images: rng.standard_normal((n, 784)).astype(np.float32),
+                    model.labels: rng.integers(0, 10, n)}
+            graph.gradients(feed, wrt=params, into=into, on_final=lambda node: seen.append(
+                (params.index(node), gn.to_numpy(into[node]).copy())))
+        reports[plan] = seen
+        if plan == "step":
+            assert _ran_generated(graph, params, True, on_final=True)
+    assert [k for k, _ in reports["step"]] == [k for k, _ in reports["loop"]]
+    assert len(reports["step"]) == 3 * len(params)
+    for (k, a), (_, b) in zip(reports["step"], reports["loop"]):
+        _same(a, b, f"gradient of parameter {k} when reported")

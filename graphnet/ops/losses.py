@@ -68,14 +68,14 @@ class SoftmaxCrossEntropy(Node):
     def forward(self, ctx, logits, labels):
         self._check_run_shapes(logits, labels)
         out = ctx.empty(logits.shape, logits.dtype) if logits.dtype.kind == "f" else None
-        loss, probs = softmax_ce_forward(ctx.b, logits, labels, out)
+        loss, probs = ctx.kernels[softmax_ce_forward](ctx.b, logits, labels, out)
         ctx.save(probs)
         return loss
 
     def backward(self, ctx, g, xs, y):
         probs = ctx.saved()
         out = ctx.grad_out(0, probs.dtype) if probs.dtype == xs[0].dtype else None
-        return softmax_ce_backward(ctx.b, probs, xs[1], g, out), None
+        return ctx.kernels[softmax_ce_backward](ctx.b, probs, xs[1], g, out), None
 
     def _check_run_shapes(self, logits: Any, labels: Any) -> None:
         name = self.inputs[1].name
@@ -156,7 +156,7 @@ def _softmax_ce_forward_numpy(be: Any, logits: Any, labels: Any,
     if labels.ndim != 1 or logits.ndim != 2:
         return softmax_ce_forward.generic(be, logits, labels, out)
     n = logits.shape[0]
-    index, poison = label_poison(be, labels, logits.shape[1], logits.dtype)
+    index, poison = _label_poison_numpy(be, labels, logits.shape[1], logits.dtype)  # NumPy only here
     z = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), out=out)
     picked = z[_rows(n), index]
     np.exp(z, out=z)
@@ -193,7 +193,7 @@ def _softmax_ce_backward_numpy(be: Any, probs: Any, labels: Any, g: Any, out: An
     if labels.ndim != 1:
         return softmax_ce_backward.generic(be, probs, labels, g, out)
     n = probs.shape[0]
-    index, poison = label_poison(be, labels, probs.shape[1], probs.dtype)
+    index, poison = _label_poison_numpy(be, labels, probs.shape[1], probs.dtype)
     scale = (g / n).astype(probs.dtype)
     grad = np.multiply(probs, scale, out=out)
     grad[_rows(n), index] -= scale
