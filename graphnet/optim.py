@@ -107,7 +107,7 @@ class Optimizer:
             for p in wrt:
                 if p not in self._grad_bufs:
                     self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
-        with parallel.step_scope(graph):
+        with parallel.run_scope(graph):
             cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
                                          rng_key=rng_key)
         self._apply(grads, True)

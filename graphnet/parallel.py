@@ -15,7 +15,7 @@ set the BLAS's threads; otherwise one worker, the caller's thread. The worker co
 the BLAS's own thread count (``OPENBLAS_NUM_THREADS=1`` means one core, one worker);
 :func:`set_workers` overrides it.
 
-A training step of a graph with chunked ops (:func:`step_scope`, used by
+A training step of a graph with chunked ops (:func:`run_scope`, used by
 ``Optimizer.minimize``) holds the BLAS at one thread throughout: a multi-threaded BLAS
 call leaves its threads spinning for a while after it returns, and they would take the
 cores from the chunk workers that follow (the MNIST CNN's step: 134-149 ms without,
@@ -126,9 +126,12 @@ def for_each_chunk(be: Any, n_chunks: int, work: Callable[[Any, int], None],
 
 
 @contextmanager
-def step_scope(graph: Any) -> Iterator[None]:
-    """Hold the BLAS at one thread for a step of ``graph`` if it has chunked ops that
-    run on several workers (see the module docstring); otherwise do nothing."""
+def run_scope(graph: Any) -> Iterator[None]:
+    """Hold the BLAS at one thread for a training step of ``graph`` if it has chunked ops
+    that run on several workers (see the module docstring); otherwise do nothing.
+
+    (Evaluation passes gained nothing from it: 10000 test images through the MNIST CNN
+    took 4.2-5.2 s with it and 3.7-4.2 s without.)"""
     be = graph.backend
     chunked = _chunked.get(graph)
     if chunked is None:

@@ -254,7 +254,7 @@ def _small_cnn_step(workers: int):
 
 
 def test_training_steps_on_workers_give_the_bits_of_one_thread(numpy_backend):
-    """Chunks on workers with the BLAS held at one thread for the whole step (step_scope)
+    """Chunks on workers with the BLAS held at one thread for the whole step (run_scope)
     give the bits of a run on one thread."""
     blas = parallel._blas_controller()
     if blas is None:

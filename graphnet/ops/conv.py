@@ -90,7 +90,7 @@ class Conv2d(Node):
     """``y[n, o] = b[o] + sum_c w[o, c] (*) x[n, c]`` (cross-correlation), NCHW."""
 
     op = "conv2d"
-    host_chunks = True  # runs chunks on worker threads (graphnet.parallel.step_scope)
+    host_chunks = True  # runs chunks on worker threads (graphnet.parallel.run_scope)
 
     def __init__(self, x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0) -> None:
         x = as_node(x)
