@@ -176,7 +176,10 @@ def test_overlapped_all_reduce_gives_the_same_parameters(tmp_path):
 def test_hung_rank_makes_the_others_exit_with_a_message(tmp_path):
     r = launch(2, "hang", tmp_path, timeout=90, GRAPHNET_DIST_TIMEOUT="3")
     assert r.returncode != 0
-    assert "rank 0 of 2: waited 3 s for the first step: another rank died or hangs" in r.stderr
+    # Usually at "the first step"; on a loaded machine rank 1 can start more than 3 s late
+    # and rank 0 then gives up at an earlier collective of init(): the same message.
+    assert re.search(r"rank 0 of 2: waited 3 s for [^\n]+: another rank died or hangs", r.stderr), \
+        r.stderr
 
 
 @pytest.mark.mpi
