@@ -216,12 +216,7 @@ def relu_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
     A select, not ``g * (y > 0)`` (whose ``inf * 0`` is NaN): an inactive unit passes
     no gradient at all, as in PyTorch and JAX. Every backend gives these same bits.
     """
-    xp = be.xp
-    res = xp.where(y > 0, g, xp.zeros((), dtype=g.dtype))
-    if out is None:
-        return res
-    out[...] = res
-    return out
+    return keep_where.generic(be, y > 0, g, out)
 
 
 @relu_backward.override("numpy")
