@@ -7,9 +7,9 @@ matrix product: the full-size output is never written, read back or transposed, 
 backward builds each chunk's upstream gradient straight from the pooled gradient. The
 arithmetic is the two nodes', in the same order, so the results are bit-identical:
 
-* forward: the bias is added to the chunk (as conv2d does), then the ``P = size[0] *
-  size[1]`` window offsets are copied apart, ``d[p]`` (C_out, m, PH, PW), and the maximum
-  taken over them in window order; :func:`first_max_index` records, per window, which
+* forward: the ``P = size[0] * size[1]`` window offsets of the chunk are copied apart,
+  ``d[p]`` (C_out, m, PH, PW), the bias added on the way (as conv2d adds it), and the
+  maximum taken over them in window order; :func:`first_max_index` records, per window, which
   offset held the first maximum (``P`` for a NaN maximum), as max-pool backward picks it;
 * backward: offset ``p`` of each window gets the pooled gradient where it was that
   first maximum and +0 elsewhere (a select: NaN never leaks), which is what
@@ -57,12 +57,14 @@ class ConvMaxPool:
 
         def emit(y4: Any, n0: int, n1: int, s: Any) -> None:
             m = n1 - n0
-            if bias is not None:
-                y4 += bias
             d = s.extra[0][:windows * step * m].reshape(windows, co, m, poh, pow_)
-            for p in range(windows):
+            for p in range(windows):  # each window offset apart, the bias added on the way
                 i, j = divmod(p, sw)
-                d[p] = y4[:, :, i:poh * sh:sh, j:pow_ * sw:sw]
+                offset = y4[:, :, i:poh * sh:sh, j:pow_ * sw:sw]
+                if bias is None:
+                    d[p] = offset
+                else:
+                    xp.add(offset, bias, out=d[p])
             mx = s.extra[1][:step * m].reshape(co, m, poh, pow_)
             mx[...] = d[0]
             for p in range(1, windows):
