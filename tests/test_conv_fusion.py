@@ -273,3 +273,22 @@ def test_training_steps_on_workers_give_the_bits_of_one_thread(numpy_backend):
     for k, (a, b) in enumerate(zip(one, two)):
         _assert_bits(a, b, f"parameter {k} after 3 Adam steps")
     assert blas.get_num_threads() == before
+
+
+def test_workers_follow_the_blas_thread_count(numpy_backend):
+    """OPENBLAS_NUM_THREADS=1 (or threadpoolctl's limit) means one core: one worker."""
+    blas = parallel._blas_controller()
+    if blas is None:
+        pytest.skip("threadpoolctl cannot drive this BLAS")
+    before = blas.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            blas.set_num_threads(n)
+            assert parallel.workers(numpy_backend, 64) == n
+            assert parallel.workers(numpy_backend, 1) == 1  # one chunk: nothing to share
+        blas.set_num_threads(8)
+        assert parallel.workers(numpy_backend, 64) == parallel.GROUPS
+    finally:
+        blas.set_num_threads(before)
+    device = type("Device", (), {"host_parallel": False})()  # e.g. CuPy: no host threads
+    assert parallel.workers(device, 64) == 1
