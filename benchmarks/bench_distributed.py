@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -30,23 +30,24 @@ SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 32 << 20]
 def allreduce_seconds(world: distributed.World, nbytes: int, repeats: int) -> float:
     """Fastest of ``repeats`` in-place float32 sums over the ranks of ``nbytes``."""
     buf = np.ones(nbytes // 4, np.float32)
-    times = []
-    for _ in range(repeats):
-        world.barrier()
-        t0 = time.perf_counter()
-        world.allreduce_(buf, "the bandwidth probe")
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))  # the least-disturbed repeat: the link, not the scheduler
+    return _fastest(world, repeats, lambda: world.allreduce_(buf, "the bandwidth probe"))
 
 
 def blocking_seconds(world: distributed.World, nbytes: int, repeats: int) -> float:
     """The same with MPI's blocking Allreduce (no deadline): what polling for a deadline costs."""
     buf = np.ones(nbytes // 4, np.float32)
+    return _fastest(world, repeats,
+                    lambda: world.comm.Allreduce(world.MPI.IN_PLACE, buf, op=world.MPI.SUM))
+
+
+def _fastest(world: distributed.World, repeats: int, collective: Callable[[], Any]) -> float:
+    """Seconds of the fastest of ``repeats`` runs of ``collective``, each after a barrier:
+    the least-disturbed repeat measures the link, not the scheduler."""
     times = []
     for _ in range(repeats):
         world.barrier()
         t0 = time.perf_counter()
-        world.comm.Allreduce(world.MPI.IN_PLACE, buf, op=world.MPI.SUM)
+        collective()
         times.append(time.perf_counter() - t0)
     return float(np.min(times))
 

@@ -214,6 +214,13 @@ def _train(ranks: int, out: Path, epochs: int, batch: int, stop_after: int = 0) 
     return r.stdout
 
 
+def _assert_same_params(got_dir: Path, ref_dir: Path) -> None:
+    """The parameters a run left in ``got_dir`` equal those in ``ref_dir`` (to float32 sums)."""
+    ref, got = params(ref_dir), params(got_dir)
+    for k in ref:
+        assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.mpi
 @needs_mpi
 def test_trainer_on_two_ranks_resumed_on_one_matches_one_process(tmp_path):
@@ -224,9 +231,7 @@ def test_trainer_on_two_ranks_resumed_on_one_matches_one_process(tmp_path):
     _train(2, split, 1, 8)
     assert sorted(p.name for p in split.iterdir()) == ["checkpoint.npz", "params.npz"]
     _train(0, split, 2, 16)
-    ref, got = params(one), params(split)
-    for k in ref:
-        assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    _assert_same_params(split, one)
 
 
 @pytest.mark.mpi
@@ -236,9 +241,7 @@ def test_trainer_resumed_on_more_ranks_matches_one_process(tmp_path):
     _train(0, one, 2, 16)
     _train(0, grow, 1, 16)
     _train(2, grow, 2, 8)
-    ref, got = params(one), params(grow)
-    for k in ref:
-        assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    _assert_same_params(grow, one)
 
 
 @pytest.mark.mpi
@@ -261,9 +264,7 @@ def test_ctrl_c_on_one_rank_stops_all_and_resumes_mid_epoch_on_other_ranks(tmp_p
             else:
                 assert t.state.batch == expected
     _train(0, split, 2, 16)
-    ref, got = params(one), params(split)
-    for k in ref:
-        assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    _assert_same_params(split, one)
 
 
 # --- the MNIST example --------------------------------------------------------------------
