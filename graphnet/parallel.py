@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 from .checks import integer
-from .errors import ArgumentError
+from .errors import ArgumentError, ArgumentTypeError
 
 GROUPS = 4  #: accumulation groups, and the most workers a chunked kernel uses
 
@@ -132,7 +132,9 @@ def run_scope(graph: Any) -> Iterator[None]:
 
     (Evaluation passes gained nothing from it: 10000 test images through the MNIST CNN
     took 4.2-5.2 s with it and 3.7-4.2 s without.)"""
-    be = graph.backend
+    be, order = getattr(graph, "backend", None), getattr(graph, "order", None)
+    if be is None or order is None:
+        raise ArgumentTypeError(f"run_scope needs a graphnet Graph, got {type(graph).__name__}")
     chunked = _chunked.get(graph)
     if chunked is None:
         chunked = _chunked[graph] = any(getattr(n, "host_chunks", False) for n in graph.order)

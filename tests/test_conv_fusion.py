@@ -292,3 +292,9 @@ def test_workers_follow_the_blas_thread_count(numpy_backend):
         blas.set_num_threads(before)
     device = type("Device", (), {"host_parallel": False})()  # e.g. CuPy: no host threads
     assert parallel.workers(device, 64) == 1
+
+
+def test_run_scope_needs_a_graph():
+    with pytest.raises(TypeError, match="run_scope needs a graphnet Graph, got list"):
+        with parallel.run_scope([1, 2]):
+            pass

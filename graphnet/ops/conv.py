@@ -206,8 +206,8 @@ class Conv2d(Node):
         def scratch() -> _Scratch:
             return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
                             xp.empty((geo.step * geo.k * per_chunk,), dtype=x.dtype),
-                            xp.empty((geo.co * geo.step * per_chunk,), dtype=ydtype),
-                            None, None, None, extra() if extra else None)
+                            extra() if extra else None,
+                            y=xp.empty((geo.co * geo.step * per_chunk,), dtype=ydtype))
         parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
 
     def backward(self, ctx, g, xs, y):
@@ -275,14 +275,14 @@ class Conv2d(Node):
 
         def scratch() -> _Scratch:
             step = geo.step
-            return _Scratch(
-                xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
-                xp.empty((step * k * per_chunk,), dtype=x.dtype), None,
-                xp.empty((co * step * per_chunk,), dtype=gdtype),
-                xp.empty((k, co), dtype=gwdtype),
-                (xp.empty((k * step * per_chunk,), dtype=gx_dtype),
-                 xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)) if need_x else None,
-                extra() if extra else None)
+            dx = {} if not need_x else {
+                "dcols": xp.empty((k * step * per_chunk,), dtype=gx_dtype),
+                "dimages": xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)}
+            return _Scratch(xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
+                            xp.empty((step * k * per_chunk,), dtype=x.dtype),
+                            extra() if extra else None,
+                            g=xp.empty((co * step * per_chunk,), dtype=gdtype),
+                            gw=xp.empty((k, co), dtype=gwdtype), **dx)
         parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
         grads = (gx if need_x else None, _sum_groups(gw_acc).reshape(w.shape))
         if bias_slot:
@@ -309,22 +309,14 @@ class ConvGeometry(NamedTuple):
 
 
 class _Scratch:
-    """One worker's buffers for a chunk at a time."""
+    """One worker's buffers for a chunk at a time (None where a pass needs none)."""
 
-    __slots__ = ("images", "cols", "y", "g", "gw", "dx", "extra")
+    __slots__ = ("images", "cols", "y", "g", "gw", "dcols", "dimages", "extra")
 
-    def __init__(self, images: Any, cols: Any, y: Any, g: Any, gw: Any, dx: Any,
-                 extra: Any) -> None:
-        self.images, self.cols, self.y, self.g, self.gw, self.extra = images, cols, y, g, gw, extra
-        self.dx = dx
-
-    @property
-    def dcols(self) -> Any:
-        return self.dx[0]
-
-    @property
-    def dimages(self) -> Any:
-        return self.dx[1]
+    def __init__(self, images: Any, cols: Any, extra: Any = None, **buffers: Any) -> None:
+        self.images, self.cols, self.extra = images, cols, extra
+        for name in ("y", "g", "gw", "dcols", "dimages"):
+            setattr(self, name, buffers.get(name))
 
 
 def _sum_groups(acc: Any) -> Any:

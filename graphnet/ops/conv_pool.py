@@ -93,7 +93,7 @@ class ConvMaxPool:
 
         def fill(g4: Any, n0: int, n1: int, s: Any) -> None:
             m = n1 - n0
-            gp = s.extra[1][:step * m].reshape(co, m, poh, pow_)
+            gp = s.extra[:step * m].reshape(co, m, poh, pow_)
             gp[...] = g[n0:n1].transpose(1, 0, 2, 3)
             idx = first[step * n0:step * n1].reshape(gp.shape)
             for p in range(windows):
@@ -104,8 +104,8 @@ class ConvMaxPool:
             if geo.q > pow_ * sw:
                 g4[:, :, :, pow_ * sw:] = 0  # rows' leftover and junk columns
 
-        def extra() -> tuple:
-            return (None, xp.empty((step * geo.step,), dtype=g.dtype))
+        def extra() -> Any:  # the chunk's pooled gradient, channel-major
+            return xp.empty((step * geo.step,), dtype=g.dtype)
         has_bias = len(xs) == 3 and hasattr(xs[2], "shape")
         return self.conv.backward_chunks(ctx, x, w, geo, g.dtype, fill, has_bias, len(xs) == 3,
                                          extra)
