@@ -36,6 +36,9 @@ BUCKET_BYTES = 25 << 20
 TIMEOUT_ENV = "GRAPHNET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
 EXIT_ABORT = 3
+# MPI_Abort can end the launcher before it has forwarded what this rank last wrote (seen with
+# MPICH's Hydra under load: the whole stderr lost); waiting this long first lets it arrive.
+ABORT_GRACE_SECONDS = 1.0
 SPIN_SECONDS = 2e-3  # poll (yielding the core) this long before sleeping between polls
 # Variables the common launchers set in every rank's environment (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
@@ -238,7 +241,9 @@ class World:
         """Print why on stderr and end every rank (MPI_Abort): a dead peer never hangs the rest."""
         sys.stderr.write(f"graphnet.distributed: rank {self.rank} of {self.size}: {message}; "
                          f"aborting all ranks (limit: {TIMEOUT_ENV} or init(timeout=...))\n")
+        sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(EXIT_ABORT)
 
     # --- host collectives -----------------------------------------------------------
