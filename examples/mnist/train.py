@@ -100,8 +100,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _int_list(text: str) -> list[int]:
+    """``"128,64,10"`` as ``[128, 64, 10]``; an empty item is refused, not skipped
+    (``128,,10`` is a typo, not a two-layer network)."""
+    items = [t.strip() for t in text.split(",")]
+    if text.strip() and "" in items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r} "
+                                         f"(item {items.index('') + 1} is empty)")
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        return [int(t) for t in items if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
