@@ -89,8 +89,9 @@ class Graph:
     gradients) for the next call, so a step allocates almost nothing; what it returns is
     never reused; each plan runs as a Python function generated for it (see
     ``graph.planner.source()``), or with ``plan="loop"`` through the planner's loop.
-    ``plan="reference"`` runs every step node by node on fresh arrays (the same numbers,
-    bit for bit, in all three). A graph runs one call at a time: share it between
+    ``run`` and ``values`` fuse pairs of nodes as training steps do (fresh arrays each
+    call). ``plan="reference"`` runs every step node by node on fresh arrays (the same
+    numbers, bit for bit, in all three). A graph runs one call at a time: share it between
     threads only with a lock.
     """
 
@@ -177,7 +178,8 @@ class Graph:
         only, the same on every backend; None draws from the backend's generator.
         """
         training = flag(training, "training")
-        values = self.forward(feed, self._run_plan, RunContext(self.backend, training, rng_key))
+        plan = self._run_plan if self.plan == "reference" else self.planner.forward_plan(self.outputs)
+        values = self.forward(feed, plan, RunContext(self.backend, training, rng_key))
         res = self._detach([values[self.index[o.id]] for o in self.outputs])
         return res[0] if self._single else res
 
@@ -192,12 +194,12 @@ class Graph:
             raise ArgumentTypeError(f"values(nodes=...) takes a list of this graph's nodes, got "
                                     f"{nodes!r}")
         key = tuple(n.id for n in nodes)
-        plan = self._plans.get(key)
-        if plan is None:
+        if key not in self._plans:
             for n in nodes:
                 if n.id not in self.index:
                     raise GraphError(f"{n!r} is not part of this graph")
-            plan = self._plans[key] = self.plan_for(nodes)
+            self._plans[key] = self.plan_for(nodes)
+        plan = self._plans[key] if self.plan == "reference" else self.planner.forward_plan(nodes)
         values = self.forward(feed, plan, RunContext(self.backend, training, rng_key))
         return self._detach([values[self.index[n.id]] for n in nodes])
 

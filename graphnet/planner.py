@@ -9,7 +9,9 @@ adds three things to the reference run:
 - gradient destinations: an op may write an input's gradient into an offered array
   (an arena array, or the caller's ``into=`` array for a node differentiated);
 - fusion: rewrite rules, registered by ops with :func:`register_fusion`, that run two
-  nodes as one step (``ops/fused.py`` registers linear followed by an activation).
+  nodes as one step (``ops/fused.py`` registers linear followed by an activation, and
+  conv2d followed by an activation or a max-pool). Forward passes (``Graph.run``,
+  ``Graph.values``) use the rules too: :meth:`StepPlanner.forward_plan`.
 
 A plan runs through a straight-line function generated for it (:mod:`graphnet.stepgen`),
 or, with ``Graph(..., plan="loop")`` and where the generator does not apply, through the
@@ -107,7 +109,7 @@ _RULES: list[FusionRule] = []
 
 def register_fusion(producer: type, consumer: type, build: Callable[[Any, Any], Any],
                     when: Callable[[Any], bool] = lambda node: True) -> None:
-    """Let training steps run ``consumer(producer(...))`` as ``build(producer, consumer)``.
+    """Let steps and forward passes run ``consumer(producer(...))`` as ``build(producer, consumer)``.
 
     The built step has the producer's inputs, the consumer's place in the graph and the
     op contract of a node (``forward(ctx, *xs)``, ``backward(ctx, g, xs, y)``). It is used
@@ -124,6 +126,15 @@ def _rule_for(producer: Node, consumer: Node) -> Optional[FusionRule]:
                 and rule.when(producer):
             return rule
     return None
+
+
+def _fuse(plan: "Plan", fused: dict[int, tuple[int, "Step"]]) -> "Plan":
+    """``plan`` with each fused pair's two steps replaced by the fused one."""
+    if not fused:
+        return plan
+    inner = {j for j, _ in fused.values()}
+    return plan._replace(steps=[fused[s.index][1] if s.index in fused else s
+                                for s in plan.steps if s.index not in inner])
 
 
 # --- plans ----------------------------------------------------------------------------
@@ -153,13 +164,15 @@ class StepPlan(NamedTuple):
 
 
 class StepPlanner:
-    """Runs ``graph``'s training steps with reused arrays, offered destinations and fusion."""
+    """Runs ``graph``'s training steps with reused arrays, offered destinations and fusion;
+    plans its forward passes with fusion."""
 
     def __init__(self, graph: "Graph") -> None:
         self.graph = graph
         self.arena = Arena(graph.backend.xp)
         self.kernels = implementations(graph.backend.name)  # the backend never changes
         self._plans: dict[tuple, StepPlan] = {}
+        self._forward_plans: dict[tuple, "Plan"] = {}
         self._code: dict[tuple, GeneratedStep] = {}
         self._into_checked: tuple = ()
         self._uses = [0] * len(graph.order)
@@ -271,22 +284,33 @@ class StepPlanner:
         g = self.graph
         ci = g.index[g.cost.id]
         wanted = {g.index[t.id] for t in targets}
-        fused = {} if check else self._fusions(wanted)  # checking numerics: every node alone
         forward = g.plan_for([g.cost])
-        if fused:
-            inner = {j for j, _ in fused.values()}
-            forward = forward._replace(steps=[fused[s.index][1] if s.index in fused else s
-                                              for s in forward.steps if s.index not in inner])
+        fused = {} if check else self._fusions(wanted, forward.steps)  # checking: every node alone
         backward = self._backward_plan(ci, wanted, fused)
-        return StepPlan(forward, backward, _final_writes(backward, wanted))
+        return StepPlan(_fuse(forward, fused), backward, _final_writes(backward, wanted))
 
-    def _fusions(self, wanted: set[int]) -> dict[int, tuple[int, "Step"]]:
-        """``{consumer index: (producer index, fused step)}`` for the pairs a step may fuse."""
+    def forward_plan(self, nodes: Sequence[Node]) -> "Plan":
+        """The (cached) plan of a forward pass that gives ``nodes``' values (``Graph.run``,
+        ``Graph.values``): ``graph.plan_for(nodes)`` with the fused steps whose producer's
+        value nothing else needs. Fused steps give the same bits as the two nodes."""
+        g = self.graph
+        key = (tuple([n.id for n in nodes]), g.check_numerics)
+        plan = self._forward_plans.get(key)
+        if plan is None:
+            plan = g.plan_for(nodes)
+            if not g.check_numerics:
+                plan = _fuse(plan, self._fusions({g.index[n.id] for n in nodes}, plan.steps))
+            self._forward_plans[key] = plan
+        return plan
+
+    def _fusions(self, wanted: set[int], steps: Sequence["Step"]) -> dict[int, tuple[int, "Step"]]:
+        """``{consumer index: (producer index, fused step)}`` for the pairs among ``steps``
+        that may fuse: the producer's value is used once and not ``wanted`` (nor an output)."""
         if not _RULES:
             return {}
         g = self.graph
         pairs = {}
-        for step in g.plan_for([g.cost]).steps:
+        for step in steps:
             i, node = step.index, step.node
             j = step.args[0]
             if self._uses[j] != 1 or j in self._held or j in wanted:
