@@ -179,7 +179,8 @@ class Graph:
         """
         training = flag(training, "training")
         plan = self._run_plan if self.plan == "reference" else self.planner.forward_plan(self.outputs)
-        values = self.forward(feed, plan, RunContext(self.backend, training, rng_key))
+        ctx = RunContext(self.backend, training, rng_key, backward=False)
+        values = self.forward(feed, plan, ctx)
         res = self._detach([values[self.index[o.id]] for o in self.outputs])
         return res[0] if self._single else res
 
@@ -200,7 +201,8 @@ class Graph:
                     raise GraphError(f"{n!r} is not part of this graph")
             self._plans[key] = self.plan_for(nodes)
         plan = self._plans[key] if self.plan == "reference" else self.planner.forward_plan(nodes)
-        values = self.forward(feed, plan, RunContext(self.backend, training, rng_key))
+        ctx = RunContext(self.backend, training, rng_key, backward=False)
+        values = self.forward(feed, plan, ctx)
         return self._detach([values[self.index[n.id]] for n in nodes])
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,

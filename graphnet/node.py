@@ -26,16 +26,20 @@ class RunContext:
     ``k``'s version for this backend). ``rng_key`` is the run's key for random ops (None:
     the backend's own generator) and ``key`` the running node's position in the graph's
     order. In backward, ``needs`` says per input whether it needs a gradient (None: all).
-    The reference executor uses this class as it is: :meth:`empty` gives a new array and
+    ``backward`` is False in a forward pass that no backward follows (``Graph.run``,
+    ``Graph.values``): an op may then skip what only its backward reads. The reference executor uses this class as it is: :meth:`empty` gives a new array and
     :meth:`grad_out` offers nothing. The step planner's context
     (``graphnet.planner.StepContext``) hands out arrays reused from step to step instead.
     """
 
-    __slots__ = ("b", "xp", "kernels", "training", "needs", "key", "rng_key", "_saved")
+    __slots__ = ("b", "xp", "kernels", "training", "needs", "key", "rng_key", "backward",
+                 "_saved")
 
     def __init__(self, b: Backend, training: bool, rng_key: Optional[tuple] = None,
-                 saved: Optional[dict] = None, kernels: Optional[KernelTable] = None) -> None:
+                 saved: Optional[dict] = None, kernels: Optional[KernelTable] = None,
+                 backward: bool = True) -> None:
         self.b = b
+        self.backward = backward
         self.xp = b.xp
         self.kernels = implementations(b.name) if kernels is None else kernels
         self.training = training

@@ -88,3 +88,20 @@ def test_classifier_evaluation_matches_the_reference_executor(backend):
     model.eval_graph.plan = "reference"
     ref = model.evaluate(images, labels, batch_size=16)
     assert fast == ref  # the same floats: accuracy and loss
+
+
+def test_a_forward_pass_skips_what_only_backward_reads(numpy_backend, monkeypatch):
+    """The pool's argmax index is built in training steps, not in forward passes."""
+    from graphnet.ops import conv_pool
+    (x, w, b, r), y, cost = _net((3, 2, 8, 8), (3, 2, 3, 3))
+    xv, wv, bv = _data(np.random.default_rng(6), (3, 2, 8, 8), (3, 2, 3, 3), np.float32)
+    feed = {x: xv, w: wv, b: bv, r: np.ones((3, 3, 3, 3), np.float32)}
+    calls = []
+    real = conv_pool.first_max_index
+    monkeypatch.setattr(conv_pool, "first_max_index", lambda *a: calls.append(1) or real(*a))
+    g = gn.Graph(y, cost=cost)
+    g.run(feed)
+    g.values(feed, [y, cost])
+    assert calls == []
+    g.gradients(feed, wrt=[w])
+    assert calls, "a training step must record where the maxima were"

@@ -9,8 +9,9 @@ arithmetic is the two nodes', in the same order, so the results are bit-identica
 
 * forward: the ``P = size[0] * size[1]`` window offsets of the chunk are copied apart,
   ``d[p]`` (C_out, m, PH, PW), the bias added on the way (as conv2d adds it), and the
-  maximum taken over them in window order; :func:`first_max_index` records, per window, which
-  offset held the first maximum (``P`` for a NaN maximum), as max-pool backward picks it;
+  maximum taken over them in window order; where a backward follows, :func:`first_max_index`
+  records, per window, which offset held the first maximum (``P`` for a NaN maximum), as
+  max-pool backward picks it;
 * backward: offset ``p`` of each window gets the pooled gradient where it was that
   first maximum and +0 elsewhere (a select: NaN never leaks), which is what
   ``max_pool2d``'s backward writes, then conv2d's backward runs on it.
@@ -50,8 +51,10 @@ class ConvMaxPool:
         poh, pow_ = geo.oh // sh, geo.ow // sw
         windows = sh * sw
         out = ctx.empty((geo.n, co, poh, pow_), xp.result_type(x.dtype, w.dtype))
-        first = ctx.empty((geo.n * co * poh * pow_,), xp.uint8, slot=1)
-        ctx.save(first)
+        first = None  # where each window's maximum was: only backward reads it
+        if ctx.backward:
+            first = ctx.empty((geo.n * co * poh * pow_,), xp.uint8, slot=1)
+            ctx.save(first)
         bias = None if b is None else b.reshape(co, 1, 1, 1)
         step = co * poh * pow_
 
@@ -69,7 +72,8 @@ class ConvMaxPool:
             mx[...] = d[0]
             for p in range(1, windows):
                 xp.maximum(mx, d[p], out=mx)
-            first_max_index(ctx.b, d, mx, first[step * n0:step * n1].reshape(mx.shape))
+            if first is not None:
+                first_max_index(ctx.b, d, mx, first[step * n0:step * n1].reshape(mx.shape))
             out[n0:n1] = mx.transpose(1, 0, 2, 3)
 
         def extra() -> tuple:
