@@ -111,6 +111,17 @@ def test_short_last_chunk_and_many_chunks(numpy_backend):
         set_im2col_limit(old)
 
 
+def test_blocks_of_chunks(backend):
+    """One image per chunk, 40 chunks: forward takes them in blocks of 4, backward one by
+    one; both must agree on where each window's maximum was."""
+    old = set_im2col_limit(2 * 9 * 8 * 10 * 4)  # one image's cols per chunk
+    try:
+        _compare(x_shape=(40, 2, 10, 10), w_shape=(3, 2, 3, 3), flat=True)
+        _compare(x_shape=(37, 2, 10, 10), w_shape=(3, 2, 3, 3), pool=3)  # a short last block
+    finally:
+        set_im2col_limit(old)
+
+
 def test_chunks_on_threads_give_the_bits_of_one_thread(numpy_backend):
     if parallel._blas_controller() is None:
         pytest.skip("threadpoolctl cannot drive this BLAS: chunks always run on one thread")

@@ -38,7 +38,8 @@ i.e. a few times B whatever the batch. Measured (tracemalloc) for that layer at 
 
 Threads and fusion. On NumPy the chunks run on worker threads (:mod:`graphnet.parallel`;
 the weight and bias gradients are summed per chunk group, so the bits do not depend on the
-number of workers), and in a training step a max-pool right after the convolution is
+number of workers); forward hands them out in blocks of up to :data:`BLOCK_CHUNKS` chunks
+whose passes after the products run once per block (:func:`_blocks`), and in a training step a max-pool right after the convolution is
 applied to each chunk while it is in cache (:mod:`graphnet.ops.conv_pool`):
 :meth:`Conv2d.forward_chunks` and :meth:`Conv2d.backward_chunks` take the per-chunk output
 and upstream-gradient steps as arguments for that.
@@ -61,6 +62,7 @@ from ..shapes import describe
 
 IM2COL_LIMIT_BYTES = 256 * 2**20
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # for backends without an ``im2col_chunk_bytes``
+BLOCK_CHUNKS = 4  # the most chunks in a block (see _blocks)
 
 
 def set_im2col_limit(nbytes: int) -> int:
@@ -84,6 +86,19 @@ def _chunks(n: int, per_item_bytes: int, backend: Any = None) -> list[tuple[int,
     count = -(-n // most)
     step = -(-n // count) if n else 1
     return [(i, min(n, i + step)) for i in range(0, n, step)] or [(0, 0)]
+
+
+def _blocks(chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(first, stop)`` runs of consecutive chunks that a worker takes as one unit.
+
+    Each chunk's im2col and product stay cache-sized, but the passes after the products
+    (bias, pooling, layout) run once per block on arrays up to :data:`BLOCK_CHUNKS` times
+    larger: small NumPy calls on two threads hand the GIL back and forth at every call
+    and run slower than on one (BENCHMARKS.md, session 5). At least 8 blocks per call,
+    so that the workers share them evenly.
+    """
+    per = max(1, min(BLOCK_CHUNKS, len(chunks) // 8))
+    return [(c, min(c + per, len(chunks))) for c in range(0, len(chunks), per)]
 
 
 class Conv2d(Node):
@@ -142,8 +157,10 @@ class Conv2d(Node):
         hp = oh + kh if self.stride == (1, 1) else h + 2 * ph
         k = c * kh * kw
         chunks = _chunks(n, k * oh * q * x.dtype.itemsize, be)
+        blocks = _blocks(chunks)
         return ConvGeometry(n, c, co, kh, kw, oh, ow, hp, wp, q, k, chunks,
-                            chunks[0][1] - chunks[0][0])
+                            chunks[0][1] - chunks[0][0], blocks,
+                            max(chunks[c1 - 1][1] - chunks[c0][0] for c0, c1 in blocks))
 
     def _images(self, xp: Any, x: Any, hp: int, wp: int, buf: Any = None) -> Any:
         """``x`` (a chunk, NCHW) as zero-padded channel-major images (C, n, hp, wp)."""
@@ -186,29 +203,33 @@ class Conv2d(Node):
     def forward_chunks(self, ctx: Any, x: Any, w: Any, geo: "ConvGeometry",
                        emit: Callable[[Any, int, int, "_Scratch"], None],
                        extra: Optional[Callable[[], Any]] = None) -> None:
-        """Compute the output chunk by chunk: ``emit(y4, n0, n1, scratch)`` gets images
-        ``n0:n1`` as ``y4`` (C_out, m, OH, Q), no bias added, in scratch memory.
+        """Compute the output block by block: ``emit(y4, n0, n1, scratch)`` gets images
+        ``n0:n1`` (a block of chunks, ``geo.blocks``) as ``y4`` (C_out, m, OH, Q), no bias
+        added, in scratch memory.
 
-        ``extra()`` makes per-worker scratch for ``emit`` (``scratch.extra``).
+        ``extra()`` makes per-worker scratch for ``emit`` (``scratch.extra``), for up to
+        ``geo.block`` images.
         """
         xp, be = ctx.xp, ctx.b
         w2 = w.reshape(geo.co, geo.k)
         ydtype = xp.result_type(x.dtype, w.dtype)
-        per_chunk = geo.oh * geo.q
+        per_image = geo.oh * geo.q
 
-        def work(s: _Scratch, c: int) -> None:
-            n0, n1 = geo.chunks[c]
-            cols = self._cols(be, x, geo, s, n0, n1)
-            y = s.y[:geo.co * (n1 - n0) * per_chunk].reshape(geo.co, -1)
-            xp.matmul(w2, cols, out=y)
-            emit(y.reshape(geo.co, n1 - n0, geo.oh, geo.q), n0, n1, s)
+        def work(s: _Scratch, b: int) -> None:
+            c0, c1 = geo.blocks[b]
+            start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
+            y = s.y[:geo.co * (stop - start) * per_image].reshape(geo.co, -1)
+            for n0, n1 in geo.chunks[c0:c1]:  # each chunk's product into its columns of y
+                cols = self._cols(be, x, geo, s, n0, n1)
+                xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
+            emit(y.reshape(geo.co, stop - start, geo.oh, geo.q), start, stop, s)
 
         def scratch() -> _Scratch:
             return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
-                            xp.empty((geo.step * geo.k * per_chunk,), dtype=x.dtype),
+                            xp.empty((geo.step * geo.k * per_image,), dtype=x.dtype),
                             extra() if extra else None,
-                            y=xp.empty((geo.co * geo.step * per_chunk,), dtype=ydtype))
-        parallel.for_each_chunk(be, len(geo.chunks), work, scratch)
+                            y=xp.empty((geo.co * geo.block * per_image,), dtype=ydtype))
+        parallel.for_each_chunk(be, len(geo.blocks), work, scratch)
 
     def backward(self, ctx, g, xs, y):
         return self.backward_nchw(ctx, xs, lambda n0, n1, s: g[n0:n1], g.dtype)
@@ -306,6 +327,8 @@ class ConvGeometry(NamedTuple):
     k: int    # c * kh * kw, the rows of im2col
     chunks: list
     step: int  # images in a full chunk
+    blocks: list  # (first, stop) chunk runs a worker takes at once (forward)
+    block: int  # the most images in a block
 
 
 class _Scratch:

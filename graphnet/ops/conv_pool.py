@@ -51,9 +51,11 @@ class ConvMaxPool:
         poh, pow_ = geo.oh // sh, geo.ow // sw
         windows = sh * sw
         out = ctx.empty((geo.n, co, poh, pow_), xp.result_type(x.dtype, w.dtype))
-        first = None  # where each window's maximum was: only backward reads it
+        # where each window's maximum was (only backward reads it), channel-major like the
+        # products, so that a block (forward) and a chunk (backward) are both a slice of it
+        first = None
         if ctx.backward:
-            first = ctx.empty((geo.n * co * poh * pow_,), xp.uint8, slot=1)
+            first = ctx.empty((co, geo.n, poh, pow_), xp.uint8, slot=1)
             ctx.save(first)
         bias = None if b is None else b.reshape(co, 1, 1, 1)
         step = co * poh * pow_
@@ -73,12 +75,12 @@ class ConvMaxPool:
             for p in range(1, windows):
                 xp.maximum(mx, d[p], out=mx)
             if first is not None:
-                first_max_index(ctx.b, d, mx, first[step * n0:step * n1].reshape(mx.shape))
+                first_max_index(ctx.b, d, mx, first[:, n0:n1])
             out[n0:n1] = mx.transpose(1, 0, 2, 3)
 
         def extra() -> tuple:
-            return (xp.empty((windows * step * geo.step,), dtype=out.dtype),
-                    xp.empty((step * geo.step,), dtype=out.dtype))
+            return (xp.empty((windows * step * geo.block,), dtype=out.dtype),
+                    xp.empty((step * geo.block,), dtype=out.dtype))
         self.conv.forward_chunks(ctx, x, w, geo, emit, extra)
         return out
 
@@ -99,7 +101,7 @@ class ConvMaxPool:
             m = n1 - n0
             gp = s.extra[:step * m].reshape(co, m, poh, pow_)
             gp[...] = g[n0:n1].transpose(1, 0, 2, 3)
-            idx = first[step * n0:step * n1].reshape(gp.shape)
+            idx = first[:, n0:n1]
             for p in range(windows):
                 i, j = divmod(p, sw)
                 keep_where(ctx.b, idx == p, gp, out=g4[:, :, i:poh * sh:sh, j:pow_ * sw:sw])
