@@ -94,8 +94,8 @@ def _blocks(chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
     Each chunk's im2col and product stay cache-sized, but the passes after the products
     (bias, pooling, layout) run once per block on arrays up to :data:`BLOCK_CHUNKS` times
     larger: small NumPy calls on two threads hand the GIL back and forth at every call
-    and run slower than on one (BENCHMARKS.md, session 5). At least 8 blocks per call,
-    so that the workers share them evenly.
+    and run slower than on one (BENCHMARKS.md, session 5). Chunks are grouped only where
+    there are 16 or more, and then into at least 8 blocks, so that workers share them evenly.
     """
     per = max(1, min(BLOCK_CHUNKS, len(chunks) // 8))
     return [(c, min(c + per, len(chunks))) for c in range(0, len(chunks), per)]
