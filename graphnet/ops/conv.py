@@ -170,11 +170,12 @@ class Conv2d(Node):
         out[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
         return out
 
-    def _cols(self, be: Any, x: Any, geo: "ConvGeometry", s: "_Scratch", n0: int, n1: int) -> Any:
+    def _cols(self, ctx: Any, x: Any, geo: "ConvGeometry", s: "_Scratch", n0: int, n1: int) -> Any:
         """The chunk's im2col matrix ``(C*kh*kw, m*OH*Q)``, in ``s``'s buffers."""
         full = n1 - n0 == geo.step
-        images = self._images(be.xp, x[n0:n1], geo.hp, geo.wp, s.images if full else None)
-        return im2col(be, images, (geo.kh, geo.kw), self.stride, (geo.oh, geo.ow), out=s.cols)
+        images = self._images(ctx.xp, x[n0:n1], geo.hp, geo.wp, s.images if full else None)
+        return ctx.kernels[im2col](ctx.b, images, (geo.kh, geo.kw), self.stride,
+                                   (geo.oh, geo.ow), out=s.cols)
 
     # --- forward and backward --------------------------------------------------------
     def forward(self, ctx, x, w, b=None):
@@ -220,7 +221,7 @@ class Conv2d(Node):
             start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
             y = s.y[:geo.co * (stop - start) * per_image].reshape(geo.co, -1)
             for n0, n1 in geo.chunks[c0:c1]:  # each chunk's product into its columns of y
-                cols = self._cols(be, x, geo, s, n0, n1)
+                cols = self._cols(ctx, x, geo, s, n0, n1)
                 xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
             emit(y.reshape(geo.co, stop - start, geo.oh, geo.q), start, stop, s)
 
@@ -276,7 +277,7 @@ class Conv2d(Node):
         def work(s: _Scratch, c: int) -> None:
             n0, n1 = geo.chunks[c]
             m = n1 - n0
-            cols = self._cols(be, x, geo, s, n0, n1)
+            cols = self._cols(ctx, x, geo, s, n0, n1)
             g4 = s.g[:co * m * per_chunk].reshape(co, m, geo.oh, geo.q)
             fill(g4, n0, n1, s)
             g2 = g4.reshape(co, m * per_chunk)
@@ -291,7 +292,8 @@ class Conv2d(Node):
             full = m == geo.step
             dimages = s.dimages if full else xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx.dtype)
             dimages[...] = 0
-            col2im(be, dcols, dimages, (geo.kh, geo.kw), self.stride, (geo.oh, geo.ow))
+            ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), self.stride,
+                                (geo.oh, geo.ow))
             gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
         def scratch() -> _Scratch:
@@ -402,8 +404,8 @@ class MaxPool2d(_Pool2d):
         # a window whose maximum is NaN passes none. No host synchronisation.
         x = xs[0]
         self._check_fits(x)
-        return (max_pool_backward(ctx.b, x, y, g, self.size, self.stride,
-                                  ctx.grad_out(0, g.dtype)),)
+        return (ctx.kernels[max_pool_backward](ctx.b, x, y, g, self.size, self.stride,
+                                               ctx.grad_out(0, g.dtype)),)
 
 
 class AvgPool2d(_Pool2d):

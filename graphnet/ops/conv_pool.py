@@ -58,6 +58,7 @@ class ConvMaxPool:
             first = ctx.empty((co, geo.n, poh, pow_), xp.uint8, slot=1)
             ctx.save(first)
         bias = None if b is None else b.reshape(co, 1, 1, 1)
+        first_max = ctx.kernels[first_max_index]
         step = co * poh * pow_
 
         def emit(y4: Any, n0: int, n1: int, s: Any) -> None:
@@ -75,7 +76,7 @@ class ConvMaxPool:
             for p in range(1, windows):
                 xp.maximum(mx, d[p], out=mx)
             if first is not None:
-                first_max_index(ctx.b, d, mx, first[:, n0:n1])
+                first_max(ctx.b, d, mx, first[:, n0:n1])
             out[n0:n1] = mx.transpose(1, 0, 2, 3)
 
         def extra() -> tuple:
@@ -86,7 +87,7 @@ class ConvMaxPool:
 
     def backward(self, ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
         x, w = xs[0], xs[1]
-        xp = ctx.xp
+        xp, keep = ctx.xp, ctx.kernels[keep_where]
         geo = self.conv.geometry(ctx.b, x, w)
         if not self._tiles(geo):
             conv_out = ctx.saved()
@@ -104,7 +105,7 @@ class ConvMaxPool:
             idx = first[:, n0:n1]
             for p in range(windows):
                 i, j = divmod(p, sw)
-                keep_where(ctx.b, idx == p, gp, out=g4[:, :, i:poh * sh:sh, j:pow_ * sw:sw])
+                keep(ctx.b, idx == p, gp, out=g4[:, :, i:poh * sh:sh, j:pow_ * sw:sw])
             if geo.oh > poh * sh:
                 g4[:, :, poh * sh:] = 0
             if geo.q > pow_ * sw:
