@@ -25,7 +25,7 @@ from .backends.host import to_numpy
 from .distributed import ShardedSampler, World, attach
 from .errors import RunError
 from .io import CheckpointError, atomic_write_npz, read_npz
-from .nn.model import Classifier, TrainableModel, model_from_config
+from .nn.model import Classifier, TrainableModel, missing_members, model_from_config
 from .hints import Array, Data, PathLike, RngKey
 from .optim import CosineLR, Optimizer, Schedule, StepLR
 
@@ -156,9 +156,11 @@ class Trainer:
                  on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
                  augment: Optional[Callable[..., Array]] = None, seed: Optional[int] = None,
                  distributed: Optional[World] = None) -> None:
-        if not isinstance(model, TrainableModel):
+        missing = missing_members(model)
+        if missing:
             raise TypeError(f"model: expected a TrainableModel (a loss graph, its inputs, prepare, "
-                            f"evaluate, ... like nn.Classifier), got {type(model).__name__}")
+                            f"evaluate, ... like nn.Classifier), got {type(model).__name__}, "
+                            f"which lacks {', '.join(missing)}")
         self.model, self.optimizer = model, optimizer
         self.batch_size = _checked_batch_size(batch_size)
         self.schedule = schedule or Schedule()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
+import graphnet.nn.model as model_module
 from graphnet import io, nn, optim
 from graphnet.train import Trainer
 
@@ -58,6 +59,25 @@ def test_mnist_cnn_lives_in_the_example_and_the_old_name_warns():
 def test_trainer_refuses_what_is_not_a_trainable_model():
     with pytest.raises(TypeError, match="model: expected a TrainableModel"):
         Trainer(object(), optim.SGD([gn.Parameter(np.zeros(2))], lr=0.1))
+
+
+def test_trainer_names_the_members_a_model_lacks(numpy_backend):
+    class Almost:  # a Classifier's members, but evaluate is data and config is missing
+        def __init__(self, model):
+            for name in model_module.TRAINABLE_MEMBERS:
+                if name != "config":
+                    setattr(self, name, getattr(model, name))
+            self.evaluate = 0.5
+    model = nn.Classifier(nn.MLP([10], in_features=4), (4,))
+    with pytest.raises(TypeError, match=r"got Almost, which lacks evaluate, config$"):
+        Trainer(Almost(model), optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_trainable_members_are_the_protocol_members():
+    """The Trainer's check by name lists exactly the Protocol's members."""
+    declared = {n for n in vars(nn.TrainableModel) if not n.startswith("_")}
+    declared |= set(nn.TrainableModel.__annotations__)
+    assert declared == set(model_module.TRAINABLE_MEMBERS)
 
 
 def test_trainer_trains_a_model_that_is_not_a_classifier(numpy_backend):

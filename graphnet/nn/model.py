@@ -58,6 +58,23 @@ class TrainableModel(Protocol):
         """Set every array from host copies."""
 
 
+#: The members a TrainableModel has (checked by name: ``Trainer`` says which are missing).
+TRAINABLE_MEMBERS = ("backend", "train_graph", "inputs", "prepare", "prepare_targets", "evaluate",
+                     "parameters", "named_arrays", "config", "host_arrays", "load_host_arrays")
+_MISSING = object()
+
+
+def missing_members(model: Any) -> list[str]:
+    """The members of :class:`TrainableModel` that ``model`` lacks (callable where a method)."""
+    missing = []
+    for name in TRAINABLE_MEMBERS:
+        value = getattr(model, name, _MISSING)
+        if value is _MISSING or (name not in ("backend", "train_graph", "inputs")
+                                 and not callable(value)):
+            missing.append(name)
+    return missing
+
+
 class ClassifierInputError(FeedError):
     """Images, labels or a batch size given to a Classifier are not what the model expects."""
 
