@@ -18,6 +18,14 @@ from graphnet import backends as _backends
 
 import cupy_emulation
 
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    # mutmut's traced run (tools/mutation.py) records which tests call which functions, in
+    # this process only. A child process (a test that runs a script) cannot record, and
+    # from another folder it fails to find mutmut's setup.cfg: children run unmutated.
+    from mutmut.mutation import trampoline as _trampoline
+    _trampoline._mutant_under_test = "stats"
+    del os.environ["MUTANT_UNDER_TEST"]
+
 
 @functools.lru_cache(maxsize=None)
 def cupy_mode() -> tuple[str, str]:

@@ -175,7 +175,7 @@ def _backend_classes():
 def test_backends_define_no_op_kernel(cls):
     """A backend class holds arrays, transfers, random numbers, device, memory and the
     elementwise helper; op kernels live beside their ops."""
-    own = {n for n in vars(cls) if not n.startswith("_")}
+    own = {n for n in vars(cls) if not n.startswith("_") and "ǁ" not in n}  # ǁ: mutmut's copies
     assert own <= INTERFACE, f"{cls.__name__} defines {sorted(own - INTERFACE)} beyond the interface"
 
 
