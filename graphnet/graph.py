@@ -191,19 +191,26 @@ class Graph:
         ``rng_key``: see :meth:`run`.
         """
         training = flag(training, "training")
-        if not isinstance(nodes, (list, tuple)) or not all(isinstance(n, Node) for n in nodes):
-            raise ArgumentTypeError(f"values(nodes=...) takes a list of this graph's nodes, got "
-                                    f"{nodes!r}")
-        key = tuple(n.id for n in nodes)
-        if key not in self._plans:
-            for n in nodes:
-                if n.id not in self.index:
-                    raise GraphError(f"{n!r} is not part of this graph")
-            self._plans[key] = self.plan_for(nodes)
-        plan = self._plans[key] if self.plan == "reference" else self.planner.forward_plan(nodes)
+        if self.plan == "reference":
+            key = self.check_nodes(nodes, "values")
+            if key not in self._plans:
+                self._plans[key] = self.plan_for(nodes)
+            plan = self._plans[key]
+        else:
+            plan = self.planner.forward_plan(nodes, "values")
         ctx = RunContext(self.backend, training, rng_key, backward=False)
         values = self.forward(feed, plan, ctx)
         return self._detach([values[self.index[n.id]] for n in nodes])
+
+    def check_nodes(self, nodes: Any, who: str) -> tuple:
+        """The ids of ``nodes``, a list of this graph's nodes, or an error saying what is not."""
+        if not isinstance(nodes, (list, tuple)) or not all(isinstance(n, Node) for n in nodes):
+            raise ArgumentTypeError(f"{who}(nodes=...) takes a list of this graph's nodes, got "
+                                    f"{nodes!r}")
+        for n in nodes:
+            if n.id not in self.index:
+                raise GraphError(f"{n!r} is not part of this graph")
+        return tuple([n.id for n in nodes])
 
     def gradients(self, feed: Mapping[Any, Any], wrt: Optional[Iterable[Node]] = None,
                   training: bool = True, return_cost: bool = False,

@@ -289,14 +289,18 @@ class StepPlanner:
         backward = self._backward_plan(ci, wanted, fused)
         return StepPlan(_fuse(forward, fused), backward, _final_writes(backward, wanted))
 
-    def forward_plan(self, nodes: Sequence[Node]) -> "Plan":
+    def forward_plan(self, nodes: Sequence[Node], who: str = "forward_plan") -> "Plan":
         """The (cached) plan of a forward pass that gives ``nodes``' values (``Graph.run``,
         ``Graph.values``): ``graph.plan_for(nodes)`` with the fused steps whose producer's
-        value nothing else needs. Fused steps give the same bits as the two nodes."""
+        value nothing else needs. Fused steps give the same bits as the two nodes.
+        ``who`` names the caller in the error for nodes that are not this graph's."""
         g = self.graph
-        key = (tuple([n.id for n in nodes]), g.check_numerics)
+        key: Optional[tuple] = None  # a Node iterates forever (x[0], x[1], ...): lists only
+        if isinstance(nodes, (list, tuple)) and all(isinstance(n, Node) for n in nodes):
+            key = (tuple([n.id for n in nodes]), g.check_numerics)
         plan = self._forward_plans.get(key)
         if plan is None:
+            key = (g.check_nodes(nodes, who), g.check_numerics)
             plan = g.plan_for(nodes)
             if not g.check_numerics:
                 plan = _fuse(plan, self._fusions({g.index[n.id] for n in nodes}, plan.steps))

@@ -107,3 +107,19 @@ def test_a_forward_pass_skips_what_only_backward_reads(numpy_backend, monkeypatc
     assert calls == []
     g.gradients(feed, wrt=[w])
     assert calls, "a training step must record where the maxima were"
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (None, TypeError, r"forward_plan\(nodes=...\) takes a list of this graph's nodes, got None"),
+    (["x"], TypeError, "takes a list of this graph's nodes"),
+    ("other", gn.GraphError, "is not part of this graph"),
+])
+def test_forward_plan_refuses_what_is_not_this_graphs_nodes(numpy_backend, bad, error, message):
+    x = gn.Input("x", (None, 3))
+    g = gn.Graph(gn.tanh(x))
+    if bad == "other":
+        bad = [gn.Input("other", (None, 3))]
+    with pytest.raises(error, match=message):
+        g.planner.forward_plan(bad)
+    with pytest.raises(error, match=message.replace("forward_plan", "values")):
+        g.values({x: np.zeros((1, 3), np.float32)}, bad)
