@@ -27,7 +27,8 @@ class RunContext:
     the backend's own generator) and ``key`` the running node's position in the graph's
     order. In backward, ``needs`` says per input whether it needs a gradient (None: all).
     ``backward`` is False in a forward pass that no backward follows (``Graph.run``,
-    ``Graph.values``): an op may then skip what only its backward reads. The reference executor uses this class as it is: :meth:`empty` gives a new array and
+    ``Graph.values``): an op may then skip what only its backward reads. The reference
+    executor uses this class as it is: :meth:`empty` gives a new array and
     :meth:`grad_out` offers nothing. The step planner's context
     (``graphnet.planner.StepContext``) hands out arrays reused from step to step instead.
     """

@@ -162,7 +162,7 @@ class Trainer:
                             f"evaluate, ... like nn.Classifier), got {type(model).__name__}, "
                             f"which lacks {', '.join(missing)}")
         self.model, self.optimizer = model, optimizer
-        self.batch_size = _checked_batch_size(batch_size)
+        self.batch_size = _checked_positive("batch_size", batch_size)
         self.schedule = schedule or Schedule()
         self.base_lr = optimizer.lr
         self.schedule_from = 0.0
@@ -239,7 +239,7 @@ class Trainer:
         where = f"epoch {st.epoch + 1}, sample {st.sample}" + (f" of {st.n}" if st.n else "")
         if batch_size is not None and batch_size != self.batch_size:
             notes.append(f"batch size {self.batch_size} -> {batch_size} from {where}")
-            self.batch_size = _checked_batch_size(batch_size)
+            self.batch_size = _checked_positive("batch_size", batch_size)
         if lr is not None or schedule is not None:
             if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
                 raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -473,7 +473,7 @@ class Trainer:
     def _restore(self, meta: dict[str, Any], path: PathLike) -> None:
         run, s = meta["run"], meta["state"]
         self.seed = _checked_seed(run.get("seed", self.seed))
-        self.batch_size = _checked_batch_size(run.get("batch_size", self.batch_size))
+        self.batch_size = _checked_positive("batch_size", run.get("batch_size", self.batch_size))
         self.base_lr = float(run["base_lr"])
         if self.schedule.config() != run["schedule"]:
             self.schedule = schedule_from_config(run["schedule"], path)
@@ -535,10 +535,6 @@ def _current_format(meta: dict[str, Any], path: PathLike) -> dict[str, Any]:
 
 
 # --- input checks --------------------------------------------------------------------
-def _checked_batch_size(v: object) -> int:
-    return _checked_positive("batch_size", v)
-
-
 def _checked_positive(name: str, v: object) -> int:
     if not _is_int(v) or v <= 0:
         raise ValueError(f"{name} must be an integer > 0, got {v!r}")

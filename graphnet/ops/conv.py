@@ -39,10 +39,12 @@ i.e. a few times B whatever the batch. Measured (tracemalloc) for that layer at 
 Threads and fusion. On NumPy the chunks run on worker threads (:mod:`graphnet.parallel`;
 the weight and bias gradients are summed per chunk group, so the bits do not depend on the
 number of workers); forward hands them out in blocks of up to :data:`BLOCK_CHUNKS` chunks
-whose passes after the products run once per block (:func:`_blocks`), and in a training step a max-pool right after the convolution is
-applied to each chunk while it is in cache (:mod:`graphnet.ops.conv_pool`):
-:meth:`Conv2d.forward_chunks` and :meth:`Conv2d.backward_chunks` take the per-chunk output
-and upstream-gradient steps as arguments for that.
+whose passes after the products run once per block (:func:`_blocks`). Where a max-pool or
+an activation follows the convolution and nothing else reads its output, the planner fuses
+the two (training steps and forward passes alike): the pool or activation runs on each
+block while it is in cache (:mod:`graphnet.ops.conv_pool`, ``ops/fused.py``), through the
+per-block output and per-chunk upstream-gradient steps that
+:meth:`Conv2d.forward_chunks` and :meth:`Conv2d.backward_chunks` take as arguments.
 
 Pooling loops over the kh*kw kernel offsets with strided slices (no im2col, no copies
 of windows); max pooling sends each gradient to the first maximum of its window.
