@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .errors import FeedError, GraphError, NumericsError
+from .errors import ArgumentTypeError, FeedError, GraphError, NumericsError
 from .node import Input, Node, Parameter
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from .reference import Reference as Graph
 
 
 def output_list(outputs: Any) -> list[Node]:
@@ -26,7 +26,7 @@ def output_list(outputs: Any) -> list[Node]:
 def resolve_feed(graph: "Graph", feed: Mapping[Any, Any]) -> dict[int, Any]:
     """``{input id: value}`` for ``feed``, each value checked by its input."""
     b = graph.backend
-    by_name = graph._by_name
+    by_name = graph.by_name
     if type(feed) is not dict and not isinstance(feed, Mapping):
         raise FeedError(f"the feed must be a dict {{input or its name: array}}, got "
                         f"{type(feed).__name__}")
@@ -43,6 +43,29 @@ def resolve_feed(graph: "Graph", feed: Mapping[Any, Any]) -> dict[int, Any]:
                             "its name): give it once")
         fed[node.id] = node.check_feed(b, value)
     return fed
+
+
+def check_nodes(graph: "Graph", nodes: Any, who: str) -> tuple:
+    """The ids of ``nodes``, a list of this graph's nodes, or an error saying what is not."""
+    if not isinstance(nodes, (list, tuple)) or not all(isinstance(n, Node) for n in nodes):
+        raise ArgumentTypeError(f"{who}(nodes=...) takes a list of this graph's nodes, got "
+                                f"{nodes!r}")
+    for n in nodes:
+        if n.id not in graph.index:
+            raise GraphError(f"{n!r} is not part of this graph")
+    return tuple([n.id for n in nodes])
+
+
+def check_targets(graph: "Graph", wrt: Any) -> tuple:
+    """The nodes to differentiate: ``wrt``, or the trainable parameters where it is None."""
+    if wrt is None:
+        return tuple(p for p in graph.params if p.trainable)
+    targets = tuple(wrt)
+    for t in targets:
+        if not isinstance(t, Node) or t.id not in graph.index:
+            raise GraphError(f"cannot take a gradient with respect to {t!r}: "
+                             "it is not part of this graph")
+    return targets
 
 
 def check_into(graph: "Graph", targets: tuple, values: list, into: Mapping[Node, Any]) -> None:

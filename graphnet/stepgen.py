@@ -1,13 +1,12 @@
 """Generated step code: one straight-line Python function per step plan.
 
 A step plan never changes once built (define-then-run), so rather than walk its entries on
-every step (:meth:`graphnet.planner.StepPlanner._backward`), the planner can run a function
-written for that plan alone: each node's value and gradient a local variable, each op's
-``forward`` and ``backward`` a bound call, the offered arrays and the gradient sums spelled
-out. It does what the loop does, in the same order, so the results are bit-identical.
+every step, the planner runs a function written for that plan alone: each node's value and
+gradient a local variable, each op's ``forward`` and ``backward`` a bound call, the offered
+arrays and the gradient sums spelled out. It computes what the reference executor
+(:mod:`graphnet.reference`) computes, in the same order, so the results are bit-identical.
 
-``print(graph.planner.source())`` shows the code of a graph's training step;
-``Graph(..., plan="loop")`` runs the plan through the loop instead.
+``print(graph.step_source())`` shows the code of a graph's training step.
 """
 from __future__ import annotations
 
@@ -21,18 +20,18 @@ from .errors import FeedError, GraphError, NumericsError, RunError
 from .graph_checks import describe_failure, not_fed, out_of_memory, wrong_backend
 
 if TYPE_CHECKING:
-    from .graph import Graph, Step
     from .planner import BackwardStep, StepPlan
+    from .reference import Reference as Graph, Step
 
-#: Plans with more steps than this run through the loop: compiling grows with the plan.
+#: Plans with more steps than this run on the reference executor: compiling grows with the plan.
 MAX_STEPS = 4000
 
 _names = itertools.count()
 
 
 class GeneratedStep(NamedTuple):
-    """A plan's step function and its source; ``run`` is None where the loop runs instead
-    (the source then says why)."""
+    """A plan's step function and its source; ``run`` is None where the reference executor
+    runs instead (the source then says why)."""
 
     source: str
     run: Optional[Callable[..., tuple]]
@@ -53,7 +52,7 @@ class _Writer:
         self.lines.append("    " * self.depth + line)
 
 
-def generate(graph: "Graph", plan: "StepPlan", targets: tuple, check: bool, into: bool,
+def generate(graph: "Graph", plan: "StepPlan", targets: tuple, into: bool,
              final: bool, after_forward: Callable[..., None], arena_get: Callable[..., Any]
              ) -> GeneratedStep:
     """The step function of ``plan``: ``step(fed, ctx, bctx, into, final) -> (values, out)``.
@@ -63,8 +62,6 @@ def generate(graph: "Graph", plan: "StepPlan", targets: tuple, check: bool, into
     ``Graph.collect``. The variant is fixed by whether ``into`` and ``final`` (the
     ``on_final`` hook) are given. Raises :class:`NotGenerated` for what it does not handle.
     """
-    if check:
-        raise NotGenerated("check_numerics checks every node's value on its own")
     n = len(plan.forward.steps) + len(plan.backward)
     if n > MAX_STEPS:
         raise NotGenerated(f"the plan has {n} steps, more than stepgen.MAX_STEPS = {MAX_STEPS}")
@@ -150,7 +147,7 @@ def _wrong_backend(graph: "Graph") -> Callable[[Any], None]:
 
 
 def _failure(graph: "Graph", steps: list["Step"]) -> Callable[..., Optional[Exception]]:
-    """What ``Graph.forward`` raises when step ``key`` fails with ``exc`` (None: ``exc`` as is)."""
+    """What ``Reference.forward`` raises when step ``key`` fails with ``exc`` (None: ``exc`` as is)."""
     by_key = {s.index: s for s in steps}
 
     def failed(exc: Exception, key: int, local: dict) -> Optional[Exception]:

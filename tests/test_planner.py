@@ -2,9 +2,8 @@
 
 ``Graph(..., plan="reference")`` runs every node on its own with fresh arrays; the
 default step plan reuses arrays, writes gradients in place and fuses nodes, and runs
-through code generated for it (``graphnet/stepgen.py``), or with ``plan="loop"`` through
-the planner's loop. Every op of tests/test_ops.py's table, the spatial ops and the MNIST
-networks run all three ways.
+through code generated for it (``graphnet/stepgen.py``). Every op of tests/test_ops.py's
+table, the spatial ops and the MNIST networks run both ways.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ def _same(a, b, what: str) -> None:
     np.testing.assert_array_equal(a, b, err_msg=what)  # NaNs in the same places count as equal
 
 
-PLANS = ("step", "loop", "reference")  # the reference last: the others are compared with it
+PLANS = ("step", "reference")  # the reference last: the step is compared with it
 
 
 def _all(out, cost, *extra_outputs):
@@ -34,8 +33,8 @@ def _all(out, cost, *extra_outputs):
 
 
 def _ran_generated(graph, wrt, into, on_final=False):
-    """Whether ``graph``'s steps for ``wrt`` ran through generated code (not the loop)."""
-    code = graph.planner._code.get((graph._targets(wrt), graph.check_numerics, into, on_final))
+    """Whether ``graph``'s steps for ``wrt`` ran through generated code (not the reference)."""
+    code = graph.planner._code.get((graph._targets(wrt), into, on_final))
     return code is not None and code.run is not None
 
 
@@ -184,8 +183,10 @@ def test_fusion_rules_come_from_ops_and_register_once():
 
 def test_plan_is_validated():
     x = gn.Input("x", (2,))
-    with pytest.raises(ArgumentError, match="plan.*'loop'.*'fast'"):
+    with pytest.raises(ArgumentError, match="plan.*'reference'.*'fast'"):
         gn.Graph(x * 2, plan="fast")
+    with pytest.warns(DeprecationWarning, match='plan="loop" is gone'):
+        assert gn.Graph(x * 2, plan="loop").plan == "step"
 
 
 def test_gradients_summed_over_several_consumers_match(backend):
@@ -207,7 +208,7 @@ def test_the_engine_and_the_planner_import_no_op():
     import ast
     from pathlib import Path
     root = Path(gn.__file__).parent
-    for name in ("graph.py", "planner.py", "stepgen.py", "graph_checks.py"):
+    for name in ("graph.py", "reference.py", "planner.py", "stepgen.py", "graph_checks.py"):
         tree = ast.parse((root / name).read_text())
         modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
@@ -215,9 +216,9 @@ def test_the_engine_and_the_planner_import_no_op():
 
 
 def test_on_final_reports_the_same_gradients_in_the_same_order(backend):
-    """The generated step and the loop report each gradient as it becomes final, alike."""
+    """The generated step and the reference report each gradient as it becomes final, alike."""
     reports = {}
-    for plan in ("step", "loop"):
+    for plan in ("step", "reference"):
         gn.seed(0)
         model = _mlp([12, 8, 10], "tanh")()
         graph = model.train_graph
@@ -234,7 +235,7 @@ def test_on_final_reports_the_same_gradients_in_the_same_order(backend):
         reports[plan] = seen
         if plan == "step":
             assert _ran_generated(graph, params, True, on_final=True)
-    assert [k for k, _ in reports["step"]] == [k for k, _ in reports["loop"]]
+    assert [k for k, _ in reports["step"]] == [k for k, _ in reports["reference"]]
     assert len(reports["step"]) == 3 * len(params)
-    for (k, a), (_, b) in zip(reports["step"], reports["loop"]):
+    for (k, a), (_, b) in zip(reports["step"], reports["reference"]):
         _same(a, b, f"gradient of parameter {k} when reported")
