@@ -9,7 +9,7 @@ from .backends.host import seed_host as _seed_host
 from .backends.host import to_numpy
 from .dtypes import default_dtype, get_default_dtype, set_default_dtype
 from .errors import (ArgumentError, ArgumentTypeError, FeedError, GraphError, GraphnetError,
-                     NumericsError, RunError, ShapeError)
+                     NumericsError, OutOfMemoryError, RunError, ShapeError)
 from .io import CheckpointError
 from .graph import Graph
 from .hints import Array, Data, DTypeLike
@@ -47,7 +47,7 @@ __all__ = ["Backend", "BackendUnavailableError", "available_backends", "backend"
            "backend_names", "get_backend", "set_backend", "use_backend", "to_numpy", "asarray",
            "seed", "default_dtype", "get_default_dtype", "set_default_dtype", "GraphnetError",
            "ArgumentError", "ArgumentTypeError", "CheckpointError", "FeedError",
-           "GraphError", "NumericsError", "RunError", "ShapeError", "Graph", "Constant", "Input",
+           "GraphError", "NumericsError", "OutOfMemoryError", "RunError", "ShapeError", "Graph", "Constant", "Input",
            "Node", "Parameter", "nn", "optim", "add", "concat", "div", "dropout", "exp", "flatten", "linear",
            "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "power", "relu",
            "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sub", "sum", "tanh",

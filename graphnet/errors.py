@@ -35,3 +35,8 @@ class NumericsError(GraphnetError, FloatingPointError):
 
 class RunError(GraphnetError, RuntimeError):
     """An op failed while the graph ran; the message names the node and its inputs."""
+
+
+class OutOfMemoryError(GraphnetError, MemoryError):
+    """An array did not fit in host or device memory while a graph ran; the message names
+    the node, its inputs and the batch size (``except MemoryError`` still catches it)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .errors import ArgumentTypeError, FeedError, GraphError, NumericsError
+from .errors import (ArgumentTypeError, FeedError, GraphError, NumericsError, OutOfMemoryError,
+                     RunError)
 from .node import Input, Node, Parameter
 
 if TYPE_CHECKING:
@@ -129,6 +130,22 @@ def describe_failure(graph: "Graph", node: Node, values: list, arg_idx: tuple, e
     shapes = ", ".join(f"{graph.order[j].name!r} {tuple(getattr(values[j], 'shape', ()))}"
                        for j in arg_idx)
     return f"op {node.op!r} at node {node.name!r} failed on inputs [{shapes}]: {exc}"
+
+
+def run_failure(graph: "Graph", node: Node, values: list, arg_idx: tuple, exc: Exception,
+                phase: str = "forward") -> Exception:
+    """The error to raise for ``exc`` from ``node``'s ``phase``: a RunError, or for memory an
+    OutOfMemoryError naming the batch size."""
+    if not out_of_memory(exc):
+        what = "" if phase == "forward" else f" ({phase})"
+        return RunError(describe_failure(graph, node, values, arg_idx, exc) + what)
+    fed = [values[graph.index[n.id]] for n in graph.inputs]
+    batch = next((v.shape[0] for v in fed if getattr(v, "ndim", 0) >= 1), None)
+    where = "host" if graph.backend.name == "numpy" else f"{graph.backend.name} device"
+    return OutOfMemoryError(
+        f"out of {where} memory in the {phase} of op {node.op!r} at node {node.name!r}"
+        + (f", batch of {batch}" if batch is not None else "")
+        + f": reduce the batch size ({type(exc).__name__}: {exc})")
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from .backends import Backend
-from .errors import FeedError, GraphError, NumericsError, RunError
-from .graph_checks import (check_finite, check_into, check_scalar_cost, describe_failure,
-                           not_fed, out_of_memory, wrong_backend)
+from .errors import FeedError, GraphError, NumericsError, OutOfMemoryError
+from .graph_checks import (check_finite, check_into, check_scalar_cost, not_fed, run_failure,
+                           wrong_backend)
 from .node import Constant, Input, Node, Parameter, RunContext
 from .shapes import fmt
 
@@ -131,12 +131,10 @@ class Reference:
                 values[i] = node.forward(ctx, *[values[j] for j in args])
                 if check:
                     check_finite(self, node, values, args)
-        except (FeedError, NumericsError, GraphError):
+        except (FeedError, NumericsError, GraphError, OutOfMemoryError):
             raise
         except Exception as exc:
-            if out_of_memory(exc):  # as it is: the caller's advice is about the batch size
-                raise
-            raise RunError(describe_failure(self, node, values, args, exc)) from exc
+            raise run_failure(self, node, values, args, exc) from exc
         return values
 
     def leaf(self, node: Node, kind: str, fed: Mapping[int, Any]) -> Any:
@@ -182,7 +180,12 @@ class Reference:
             if grads[i] is None or not node.inputs:
                 continue
             ctx.key, ctx.needs = i, tuple(needs[j] for j in args)
-            gin = node.backward(ctx, grads[i], tuple(values[j] for j in args), values[i])
+            try:
+                gin = node.backward(ctx, grads[i], tuple(values[j] for j in args), values[i])
+            except (GraphError, OutOfMemoryError):
+                raise
+            except Exception as exc:
+                raise run_failure(self, node, values, args, exc, "backward") from exc
             for k, j in enumerate(args):
                 if needs[j] and gin[k] is not None:
                     gj = self.keep_dtype(gin[k], values[j])

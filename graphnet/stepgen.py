@@ -16,8 +16,8 @@ import weakref
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-from .errors import FeedError, GraphError, NumericsError, RunError
-from .graph_checks import describe_failure, not_fed, out_of_memory, wrong_backend
+from .errors import FeedError, GraphError, NumericsError, OutOfMemoryError
+from .graph_checks import not_fed, run_failure, wrong_backend
 
 if TYPE_CHECKING:
     from .planner import BackwardStep, StepPlan
@@ -69,7 +69,7 @@ def generate(graph: "Graph", plan: "StepPlan", targets: tuple, into: bool,
         "B": graph.backend, "ones": graph.backend.xp.ones, "copyto": graph.backend.xp.copyto,
         "keep": graph.keep_dtype, "arena_get": arena_get, "after_forward": after_forward,
         "TARGETS": targets, "missing": _missing, "wrong": _wrong_backend(graph),
-        "failed": _failure(graph, plan.forward.steps),
+        "failed": _failure(graph, plan),
     }
     w = _Writer()
     _leaves(w, ns, plan.forward.leaves)
@@ -146,16 +146,18 @@ def _wrong_backend(graph: "Graph") -> Callable[[Any], None]:
     return wrong
 
 
-def _failure(graph: "Graph", steps: list["Step"]) -> Callable[..., Optional[Exception]]:
-    """What ``Reference.forward`` raises when step ``key`` fails with ``exc`` (None: ``exc`` as is)."""
-    by_key = {s.index: s for s in steps}
+def _failure(graph: "Graph", plan: "StepPlan") -> Callable[..., Optional[Exception]]:
+    """What the reference executor raises when step ``key`` fails with ``exc`` in ``phase``
+    (None: ``exc`` as it is)."""
+    steps = {"forward": {s.index: s for s in plan.forward.steps},
+             "backward": {s.index: s for s in plan.backward}}
 
-    def failed(exc: Exception, key: int, local: dict) -> Optional[Exception]:
-        if isinstance(exc, (FeedError, NumericsError, GraphError)) or out_of_memory(exc):
+    def failed(exc: Exception, key: int, local: dict, phase: str = "forward") -> Optional[Exception]:
+        if isinstance(exc, (FeedError, NumericsError, GraphError, OutOfMemoryError)):
             return None
-        step = by_key[key]
+        step = steps[phase][key]
         values = [local.get(f"v{i}") for i in range(len(graph.order))]
-        return RunError(describe_failure(graph, step.node, values, step.args, exc))
+        return run_failure(graph, step.node, values, step.args, exc, phase)
     return failed
 
 
@@ -202,7 +204,13 @@ class _Backward:
         w(f"bctx.key = {i}")
         offered = self._offers(step)
         xs = ", ".join(f"v{j}" for j in step.args) + ("," if len(step.args) == 1 else "")
-        w(f"gin = b{i}(bctx, g{i}, ({xs}), v{i})")
+        w("try:")
+        w(f"    gin = b{i}(bctx, g{i}, ({xs}), v{i})")
+        w("except Exception as exc:")
+        w(f"    err = failed(exc, {i}, locals(), 'backward')")
+        w("    if err is None:")
+        w("        raise")
+        w("    raise err from exc")
         for k, j in step.wanted:
             self._add(k, j, k in offered)
             self.maybe.add(j)

@@ -196,3 +196,45 @@ def test_dropout_and_batch_norm_steps_match_in_and_out_of_training(backend, trai
         rng = np.random.default_rng(1)
         results.append(out)
     _check_same(results[0], results[1])
+
+
+class _BoomBack(Node):
+    """The identity, whose backward raises ``exc``."""
+
+    op = "boom_back"
+
+    def __init__(self, x, exc):
+        super().__init__((x,), shape=x.shape)
+        self.exc = exc
+
+    def forward(self, ctx, x):
+        return x
+
+    def backward(self, ctx, g, xs, y):
+        raise self.exc
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+@pytest.mark.parametrize("plan", ["step", "reference"])
+def test_out_of_memory_names_the_node_the_phase_and_the_batch(numpy_backend, phase, plan):
+    x = gn.Input("x", (None, 3))
+    w = gn.Parameter(np.ones((3, 3), np.float32), name="w")
+    node = (_Boom if phase == "forward" else _BoomBack)(gn.tanh(x @ w), MemoryError("no room"))
+    cost = gn.sum(node)
+    graph = gn.Graph(cost, cost=cost, plan=plan)
+    with pytest.raises(gn.OutOfMemoryError, match=rf"out of host memory in the {phase} of op "
+                       rf"'{node.op}' at node '{node.name}', batch of 7: reduce the batch size") as e:
+        graph.gradients({x: np.ones((7, 3), np.float32)})
+    assert isinstance(e.value, MemoryError) and isinstance(e.value.__cause__, MemoryError)
+    if phase == "forward":
+        with pytest.raises(gn.OutOfMemoryError, match="batch of 5"):
+            graph.run({x: np.ones((5, 3), np.float32)})
+
+
+@pytest.mark.parametrize("plan", ["step", "reference"])
+def test_a_failing_backward_names_its_node(numpy_backend, plan):
+    x = gn.Input("x", (None, 3))
+    node = _BoomBack(gn.tanh(x * 2), ValueError("bad gradient"))
+    graph = gn.Graph(gn.sum(node), cost=gn.sum(node), plan=plan)
+    with pytest.raises(RunError, match=r"op 'boom_back' at node .*bad gradient \(backward\)"):
+        graph.gradients({x: np.ones((2, 3), np.float32)}, wrt=[x])
