@@ -15,26 +15,28 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from graphnet.io import read_regular
+
 SIDE = 28           #: the field MNIST digits live in
 BOX = 20            #: the ink's bounding box is scaled to fit BOX x BOX
 CENTRE = 14.0       #: where the centre of mass lands (row and column; MNIST's test mean is 14.0)
 MIN_CONTRAST = 24   #: grey levels the ink must stand out from the background by
 INK_FRACTION = 0.1  #: pixels fainter than this share of the strongest ink count as background
 MAX_SIDE = 1024     #: larger pictures are first shrunk to this (keeps big photos cheap)
+MAX_FILE_BYTES = 64 << 20      #: a picture file may have at most this many bytes
+MAX_FILE_PIXELS = 50_000_000   #: ... and at most this many pixels (a 48 Mpx photo fits)
 
 
 class DigitError(ValueError):
     """A picture that cannot be turned into a digit (unreadable, empty, or blank)."""
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DigitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return decode_image(data, str(path))
+def load_image(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES,
+               max_pixels: int = MAX_FILE_PIXELS) -> np.ndarray:
+    """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``: a regular
+    file of at most ``max_bytes`` holding at most ``max_pixels`` (checked before decoding)."""
+    data = read_regular(path, max_bytes, DigitError)
+    return decode_image(data, str(path), max_pixels)
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
