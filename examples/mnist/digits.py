@@ -183,7 +183,11 @@ def load_model(path: str | os.PathLike, backend: str | None = None) -> Any:
 
 
 def top_classes(probs: Any, k: int = 3) -> list[tuple[int, float]]:
-    """The ``k`` most probable ``(class, probability)`` pairs of one probability vector."""
+    """The ``k`` most probable ``(class, probability)`` pairs of one probability vector;
+    DigitError when the vector holds NaN or inf (a model whose output overflowed)."""
     p = np.asarray(probs, dtype=np.float64).ravel()
+    if not np.isfinite(p).all():
+        raise DigitError(f"the model's probabilities hold NaN or inf ({p.tolist()!r:.80}); "
+                         "its weights overflow on this picture")
     order = np.argsort(-p, kind="stable")[:k]
     return [(int(c), float(p[c])) for c in order]
