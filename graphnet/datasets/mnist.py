@@ -69,9 +69,10 @@ def default_root() -> Path:
 MAX_IDX_BYTES = 64 << 20  # the largest MNIST file (training images) has 47 040 016 bytes
 
 
-def _read_bytes(path: Path, limit: int = MAX_IDX_BYTES) -> bytes:
+def _read_bytes(path: Path) -> bytes:
     """Raw file content, gunzipped if it starts with the gzip magic: a regular file of at
-    most ``limit`` bytes, inflating to at most ``limit`` bytes."""
+    most MAX_IDX_BYTES, inflating to at most MAX_IDX_BYTES."""
+    limit = MAX_IDX_BYTES
     if not os.path.lexists(path):
         raise MNISTError(f"{path}: cannot read (no such file)")
     data = read_regular(path, limit, MNISTError)
