@@ -31,12 +31,11 @@ class DigitError(ValueError):
     """A picture that cannot be turned into a digit (unreadable, empty, or blank)."""
 
 
-def load_image(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES,
-               max_pixels: int = MAX_FILE_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike) -> np.ndarray:
     """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``: a regular
-    file of at most ``max_bytes`` holding at most ``max_pixels`` (checked before decoding)."""
-    data = read_regular(path, max_bytes, DigitError)
-    return decode_image(data, str(path), max_pixels)
+    file of at most MAX_FILE_BYTES holding at most MAX_FILE_PIXELS (checked before decoding)."""
+    data = read_regular(path, MAX_FILE_BYTES, DigitError)
+    return decode_image(data, str(path), MAX_FILE_PIXELS)
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:

@@ -83,7 +83,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.show is not None:
             check_path(args.show, "--show")
     except ArgumentError as exc:
-        p.error(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETUP
     try:
         shows = show_paths(args.show, args.images)
         model = digits.load_model(args.model, args.backend)
