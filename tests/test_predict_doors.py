@@ -133,3 +133,13 @@ def test_a_picture_path_too_long_is_named(tmp_path, capsys):
     long = str(tmp_path / ("y" * 300))
     assert run_predict(["--model", str(model), long]) == 1
     assert f"error: {long}: cannot be read" in capsys.readouterr().err
+
+
+def test_show_naming_an_existing_file_is_a_setup_error(tmp_path, capsys):
+    model = model_file(tmp_path / "m.npz")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert run_predict(["--model", str(model), "--show", str(taken),
+                        str(digit_png(tmp_path / "d.png"))]) == 2
+    assert f"--show {taken}: is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"

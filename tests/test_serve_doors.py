@@ -204,3 +204,14 @@ def test_serve_paths_too_long_exit_2_naming_the_flag(tmp_path, capsys, flag):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"{flag}: " in err and "component of 300 bytes" in err and "Traceback" not in err
+
+
+def test_serve_data_naming_a_file_exits_2_without_downloading(tmp_path, capsys, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(serve.mnist, "fetch", lambda *a, **k: fetched.append(a))
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        serve.main(["--model", str(tmp_path / "m.npz"), "--data", str(not_a_folder)])
+    assert stop.value.code == 2 and fetched == []
+    assert f"--data {not_a_folder}: is not a folder" in capsys.readouterr().err

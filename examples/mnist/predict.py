@@ -46,6 +46,8 @@ def show_paths(show: Optional[str], files: list[str]) -> dict[str, Path]:
             raise digits.SetupError(f"--show {show}: a .png names one image, but {len(files)} "
                                     "files were given; name a folder instead")
         return {files[0]: target}
+    if target.exists() and not target.is_dir():
+        raise digits.SetupError(f"--show {show}: is not a folder; name a folder or a .png")
     out, used = {}, set()
     for i, f in enumerate(files):
         name = f"{Path(f).stem}-28x28.png"

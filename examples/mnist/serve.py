@@ -27,6 +27,7 @@ if __name__ == "__main__" and not __package__:  # run by path: continue as the p
 import argparse
 import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
@@ -286,17 +287,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error(f"--port must be in 0..65535, got {args.port}")
     try:
         check_path(args.model, "--model")
-        if args.data is not None:
-            check_path(args.data, "--data")
+        if args.data is not None and os.path.lexists(check_path(args.data, "--data")) \
+                and not os.path.isdir(args.data):
+            raise ArgumentError(f"--data {args.data}: is not a folder")
     except ArgumentError as exc:
         p.error(str(exc))
     try:
         model = digits.load_model(args.model, args.backend)
         digit_map = build_map(model, args.data)
-        server = make_server(digit_map, args.host, args.port, args.quiet)
     except (digits.SetupError, mnist.MNISTError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot read the MNIST test images: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(digit_map, args.host, args.port, args.quiet)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)
