@@ -189,6 +189,23 @@ def read_regular(path: PathLike, max_bytes: int,
     return data
 
 
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def read_json_file(path: PathLike, max_bytes: int = MAX_JSON_BYTES,
+                   error: Callable[[str], Exception] = CheckpointError) -> Any:
+    """The JSON value in the regular file ``path`` (at most ``max_bytes``, nested at most
+    MAX_META_DEPTH deep); otherwise ``error`` naming the file."""
+    data = read_regular(path, max_bytes, error)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if _depth(value) > MAX_META_DEPTH:
+        raise error(f"{path}: JSON nested more than {MAX_META_DEPTH} levels deep")
+    return value
+
+
 def _reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))[:200]
 

@@ -279,3 +279,23 @@ def test_mnist_load_names_a_folder_standing_in_for_a_file(tmp_path):
         (tmp_path / name).mkdir()
     with pytest.raises(mnist.MNISTError, match="not a regular file"):
         mnist.load(tmp_path, download=False)
+
+
+# --- JSON files (metrics.json, config.json) ---------------------------------------------
+def test_read_json_file_reads_and_names_each_problem(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"test_accuracy": 0.9}')
+    assert gio.read_json_file(path) == {"test_accuracy": 0.9}
+    for content, message in ((b"{", "not valid JSON"), (b"\xff", "not valid JSON"),
+                             (b"[" * 100 + b"]" * 100, "JSON nested more than 64"),
+                             (b"[" * 100_000 + b"]" * 100_000, "JSON nested|not valid JSON")):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{path}: ({message})"):
+            gio.read_json_file(path, error=ValueError)
+    with pytest.raises(ValueError, match="more than the 10 allowed"):
+        gio.read_json_file(path, max_bytes=10, error=ValueError)
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    err = finishes(lambda: gio.read_json_file(fifo, error=ValueError))
+    unblock(fifo)
+    assert isinstance(err, ValueError) and "not a regular file" in str(err)
