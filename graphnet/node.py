@@ -317,8 +317,8 @@ class Parameter(Node):
     """A trainable array, stored on the active backend; ``.value`` reads and sets it.
 
     Real numbers only: integer and bool values become the default float dtype; complex,
-    object and string values, ``np.matrix`` and masked arrays, and NaN or inf initial
-    values are refused with an error naming the parameter.
+    object and string values, ``np.matrix`` and masked arrays, and NaN or inf values
+    (initial or set through ``.value``) are refused with an error naming the parameter.
     """
 
     op = "parameter"
@@ -350,8 +350,8 @@ class Parameter(Node):
                              f"cannot set a value of shape {tuple(arr.shape)}")
         if arr.dtype.kind == "f" and arr.size and not bool(self.backend.xp.isfinite(arr).all()):
             bad = int(arr.size - self.backend.xp.count_nonzero(self.backend.xp.isfinite(arr)))
-            raise ArgumentError(f"{what}: the new value holds {bad} NaN or inf values "
-                                f"out of {arr.size}")
+            raise ArgumentError(f"{what}: the new value holds {bad} NaN or inf "
+                                f"value{'s' * (bad != 1)} out of {arr.size}")
         self._value = arr
 
     def set_running(self, new: Any) -> None:

@@ -299,3 +299,12 @@ def test_read_json_file_reads_and_names_each_problem(tmp_path):
     err = finishes(lambda: gio.read_json_file(fifo, error=ValueError))
     unblock(fifo)
     assert isinstance(err, ValueError) and "not a regular file" in str(err)
+
+
+def test_running_statistics_are_set_unchecked(backend):
+    """BatchNorm's running mean may turn NaN when training diverges: that is the training
+    loop's to report (DivergenceError), not an error from inside the forward pass."""
+    p = gn.Parameter(np.zeros(3), name="running_mean", trainable=False)
+    p.set_running(backend.xp.asarray(np.array([1.0, np.nan, 2.0])))
+    got = backend.to_numpy(p.value)
+    assert got.dtype == p.dtype and np.isnan(got[1]) and got[0] == 1.0 and got[2] == 2.0
