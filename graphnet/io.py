@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .errors import GraphnetError
+from .errors import ArgumentError, GraphnetError
 from .hints import PathLike
 
 FORMAT = "graphnet-checkpoint"
@@ -85,29 +85,64 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_npz(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+MAX_NPZ_BYTES = 4 * 2**30   #: default cap on a .npz file and on its arrays' inflated bytes
+MAX_NPZ_MEMBERS = 100_000
+
+
+def read_npz(path: PathLike, finite: bool = True, max_bytes: int = MAX_NPZ_BYTES
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a graphnet ``.npz``; CheckpointError names the file on any problem.
 
-    Total and bounded: only regular files are opened (a pipe or a device never blocks),
-    every array's header is checked against the bytes the file really holds before
-    anything is allocated, only real numeric arrays are read (no pickle, no complex,
-    strings or objects), and the metadata must be small, shallow JSON of a known version.
+    Total and bounded: only regular files of at most ``max_bytes`` are opened (a pipe or a
+    device never blocks), the members' declared sizes are checked (at most ``max_bytes``
+    together) before anything is inflated, every array's header is checked against the bytes
+    the file really holds before anything is allocated, only real numeric arrays are read (no
+    pickle, no complex, strings or objects), and the metadata must be small, shallow JSON of
+    a known version. ``finite``: refuse floating arrays holding NaN or inf, naming the array.
     """
     path = Path(path)
-    with _open_regular(path) as f:
+    with open_regular(path, CheckpointError, max_bytes) as f:
         if f.read(6) == b"\x93NUMPY":
             raise CheckpointError(f"{path}: is a single-array .npy file, not a .npz checkpoint")
         f.seek(0)
         try:
             with zipfile.ZipFile(f) as zf:
-                arrays = {info.filename[:-4]: _read_member(path, zf, info)
-                          for info in zf.infolist()}
+                infos = _checked_members(path, zf, max_bytes)
+                arrays = {info.filename[:-4]: _read_member(path, zf, info) for info in infos}
         except CheckpointError:
             raise
         except Exception as exc:  # untrusted bytes: whatever the zip or .npy parsers raise
             raise CheckpointError(f"{path}: not a readable .npz checkpoint (truncated or "
                                   f"corrupted?): {type(exc).__name__}: {str(exc)[:200]}") from None
-    return arrays, _read_meta(path, arrays.pop("__meta__", None))
+    meta = _read_meta(path, arrays.pop("__meta__", None))
+    if finite:
+        for key, arr in arrays.items():
+            check_finite(arr, f"{path}: array {key!r}", CheckpointError)
+    return arrays, meta
+
+
+def check_finite(arr: np.ndarray, what: str, error: Callable[[str], Exception] = ArgumentError
+                 ) -> None:
+    """Raise ``error`` naming ``what`` and how many values are NaN or inf, if any are."""
+    if arr.dtype.kind != "f" or not arr.size:
+        return
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise error(f"{what} holds {bad} non-finite value{'s' * (bad != 1)} (NaN or inf) "
+                    f"out of {arr.size}; refusing it")
+
+
+def _checked_members(path: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The zip's members, once their count and declared sizes are known to be bounded."""
+    infos = zf.infolist()
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise CheckpointError(f"{path}: holds {len(infos)} members, more than the "
+                              f"{MAX_NPZ_MEMBERS} a checkpoint may have")
+    declared = sum(info.file_size for info in infos)
+    if declared > max_bytes:
+        raise CheckpointError(f"{path}: its arrays declare {declared} bytes once inflated, more "
+                              f"than the {max_bytes} allowed: refused (a zip bomb?)")
+    return infos
 
 
 MAX_META_BYTES = 16 * 2**20
@@ -116,24 +151,88 @@ MAX_META_DEPTH = 64
 REQUIRED = {"model": {"model": dict}, "checkpoint": {"model": dict, "optimizer": dict, "state": dict}}
 
 
-def _open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for binary reading, if it is a regular file (checked without blocking)."""
+def open_regular(path: PathLike, error: Callable[[str], Exception] = CheckpointError,
+                 max_bytes: Optional[int] = None) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (checked without blocking)
+    of at most ``max_bytes`` by its size; otherwise ``error`` naming the file."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read: {exc}") from None
+        raise error(f"{path}: cannot be read: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise error(f"{path}: cannot be read: {_reason(exc)}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path}: is not a regular file (a folder, pipe or device)")
+        raise error(f"{path}: is not a regular file (a folder, pipe or device)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{path}: is {st.st_size} bytes, more than the {max_bytes} allowed")
     try:  # O_NONBLOCK: should it have become a pipe since the stat, opening still returns
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be opened: {exc}") from None
+        raise error(f"{path}: cannot be opened: {_reason(exc)}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise CheckpointError(f"{path}: is not a regular file")
+        raise error(f"{path}: is not a regular file (a folder, pipe or device)")
     return os.fdopen(fd, "rb")
+
+
+def read_regular(path: PathLike, max_bytes: int,
+                 error: Callable[[str], Exception] = CheckpointError) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them (counted while
+    reading, not trusted to the file's size); otherwise ``error`` naming the file."""
+    with open_regular(path, error, max_bytes) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot be read: {_reason(exc)}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: holds more than the {max_bytes} bytes allowed (still growing?)")
+    return data
+
+
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def read_json_file(path: PathLike, max_bytes: int = MAX_JSON_BYTES,
+                   error: Callable[[str], Exception] = CheckpointError) -> Any:
+    """The JSON value in the regular file ``path`` (at most ``max_bytes``, nested at most
+    MAX_META_DEPTH deep); otherwise ``error`` naming the file."""
+    data = read_regular(path, max_bytes, error)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if _depth(value) > MAX_META_DEPTH:
+        raise error(f"{path}: JSON nested more than {MAX_META_DEPTH} levels deep")
+    return value
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))[:200]
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes, POSIX limits of Linux file systems
+
+
+def check_path(path: Any, name: str) -> Path:
+    """``path`` as a Path, if it can name a file here: a non-empty str or path of at most
+    PATH_MAX bytes without NUL, each component at most NAME_MAX bytes; otherwise
+    ArgumentError naming the argument ``name`` (e.g. ``--out``) and the culprit."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"{name}: expected a file path, got {type(path).__name__} {path!r:.80}")
+    text = os.fspath(path)
+    shown = text if len(text) <= 80 else text[:60] + "..." + text[-15:]
+    raw = os.fsencode(text)
+    if not raw or b"\0" in raw:
+        raise ArgumentError(f"{name}: {shown!r} is not a file path (empty, or holds a NUL byte)")
+    if len(raw) >= PATH_MAX:
+        raise ArgumentError(f"{name}: the path is {len(raw)} bytes long, more than the "
+                            f"{PATH_MAX - 1} a path may have: {shown!r}")
+    for part in raw.split(b"/"):
+        if len(part) > NAME_MAX:
+            bad = os.fsdecode(part)
+            raise ArgumentError(f"{name}: {shown!r} has a component of {len(part)} bytes "
+                                f"({bad[:30]!r}...), more than the {NAME_MAX} a file name may have")
+    return Path(text)
 
 
 def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:

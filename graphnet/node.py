@@ -317,8 +317,8 @@ class Parameter(Node):
     """A trainable array, stored on the active backend; ``.value`` reads and sets it.
 
     Real numbers only: integer and bool values become the default float dtype; complex,
-    object and string values, ``np.matrix`` and masked arrays, and NaN or inf initial
-    values are refused with an error naming the parameter.
+    object and string values, ``np.matrix`` and masked arrays, and NaN or inf values
+    (initial or set through ``.value``) are refused with an error naming the parameter.
     """
 
     op = "parameter"
@@ -342,11 +342,23 @@ class Parameter(Node):
 
     @value.setter
     def value(self, new: Any) -> None:
-        arr = _to_backend(self.backend, new, self.dtype, f"parameter {self.name!r}")
+        """Set a copy of ``new``: same shape, real and finite (else an error naming this)."""
+        what = f"parameter {self.name!r}"
+        arr = _to_backend(self.backend, new, self.dtype, what)
         if tuple(arr.shape) != self.shape:
-            raise ShapeError(f"parameter {self.name!r} has shape {self.shape}, "
+            raise ShapeError(f"{what} has shape {self.shape}, "
                              f"cannot set a value of shape {tuple(arr.shape)}")
+        if arr.dtype.kind == "f" and arr.size and not bool(self.backend.xp.isfinite(arr).all()):
+            bad = int(arr.size - self.backend.xp.count_nonzero(self.backend.xp.isfinite(arr)))
+            raise ArgumentError(f"{what}: the new value holds {bad} NaN or inf "
+                                f"value{'s' * (bad != 1)} out of {arr.size}")
         self._value = arr
+
+    def set_running(self, new: Any) -> None:
+        """Set a value a graph computes on this parameter's backend every step (running
+        statistics): unchecked, so no device synchronisation; NaN is left for the training
+        loop's divergence check to report."""
+        self._value = new.astype(self.dtype, copy=False)
 
     def to_backend(self, b: Backend) -> None:
         """Move the value to backend ``b``."""

@@ -186,16 +186,16 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(untrained_server):
     for (status, headers, answer), want in checks:
         assert status == want, answer
         assert isinstance(answer, dict) and answer["error"], answer
-    for raw, want in ((b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    for raw, want in ((b"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json"
                        b"\r\n\r\n", 411),
-                      (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n"
+                      (b"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: lots\r\n"
                        b"Content-Type: application/json\r\n\r\n", 400),
-                      (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                      (b"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n"
                        b"Content-Type: application/json\r\n\r\n{\"pix", 408),  # never finished
                       (b"BREW / HTTP/1.1\r\n\r\n", 405),
                       (b"GET / HTTP/1.1 extra words\r\n\r\n", 400)):
         with socket.create_connection((s.host, s.port), timeout=30) as sock:
-            sock.sendall(raw)
+            sock.sendall(raw.replace(b"{HOST}", f"{s.host}:{s.port}".encode()))
             head = b"".join(iter(lambda: sock.recv(4096), b"")).decode("latin-1")
         assert head.split(" ")[1] == str(want), (raw, head)
         assert json.loads(head.split("\r\n\r\n", 1)[1])["error"], head

@@ -15,12 +15,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from graphnet.io import read_regular
+
 SIDE = 28           #: the field MNIST digits live in
 BOX = 20            #: the ink's bounding box is scaled to fit BOX x BOX
 CENTRE = 14.0       #: where the centre of mass lands (row and column; MNIST's test mean is 14.0)
 MIN_CONTRAST = 24   #: grey levels the ink must stand out from the background by
 INK_FRACTION = 0.1  #: pixels fainter than this share of the strongest ink count as background
 MAX_SIDE = 1024     #: larger pictures are first shrunk to this (keeps big photos cheap)
+MAX_FILE_BYTES = 64 << 20      #: a picture file may have at most this many bytes
+MAX_FILE_PIXELS = 50_000_000   #: ... and at most this many pixels (a 48 Mpx photo fits)
 
 
 class DigitError(ValueError):
@@ -28,13 +32,10 @@ class DigitError(ValueError):
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DigitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return decode_image(data, str(path))
+    """The grey levels (float64, 0..255, 2-D) of the PNG/JPEG/... file at ``path``: a regular
+    file of at most MAX_FILE_BYTES holding at most MAX_FILE_PIXELS (checked before decoding)."""
+    data = read_regular(path, MAX_FILE_BYTES, DigitError)
+    return decode_image(data, str(path), MAX_FILE_PIXELS)
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
@@ -181,7 +182,11 @@ def load_model(path: str | os.PathLike, backend: str | None = None) -> Any:
 
 
 def top_classes(probs: Any, k: int = 3) -> list[tuple[int, float]]:
-    """The ``k`` most probable ``(class, probability)`` pairs of one probability vector."""
+    """The ``k`` most probable ``(class, probability)`` pairs of one probability vector;
+    DigitError when the vector holds NaN or inf (a model whose output overflowed)."""
     p = np.asarray(probs, dtype=np.float64).ravel()
+    if not np.isfinite(p).all():
+        raise DigitError(f"the model's probabilities hold NaN or inf ({p.tolist()!r:.80}); "
+                         "its weights overflow on this picture")
     order = np.argsort(-p, kind="stable")[:k]
     return [(int(c), float(p[c])) for c in order]

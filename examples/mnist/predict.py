@@ -28,7 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from graphnet import to_numpy
+from graphnet import ArgumentError, to_numpy
+from graphnet.io import check_path
 
 from . import digits
 
@@ -45,6 +46,8 @@ def show_paths(show: Optional[str], files: list[str]) -> dict[str, Path]:
             raise digits.SetupError(f"--show {show}: a .png names one image, but {len(files)} "
                                     "files were given; name a folder instead")
         return {files[0]: target}
+    if target.exists() and not target.is_dir():
+        raise digits.SetupError(f"--show {show}: is not a folder; name a folder or a .png")
     out, used = {}, set()
     for i, f in enumerate(files):
         name = f"{Path(f).stem}-28x28.png"
@@ -78,6 +81,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="where the model runs (default: GRAPHNET_BACKEND or numpy)")
     args = p.parse_args(argv)
     try:
+        check_path(args.model, "--model")
+        if args.show is not None:
+            check_path(args.show, "--show")
+    except ArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETUP
+    try:
         shows = show_paths(args.show, args.images)
         model = digits.load_model(args.model, args.backend)
     except digits.SetupError as exc:
@@ -95,7 +105,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if images:
         probs = to_numpy(model.predict_proba(np.stack(images)))
         for name, image, row in zip(names, images, probs):
-            ranked = ", ".join(f"{c} ({100 * q:.1f}%)" for c, q in digits.top_classes(row))
+            try:
+                ranked = ", ".join(f"{c} ({100 * q:.1f}%)" for c, q in digits.top_classes(row))
+            except digits.DigitError as exc:
+                print(f"error: {name}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
             print(f"{name}: {ranked}")
             if name in shows and not write_show(image, shows[name]):
                 failed += 1

@@ -25,10 +25,10 @@ if __name__ == "__main__" and not __package__:  # run by path: continue as the p
     run_as_module("serve")
 
 import argparse
-import base64
-import binascii
 import ipaddress
 import json
+import os
+import socket
 import sys
 import threading
 import traceback
@@ -39,29 +39,21 @@ from typing import Any, Optional
 
 import numpy as np
 
-from graphnet import to_numpy, viz
+from graphnet import ArgumentError, to_numpy, viz
 from graphnet.datasets import mnist
+from graphnet.io import check_path
 
 from . import digits
+from .http_checks import (DRAIN_LIMIT, MAX_BODY, MAX_SIDE,  # noqa: F401 (still serve's names)
+                          RequestError, drawing_from_json, host_is_local, read_json)
 
 HERE = Path(__file__).resolve().parent
 
 STATIC = HERE / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png"}
-MAX_BODY = 1 << 20        #: bytes a request body may have
-DRAIN_LIMIT = 16 << 20    #: a larger body is read and dropped up to this, then the link closed
-MAX_SIDE = 1000           #: a posted picture may be at most this many pixels on a side
 N_MAP = 1000              #: test images on the map
 N_NEIGHBOURS = 8          #: nearest test images shown for a drawing
-
-
-class RequestError(Exception):
-    """A request the server refuses: an HTTP status and a message for the client."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class DigitMap:
@@ -106,95 +98,11 @@ class DigitMap:
                             "pixels": self.images[i].ravel().tolist()}
                            for i in order[:N_NEIGHBOURS]]
         probs = [float(p) for p in probs]
+        if not np.isfinite(probs).all():
+            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, "the model's probabilities "
+                               "hold NaN or inf: its weights overflow on this drawing")
         return {"probabilities": probs, "top": int(np.argmax(probs)),
                 "image": image.ravel().tolist(), "point": point, "neighbours": nearest}
-
-
-# --- requests -------------------------------------------------------------------------
-def read_json(headers: Any, read: Any) -> Any:
-    """The JSON body of a POST; ``read(n)`` reads n bytes of it.
-
-    The body is read (or, when too large, drained up to ``DRAIN_LIMIT``) before any
-    other check, so that the client, still sending, gets to read the answer.
-    """
-    length = headers.get("Content-Length")
-    if length is None:
-        raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-    try:
-        n = int(length)
-    except ValueError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}") from None
-    if n < 0:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
-    if n > MAX_BODY:
-        _drain(read, min(n, DRAIN_LIMIT))
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"the body may have at most {MAX_BODY} bytes, got {n}")
-    try:
-        data = read(n)
-    except TimeoutError:
-        raise RequestError(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time") from None
-    if len(data) != n:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(data)} of {n} bytes")
-    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"expected Content-Type application/json, got {ctype or 'none'!r}")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
-
-
-def _drain(read: Any, n: int, chunk: int = 1 << 16) -> None:
-    while n > 0:
-        got = len(read(min(chunk, n)))
-        if not got:
-            return
-        n -= got
-
-
-def drawing_from_json(payload: Any) -> np.ndarray:
-    """Grey levels from ``{"image": PNG data URL}`` or ``{"pixels": 2-D list 0..255}``."""
-    if not isinstance(payload, dict) or len(payload) != 1 or \
-            not ({"image", "pixels"} & set(payload)):
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                           'expected a JSON object {"image": "data:image/png;base64,..."} or '
-                           '{"pixels": [[0..255, ...], ...]}')
-    if "image" in payload:
-        return _grey_from_data_url(payload["image"])
-    return _grey_from_pixels(payload["pixels"])
-
-
-def _grey_from_data_url(url: Any) -> np.ndarray:
-    unprocessable = HTTPStatus.UNPROCESSABLE_ENTITY
-    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
-        raise RequestError(unprocessable, '"image" must be a data URL: data:image/png;base64,...')
-    try:
-        data = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(unprocessable, '"image" holds invalid base64') from None
-    try:
-        return digits.decode_image(data, "the image", max_pixels=MAX_SIDE * MAX_SIDE)
-    except digits.DigitError as exc:
-        raise RequestError(unprocessable, str(exc)) from None
-
-
-def _grey_from_pixels(rows: Any) -> np.ndarray:
-    unprocessable = HTTPStatus.UNPROCESSABLE_ENTITY
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
-        raise RequestError(unprocessable, '"pixels" must be a non-empty list of rows (lists)')
-    if len(rows) > MAX_SIDE or any(len(r) != len(rows[0]) for r in rows) \
-            or not 0 < len(rows[0]) <= MAX_SIDE:
-        raise RequestError(unprocessable, f'"pixels" must be a rectangle of at most {MAX_SIDE}x'
-                                          f'{MAX_SIDE}, got {len(rows)} rows of lengths '
-                                          f'{sorted({len(r) for r in rows})[:5]}')
-    if not all(type(v) in (int, float) for r in rows for v in r):
-        raise RequestError(unprocessable, '"pixels" must hold numbers only')
-    grey = np.array(rows, dtype=np.float64)
-    if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 255:
-        raise RequestError(unprocessable, '"pixels" must be grey levels in [0, 255]')
-    return grey
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -243,17 +151,31 @@ class Handler(BaseHTTPRequestHandler):
         answer = self.digit_map.predict(drawing_from_json(payload))
         return HTTPStatus.OK, _json_bytes(answer), "application/json"
 
+    def _check_host(self) -> None:
+        """Answer only requests whose Host names this machine (a DNS-rebinding guard: a web
+        page whose own name now resolves to 127.0.0.1 must not reach this server)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"expected one Host header, got {len(hosts)}")
+        if not host_is_local(hosts[0], self.server.server_address[:2],
+                             self.connection.getsockname()[0]):
+            raise RequestError(HTTPStatus.MISDIRECTED_REQUEST,
+                               f"Host {hosts[0]!r:.80} does not name this server; use "
+                               f"http://127.0.0.1:{self.server.server_address[1]}/")
+
     def _method_not_allowed(self) -> tuple[HTTPStatus, bytes, str]:
         raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported")
 
     def _answer(self, route: Any, head: bool = False) -> None:
         try:
+            self._check_host()
             status, body, ctype = route()
         except RequestError as exc:
             status, body, ctype = exc.status, _json_bytes({"error": exc.message}), \
                 "application/json"
             if exc.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED,
-                              HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_TIMEOUT):
+                              HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_TIMEOUT,
+                              HTTPStatus.MISDIRECTED_REQUEST):
                 self.close_connection = True  # an unread body must not be taken as a request
         except Exception as exc:  # keep serving whatever went wrong
             traceback.print_exc()
@@ -313,9 +235,34 @@ def make_server(digit_map: DigitMap, host: str = "127.0.0.1", port: int = 8000,
     ``timeout``: seconds a client may take to send a request."""
     handler = type("DigitHandler", (Handler,), {"digit_map": digit_map, "assets": load_assets(),
                                                 "quiet": quiet, "timeout": timeout})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server_class = DigitServer6 if ":" in host else DigitServer
+    server = server_class((host, port), handler)
+    server.quiet = quiet
     return server
+
+
+class DigitServer(ThreadingHTTPServer):
+    """The threaded server: a deep listen queue (a burst of clients is not left to retry),
+    and a client that hangs up logged as one line, not a traceback."""
+
+    daemon_threads = True
+    request_queue_size = 128
+    quiet = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            if not self.quiet:
+                print(f"{client_address[0]}: the client went away ({type(exc).__name__})",
+                      file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
+
+
+class DigitServer6(DigitServer):
+    """:class:`DigitServer` on an IPv6 address."""
+
+    address_family = socket.AF_INET6
 
 
 def build_map(model: Any, data: Optional[str] = None, n: int = N_MAP) -> DigitMap:
@@ -339,12 +286,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in 0..65535, got {args.port}")
     try:
+        check_path(args.model, "--model")
+        if args.data is not None and os.path.lexists(check_path(args.data, "--data")) \
+                and not os.path.isdir(args.data):
+            raise ArgumentError(f"--data {args.data}: is not a folder")
+    except ArgumentError as exc:
+        p.error(str(exc))
+    try:
         model = digits.load_model(args.model, args.backend)
         digit_map = build_map(model, args.data)
-        server = make_server(digit_map, args.host, args.port, args.quiet)
     except (digits.SetupError, mnist.MNISTError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot read the MNIST test images: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(digit_map, args.host, args.port, args.quiet)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -352,7 +310,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     host, port = server.server_address[:2]
     if not ipaddress.ip_address(host).is_loopback:
         print(f"warning: listening on {host}: other machines can reach this page", file=sys.stderr)
-    print(f"serving {args.model} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {args.model} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..io import atomic_write as _atomic_write  # the one atomic writer (kept under this name)
+from ..io import read_regular
 
 # name -> MD5 of the uncompressed IDX content
 FILES: dict[str, str] = {
@@ -65,18 +66,35 @@ def default_root() -> Path:
 
 
 # ----------------------------------------------------------------------------- IDX parsing
+MAX_IDX_BYTES = 64 << 20  # the largest MNIST file (training images) has 47 040 016 bytes
+
+
 def _read_bytes(path: Path) -> bytes:
-    """Raw file content, gunzipped if it starts with the gzip magic."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise MNISTError(f"{path}: cannot read ({e})") from e
+    """Raw file content, gunzipped if it starts with the gzip magic: a regular file of at
+    most MAX_IDX_BYTES, inflating to at most MAX_IDX_BYTES."""
+    limit = MAX_IDX_BYTES
+    if not os.path.lexists(path):
+        raise MNISTError(f"{path}: cannot read (no such file)")
+    data = read_regular(path, limit, MNISTError)
     if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise _bad(path, f"corrupted or truncated gzip data ({e})") from e
+        data = _gunzip(data, path, limit)
     return data
+
+
+def _gunzip(data: bytes, path: Path, limit: int) -> bytes:
+    """One gzip stream inflated, refused once it passes ``limit`` bytes (a gzip bomb)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise _bad(path, f"corrupted or truncated gzip data ({e})") from e
+    if len(out) > limit:
+        raise _bad(path, f"inflates to more than {limit} bytes (not an MNIST file)")
+    if not inflater.eof:
+        raise _bad(path, "corrupted or truncated gzip data (the stream ends early)")
+    if inflater.unused_data:
+        raise _bad(path, f"has {len(inflater.unused_data)} bytes after its gzip stream")
+    return out
 
 
 def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
@@ -147,7 +165,7 @@ def encode_idx(arr: np.ndarray) -> bytes:
 def _find(root: Path, name: str) -> Path | None:
     """The raw or .gz copy of ``name`` in ``root``, if any (raw preferred)."""
     for candidate in (root / name, root / f"{name}.gz"):
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a folder or pipe is read (and refused by name)
             return candidate
     return None
 

@@ -83,8 +83,8 @@ class BatchNorm(Node):
         rm, rv = self.running
         m = self.momentum
         unbiased = var.reshape(-1) * (count / max(count - 1, 1))
-        rm.value = rm.value * (1 - m) + mean.reshape(-1).astype(rm.dtype) * m
-        rv.value = rv.value * (1 - m) + unbiased.astype(rv.dtype) * m
+        rm.set_running(rm.value * (1 - m) + mean.reshape(-1).astype(rm.dtype) * m)
+        rv.set_running(rv.value * (1 - m) + unbiased.astype(rv.dtype) * m)
 
     def backward(self, ctx, g, xs, y):
         x, gamma = xs[0], xs[1]

@@ -185,6 +185,7 @@ function showNeighbours(neighbours) {
 async function loadMap() {
   const response = await fetch("/api/map");
   const data = await response.json();
+  if (!response.ok) throw new Error(data.error || `the server answered ${response.status}`);
   const caption = document.getElementById("map-caption");
   if (!data.available) {
     caption.textContent = `No map: ${data.reason}.`;
