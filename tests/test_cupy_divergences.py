@@ -159,3 +159,43 @@ def test_an_emulated_allocation_failure_of_each_kind_names_the_batch_size(kind):
         finally:
             cupy_emulation.set_allocation_limit(None)
     assert out_of_memory(info.value.__cause__)
+
+
+# --- objects that keep arrays compute on their arrays' backend, not the active one ---------
+def test_a_projection_computes_on_its_own_backend_whichever_is_active(backend):
+    from graphnet import viz
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5)) * np.array([3.0, 2.0, 1.0, 0.5, 0.1])
+    proj = viz.pca(backend.asarray(x), 2)
+    assert proj.backend is backend
+    with gn.use_backend("numpy"):
+        points = proj.transform(backend.asarray(x[:7]))
+        back = proj.inverse(proj.points[:7])
+        from_host = proj.transform(x[:7])
+    assert isinstance(points, np.ndarray) and backend.is_array(back)
+    assert_close(points, proj.points[:7], rtol=1e-9, atol=1e-9, what="transform")
+    assert_close(from_host, proj.points[:7], rtol=1e-9, atol=1e-9, what="transform of host rows")
+    assert_close(proj.transform(back), proj.points[:7], rtol=1e-9, atol=1e-9, what="inverse")
+
+
+def test_a_projection_built_by_hand_finds_its_backend_from_its_arrays(backend):
+    from graphnet.viz.pca import Projection
+    mean, comps = backend.asarray(np.zeros(3)), backend.asarray(np.eye(3)[:2])
+    with gn.use_backend("numpy"):
+        proj = Projection(np.zeros((0, 2)), np.ones(2), mean, comps)
+        assert proj.backend.name == backend.name
+        assert_close(proj.transform(np.array([[1.0, 2.0, 3.0]])), [[1.0, 2.0]], what="transform")
+
+
+def test_the_overhead_benchmark_compares_device_gradients_with_host_ones(backend):
+    from benchmarks.bench_overhead import BLOCKS, SIZE, build_graphnet, gradient_agreement
+    rng = np.random.default_rng(0)
+    params = [(rng.standard_normal((SIZE, SIZE)).astype(np.float32),
+               rng.standard_normal((SIZE, SIZE)).astype(np.float32)) for _ in range(BLOCKS)]
+    graph, x, _ = build_graphnet(params)
+    feed = {x: rng.standard_normal((SIZE, SIZE)).astype(np.float32)}
+    host_grads = [np.asarray(gn.backends.host.to_numpy(g))
+                  for g in (graph.gradients(feed)[p] for p in graph.parameters())]
+    assert gradient_agreement(graph, feed, host_grads) == 0.0
+    host_grads[0] = host_grads[0] + 0.25
+    assert gradient_agreement(graph, feed, host_grads) == pytest.approx(0.25, abs=1e-6)
