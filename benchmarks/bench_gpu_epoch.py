@@ -24,10 +24,10 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_cnn import BATCH, TorchCNN  # noqa: E402
 from benchmarks.common import (batches_per_epoch, interleaved_steps, stats,  # noqa: E402
                                write_json)
 
-BATCH = 128
 REPLAY_OPTIONS = ("cuda_graph", "replay", "graph_replay")  # Graph(...) keywords looked for
 
 
@@ -78,8 +78,9 @@ class GraphnetNet:
         return [np.array(gn.to_numpy(p.value)) for p in self.net.parameters()]
 
 
-class TorchNet:
-    """The same layers in PyTorch eager on ``device``, from graphnet's initial weights."""
+class TorchNet(TorchCNN):
+    """The same layers in PyTorch eager on ``device``, from graphnet's initial weights
+    (``run_steps``, batches of 128, is the CNN benchmark's)."""
 
     def __init__(self, torch: Any, case: str, X: np.ndarray, Y: np.ndarray, weights: list,
                  device: str) -> None:
@@ -105,14 +106,6 @@ class TorchNet:
                     else torch.optim.Adam(params, lr=1e-3))
         self.loss = nn.CrossEntropyLoss()
         self.X, self.Y = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
-
-    def run_steps(self, start: int, stop: int) -> None:
-        self.model.train()
-        for i in range(start, stop):
-            xb, yb = self.X[i * BATCH:(i + 1) * BATCH], self.Y[i * BATCH:(i + 1) * BATCH]
-            self.opt.zero_grad(set_to_none=True)
-            self.loss(self.model(xb), yb).backward()
-            self.opt.step()
 
     def first_loss(self) -> float:
         self.model.eval()

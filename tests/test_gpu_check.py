@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh cannot pass without a GPU, and its dry run says EMULATED everywhere."""
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
@@ -78,7 +79,7 @@ def test_the_emulated_dry_run_completes_and_says_emulated_on_every_line(tmp_path
 def test_the_replay_column_follows_whether_graph_has_the_option(monkeypatch):
     import graphnet as gn
     from benchmarks.bench_gpu_epoch import REPLAY_OPTIONS, replay_option
-    has = [n for n in REPLAY_OPTIONS if n in __import__("inspect").signature(gn.Graph.__init__).parameters]
+    has = [n for n in REPLAY_OPTIONS if n in inspect.signature(gn.Graph.__init__).parameters]
     assert replay_option() == (has[0] if has else None)
 
     class WithReplay(gn.Graph):
@@ -86,3 +87,22 @@ def test_the_replay_column_follows_whether_graph_has_the_option(monkeypatch):
             super().__init__(*args, **kwargs)
     monkeypatch.setattr(gn, "Graph", WithReplay)
     assert replay_option() == "cuda_graph"
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
+def test_the_epoch_benchmark_gives_pytorch_graphnets_network(numpy_backend, case):
+    """Same initial weights and layers: the first batch's loss agrees (PyTorch on the CPU here)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from benchmarks.bench_gpu_epoch import BATCH, GraphnetNet, TorchNet
+    rng = np.random.default_rng(0)
+    shape = (BATCH, 784) if case == "mlp" else (BATCH, 1, 28, 28)
+    X = rng.standard_normal(shape, dtype=np.float32)
+    Y = rng.integers(0, 10, BATCH).astype(np.int64)
+    g = GraphnetNet(case, X, Y, 0, {})
+    t = TorchNet(torch, case, X, Y, g.weights(), "cpu")
+    assert t.first_loss() == pytest.approx(g.first_loss(), rel=1e-4)
+    t.run_steps(0, 1)
+    g.run_steps(0, 1)
+    if case == "mlp":  # no dropout: one step of the same optimizer gives the same loss
+        assert t.first_loss() == pytest.approx(g.first_loss(), rel=1e-3)
