@@ -1,97 +1,140 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one command for a machine lent for a few minutes:
-#   1. the test suite with CuPy (all but the slow NumPy-only tests: `-m "not slow or gpu"`;
-#      with CuPy present every `backend` test runs on NumPy and on CuPy),
-#   2. the cross-backend agreement tests alone (every `gpu` case checks CuPy against NumPy),
-#   3. the GPU benchmark against PyTorch CUDA (benchmarks/run.py --only gpu),
-#   4. the `fast` MNIST preset on CuPy, with its test accuracy.
-# Limits it is built for: timeouts sum to 535 s (< 540 s), `python3` only, no network, and at most
-# 6 files back: it writes exactly two directly under $OUT, summary.txt (every figure and verdict)
-# and logs.tar.gz (all logs and JSON results).
+#   0. preflight: real CuPy imports, sees a device and computes on it -- else STOP at once (exit 3);
+#   1. warm CuPy's kernel cache (every layer kind and optimizer, float32/float64, the MLP and CNN),
+#   2. every `gpu` test once (each CuPy case checks CuPy against NumPy), verbose, on the device:
+#      GRAPHNET_CUPY_EMULATION=forbid makes pytest stop rather than fall back to the emulation;
+#      MPI tests are deselected where they cannot run (root with Open MPI, or one device),
+#   3. the MLP and CNN epoch against PyTorch CUDA eager, with and without CUDA-graph replay
+#      (replay is skipped with a line while graphnet's Graph has no such option),
+#   4. the `fast` MNIST preset for a short run (2 epochs), with its test accuracy.
+# Limits it is built for: timeouts sum to 510 s with nvidia-smi, 535 s with each kill grace (< 9
+# minutes), `python3` only (GPU_CHECK_PYTHON
+# overrides), no network, and 2 files back: summary.txt (every figure and verdict) and logs.tar.gz
+# (all logs, the JUnit XML of the tests and the JSON results).
 #
 # Run from the repository root:  OUT=/some/dir bash benchmarks/gpu_check.sh
-# It runs the tree in place (PYTHONPATH=.; no install). MNIST comes from ./mnist-data, which the
-# GPU machine cannot download: create it here with
-#     mkdir -p mnist-data && gzip -c ~/.cache/graphnet/mnist/train-images-idx3-ubyte > mnist-data/train-images-idx3-ubyte.gz
-# and likewise for train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte
-# (about 11 MB; it is git-ignored, so name it in the device tool's `carry`).
+# It runs the tree in place (PYTHONPATH=.; no install). MNIST comes from ./mnist-data (or
+# $GRAPHNET_DATA), which the GPU machine cannot download: create it here with
+#     mkdir -p mnist-data && cp ~/.cache/graphnet/mnist/*-ubyte mnist-data/
+# (about 55 MB, git-ignored: name it in the device tool's `carry`).
 #
 # Dry run without a GPU: GPU_CHECK_EMULATE=1 runs every step on the CPU emulation of CuPy
-# (tests/cupy_emulation) and labels the summary EMULATED; to finish on a CPU it also shortens the
-# benchmark (--quick) and the preset (--epochs 1). GPU_CHECK_TIME_SCALE=N multiplies the timeouts
-# (for a dry run on a slow machine only; the GPU run uses 1).
+# (tests/cupy_emulation) with less work (benchmark 3 steps a round, preset 1 epoch); every
+# result line then starts with EMULATED. GPU_CHECK_TIME_SCALE=N multiplies the timeouts (for a
+# dry run on a slow machine only; the GPU run uses 1).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 EMULATE=${GPU_CHECK_EMULATE:-0}
 SCALE=${GPU_CHECK_TIME_SCALE:-1}
+PY=${GPU_CHECK_PYTHON:-python3}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-export GRAPHNET_DATA=${GRAPHNET_DATA:-$PWD/mnist-data}
+if [ -z "${GRAPHNET_DATA:-}" ] && [ -d "$PWD/mnist-data" ]; then export GRAPHNET_DATA=$PWD/mnist-data; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-BENCH_ARGS=() FAST_ARGS=()
+export GRAPHNET_BACKEND=cupy
+EPOCH_ARGS=(--steps 60 --rounds 3) FAST_ARGS=(--epochs 2) TAG=""
 if [ "$EMULATE" = 1 ]; then
     export PYTHONPATH=$PWD/tests/cupy_emulation/site:$PYTHONPATH
-    export GRAPHNET_CUPY_EMULATION=force  # each process says it runs on the emulation
-    BENCH_ARGS=(--quick) FAST_ARGS=(--epochs 1)
+    export GRAPHNET_CUPY_EMULATION=force GRAPHNET_CUPY_EMULATION_QUIET=1
+    EPOCH_ARGS=(--steps 3 --rounds 1) FAST_ARGS=(--epochs 1) TAG="EMULATED: "
+else
+    export GRAPHNET_CUPY_EMULATION=forbid  # the tests stop instead of falling back to the emulation
 fi
 SUMMARY=$WORK/summary.txt
 START=$(date +%s)
-say() { echo "$*" | tee -a "$SUMMARY"; }
+say() { echo "$TAG$*" | tee -a "$SUMMARY"; }
 
-# step NAME TIMEOUT_S COMMAND...: run with a timeout, log to $WORK/NAME.log, record rc and seconds
+finish() {  # copy the summary and the logs to $OUT (2 files), exit with $1
+    say "total wall time $(( $(date +%s) - START )) s"
+    cp "$SUMMARY" "$OUT/summary.txt"
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" --exclude=summary.txt .
+    exit "$1"
+}
+
+# step NAME TIMEOUT_S COMMAND...: run with a timeout (SIGINT first, so pytest still writes its
+# summary and JUnit XML), log to $WORK/NAME.log, record the verdict
 step() {
     local name=$1 limit=$(( $2 * SCALE )); shift 2
     local t0=$(date +%s) rc=0
-    timeout "$limit" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
+    timeout -s INT -k 5 "$limit" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
     local verdict=ok; [ "$rc" = 0 ] || verdict=FAIL; [ "$rc" = 124 ] && verdict="TIMED OUT after ${limit} s"
     say "$name: $verdict (exit $rc, $(( $(date +%s) - t0 )) s, limit ${limit} s)"
+    return "$rc"
 }
 
 if [ "$EMULATE" = 1 ]; then
-    say "EMULATED DRY RUN: cupy is the CPU emulation (tests/cupy_emulation), NOT a GPU. No figure below is GPU evidence."
-    say "(dry run shortcuts: benchmark --quick, fast preset --epochs 1; timeouts x$SCALE)"
+    say "DRY RUN: cupy is the CPU emulation (tests/cupy_emulation), NOT a GPU. No figure below is GPU evidence."
+    say "(less work: benchmark ${EPOCH_ARGS[*]}, fast preset ${FAST_ARGS[*]}; timeouts x$SCALE)"
 else
     say "GPU check on a CUDA machine"
 fi
-say "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%M:%SZ), data $GRAPHNET_DATA"
+say "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%M:%SZ), python $($PY -c 'import sys; print(sys.version.split()[0])' 2>&1), data ${GRAPHNET_DATA:-default cache}"
 
-step device 20 env GRAPHNET_BACKEND=cupy python3 -m graphnet
-timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$WORK/device.log" 2>&1 || true
-say "device info: $(grep -E '^(device:|cupy |cuda_runtime )' "$WORK/device.log" | tr '\n' ';')"
-
-# (the benchmark's smoke test is left out: the benchmark itself is step 3)
-step suite 230 python3 -m pytest -q -p no:cacheprovider -m "not slow or gpu" -o addopts="" -rfEs \
-    --deselect tests/test_benchmarks_smoke.py::test_gpu_benchmark_skips_or_runs_without_cuda
-say "suite: $(grep -E '[0-9]+ (passed|failed)' "$WORK/suite.log" | tail -n 1)"
-grep -E '^(FAILED|ERROR) ' "$WORK/suite.log" | head -n 20 | sed 's/^/  /' | tee -a "$SUMMARY"
-
-step agreement 75 python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" -rfE
-say "agreement (CuPy cases vs NumPy): $(grep -E '[0-9]+ (passed|failed|deselected)' "$WORK/agreement.log" | tail -n 1)"
-
-step bench 110 env GRAPHNET_BACKEND=cupy python3 benchmarks/run.py --only gpu --out "$WORK/bench" "${BENCH_ARGS[@]}"
-python3 - "$WORK/bench/gpu.json" >> "$SUMMARY" 2>&1 <<'EOF' || say "bench: no gpu.json"
-import json, sys
-r = json.load(open(sys.argv[1]))
-if r.get("skipped"):
-    print("bench: skipped:", r.get("reason"))
-for note in r.get("notes", []):
-    print("bench note:", note)
-for case, c in r.get("cases", {}).items():
-    for name, st in c["results"].items():
-        print(f"bench {case}: {name} {st['epoch_seconds']:.3f} s/epoch (median step {st['median'] * 1e3:.3f} ms)")
-    for name, value in c["ratios"].items():
-        print(f"bench {case}: {name} = {json.dumps(value)}")
-    print(f"bench {case}: agreement {json.dumps(c.get('agreement'))}")
-for t in r.get("targets", []):
-    print("bench target:", json.dumps(t, sort_keys=True))
+# --- 0. preflight: stop at once without CuPy or a device (or, in a dry run, without the emulation)
+step preflight 30 "$PY" - "$EMULATE" <<'EOF'
+import sys
+emulate = sys.argv[1] == "1"
+try:
+    import cupy
+except Exception as exc:
+    sys.exit(f"STOP: CuPy is not importable here: {type(exc).__name__}: {exc}")
+fake = bool(getattr(cupy, "__graphnet_emulation__", False))
+if fake != emulate:
+    sys.exit("STOP: cupy is the CPU emulation, not real CuPy" if fake else
+             "STOP: GPU_CHECK_EMULATE=1 but cupy is not the emulation")
+try:
+    n = cupy.cuda.runtime.getDeviceCount()
+    total = int((cupy.arange(1000, dtype=cupy.float32) + 1).sum())
+    if total != 500500:
+        sys.exit(f"STOP: the device computed sum(1..1000) = {total}, not 500500")
+except Exception as exc:
+    sys.exit(f"STOP: CuPy {cupy.__version__} sees no usable CUDA device: {type(exc).__name__}: {exc}")
+import graphnet as gn
+b = gn.get_backend("cupy")
+print(f"devices {n}")
+print(f"device: {b.device_name()}; cupy {cupy.__version__}; {b.memory_info()}")
 EOF
+PRE=$?
+if [ "$PRE" != 0 ]; then
+    say "$(grep -E '^STOP' "$WORK/preflight.log" | tail -n 1 || tail -n 1 "$WORK/preflight.log")"
+    say "STOPPED: no GPU check was run (nothing below would be evidence)"
+    finish 3
+fi
+DEVICES=$(sed -n 's/^devices //p' "$WORK/preflight.log")
+say "$(grep -E '^device:' "$WORK/preflight.log")"
+timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$WORK/preflight.log" 2>&1 || true
 
-step fast 90 env GRAPHNET_BACKEND=cupy python3 examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast" "${FAST_ARGS[@]}"
-say "fast preset: $(grep -E 'test accuracy' "$WORK/fast.log" | tail -n 1)"
+# --- 1. warm the kernel cache
+step warm 50 "$PY" -m benchmarks.gpu_warm
+say "$(grep -E 'warm:' "$WORK/warm.log" | sed "s/^$TAG//" | tail -n 1)"
+
+# --- 2. every gpu test once
+MARK="gpu"
+if [ "$(id -u)" = 0 ] && mpiexec --version 2>&1 | grep -qiE 'open ?mpi|openrte'; then
+    MARK="gpu and not mpi"; say "mpi tests: skipped: running as root, which Open MPI's mpiexec refuses"
+elif [ "${DEVICES:-0}" -lt 2 ]; then
+    MARK="gpu and not mpi"; say "mpi tests: skipped: ${DEVICES:-0} device(s), the ranks need one each"
+fi
+step tests 230 "$PY" -m pytest -p no:cacheprovider -o addopts="" -m "$MARK" -v -rfE \
+    --junitxml="$WORK/gpu_tests.xml"
+TOTAL=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$WORK/tests.log" | tail -n 1)
+if [ -z "$TOTAL" ]; then  # interrupted before pytest's last line: count the verbose lines
+    TOTAL="$(grep -cE ' PASSED' "$WORK/tests.log") passed, $(grep -cE ' (FAILED|ERROR)' "$WORK/tests.log") failed (incomplete run)"
+fi
+say "gpu tests (-m \"$MARK\", each CuPy case against NumPy): $TOTAL"
+grep -E '^(FAILED|ERROR) |::.* (FAILED|ERROR)' "$WORK/tests.log" | sed 's/ - .*//' | sort -u | head -n 30 \
+    | sed "s/^/${TAG}  /" | tee -a "$SUMMARY"
+grep -E '^(Exit|!.*Exit): ' "$WORK/tests.log" | head -n 1 | sed "s/^/${TAG}  /" | tee -a "$SUMMARY"
+
+# --- 3. MLP and CNN epoch against PyTorch CUDA eager
+step epoch 100 "$PY" -m benchmarks.bench_gpu_epoch "${EPOCH_ARGS[@]}" --out "$WORK/epoch.json"
+grep -E 'epoch (mlp|cnn):' "$WORK/epoch.log" | sed "s/^$TAG//" | while IFS= read -r line; do say "$line"; done
+
+# --- 4. the fast preset, a short run
+step fast 90 "$PY" examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast" "${FAST_ARGS[@]}"
+say "fast preset (${FAST_ARGS[*]}): $(grep -iE 'test accuracy' "$WORK/fast.log" | tail -n 1 || echo 'no accuracy line')"
 rm -f "$WORK"/fast/*.npz
 
-say "total wall time $(( $(date +%s) - START )) s"
-cp "$SUMMARY" "$OUT/summary.txt"
-tar -czf "$OUT/logs.tar.gz" -C "$WORK" --exclude=summary.txt .
-ls -l "$OUT" | tail -n +2 | tee -a "$OUT/summary.txt"
+finish 0

@@ -148,6 +148,29 @@ def run_failure(graph: "Graph", node: Node, values: list, arg_idx: tuple, exc: E
         + f": reduce the batch size ({type(exc).__name__}: {exc})")
 
 
+# The status names with which the CUDA libraries report a failed allocation, as CuPy's error
+# classes spell them at the start of their message (CUDARuntimeError, CUDADriverError,
+# CUBLASError, CURANDError, CuFFTError, CUSOLVERError, CuSparseError, CuDNNError,
+# CuTensorError, NVRTCError). Matched by name so that cupy is never imported here.
+CUDA_OUT_OF_MEMORY = frozenset("""
+cudaErrorMemoryAllocation CUDA_ERROR_OUT_OF_MEMORY CUBLAS_STATUS_ALLOC_FAILED
+CURAND_STATUS_ALLOCATION_FAILED CUFFT_ALLOC_FAILED CUSOLVER_STATUS_ALLOC_FAILED
+CUSPARSE_STATUS_ALLOC_FAILED CUDNN_STATUS_ALLOC_FAILED CUTENSOR_STATUS_ALLOC_FAILED
+NVRTC_ERROR_OUT_OF_MEMORY
+""".split())
+
+
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the host's MemoryError or an array library's out-of-memory error."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """Whether ``exc`` is the host's MemoryError or an array library's out-of-memory error
+    (CuPy's allocator, or a CUDA runtime, driver or library call that could not allocate)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return _cuda_status(exc) in CUDA_OUT_OF_MEMORY
+
+
+def _cuda_status(exc: BaseException) -> str:
+    """The CUDA status name a CuPy error's message starts with ("" for other errors)."""
+    if not type(exc).__module__.startswith("cupy"):
+        return ""
+    text = str(exc).lstrip()
+    return text.split(":", 1)[0].split(None, 1)[0] if text else ""

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .backends.host import to_numpy
 from .distributed import ShardedSampler, World, attach
 from .errors import RunError
+from .graph_checks import out_of_memory
 from .io import CheckpointError, atomic_write_npz, read_npz
 from .nn.model import Classifier, TrainableModel, missing_members, model_from_config
 from .hints import Array, Data, PathLike, RngKey
@@ -567,8 +568,7 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    cause = _root_cause(exc)
-    return type(cause).__name__ == "OutOfMemoryError" or isinstance(cause, MemoryError)
+    return out_of_memory(_root_cause(exc))
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -3,7 +3,9 @@
 The CuPy cases run on real CuPy where a CUDA device is present (id ``cupy``). Elsewhere they run
 on the CPU emulation of CuPy in ``tests/cupy_emulation`` (id ``cupy-emulated``): that executes the
 CuPy backend's code with CuPy's semantics, but is not GPU evidence. ``GRAPHNET_CUPY_EMULATION=0``
-turns the emulation off (the CuPy cases then skip with the reason, as before).
+turns the emulation off (the CuPy cases then skip with the reason, as before);
+``GRAPHNET_CUPY_EMULATION=forbid`` (the GPU check) stops the session at once unless real CuPy
+runs on a CUDA device, so a GPU run can never pass on the emulation.
 """
 from __future__ import annotations
 
@@ -63,6 +65,12 @@ def _backend_params() -> list:
                 marks.append(pytest.mark.emulated)
         params.append(pytest.param(name, marks=marks, id=ident))
     return params
+
+
+def pytest_sessionstart(session) -> None:
+    if os.environ.get("GRAPHNET_CUPY_EMULATION") == "forbid" and cupy_mode()[0] != "real":
+        pytest.exit("GRAPHNET_CUPY_EMULATION=forbid: real CuPy on a CUDA device is required, but "
+                    f"{cupy_mode()[1] or 'cupy is the emulation'}", returncode=4)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

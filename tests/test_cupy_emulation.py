@@ -68,6 +68,32 @@ def test_allocation_limit_raises_out_of_memory(cp):
         cupy_emulation.set_allocation_limit(None)
 
 
+@pytest.mark.parametrize("kind, where, name", [
+    ("pool", "cupy.cuda.memory", "OutOfMemoryError"),
+    ("runtime", "cupy_backends.cuda.api.runtime", "CUDARuntimeError"),
+    ("cublas", "cupy_backends.cuda.libs.cublas", "CUBLASError")])
+def test_allocation_limit_raises_each_cuda_out_of_memory_class(cp, kind, where, name):
+    cupy_emulation.set_allocation_limit(1000, error=kind)
+    try:
+        with pytest.raises(Exception) as info:
+            cp.ones(1000) @ cp.ones(1000)
+    finally:
+        cupy_emulation.set_allocation_limit(None)
+    assert (type(info.value).__module__, type(info.value).__name__) == (where, name)
+    with pytest.raises(ValueError, match="error must be one of"):
+        cupy_emulation.set_allocation_limit(1000, error="cuda")
+
+
+def test_emulated_runtime_error_matches_real_cupy():
+    """Same class name, module and message as CuPy's CUDARuntimeError (importable without a GPU)."""
+    runtime = pytest.importorskip("cupy_backends.cuda.api.runtime")
+    for status in (2, 700):
+        real, fake = runtime.CUDARuntimeError(status), cupy_emulation.CUDARuntimeError(status)
+        assert (type(fake).__module__, type(fake).__name__, str(fake), fake.status) == \
+            (type(real).__module__, type(real).__name__, str(real), real.status)
+    assert isinstance(fake, RuntimeError) and isinstance(real, RuntimeError)
+
+
 @needs_cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_elementwise_kernel_body_is_compiled_and_executed(cp, dtype):

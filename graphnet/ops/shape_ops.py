@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends.host import to_numpy
 from ..checks import integer
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ..node import Node, as_node
@@ -62,18 +63,30 @@ class Flatten(Node):
 
 
 class GetItem(Node):
-    """``x[index]`` for ints, slices, Ellipsis, None and integer index arrays."""
+    """``x[index]`` for ints, slices, Ellipsis, None and integer index arrays.
+
+    Index arrays are constants, kept on the host: every position is checked against the
+    input's shape (at build time where the shape is known, else at run time from the
+    shape alone, with no device synchronisation), so an out-of-range position is an error
+    on every backend; CuPy alone would wrap it round silently.
+    """
 
     op = "getitem"
 
     def __init__(self, x: Any, index: Any) -> None:
         x = as_node(x)
-        _check_index(index)
+        index = _host_index(index)
         self.index = index
         self._basic = _is_basic(index)
+        self._ranges = _array_ranges(index)
+        if not self._basic and x.shape is not None:
+            _check_positions(self._ranges, index, x.shape, ShapeError, describe(x))
         super().__init__((x,), shape=_index_shape(x, index) if self._basic else None)
 
     def forward(self, ctx, x):
+        if self._ranges:
+            _check_positions(self._ranges, self.index, x.shape, IndexError,
+                              describe(self.inputs[0]))
         return x[self.index]
 
     def backward(self, ctx, g, xs, y):
@@ -85,25 +98,80 @@ class GetItem(Node):
         return (out,)
 
 
-def _check_index(index: Any) -> None:
-    """Refuse index items NumPy would reject at run time (floats, strings, ...) at build time."""
-    for it in index if isinstance(index, tuple) else (index,):
-        if it is None or it is Ellipsis or isinstance(it, Node):
+_MASK_ADVICE = ("boolean masks are not supported (the result's shape would depend on the data): "
+                "multiply by the mask as a 0/1 float array instead (x * mask), or index with the "
+                "integer positions computed on the host (x[np.flatnonzero(mask)])")
+
+
+def _host_index(index: Any) -> Any:
+    """``index`` checked, with its lists and arrays as host integer arrays (NumPy would reject
+    the refused items only at run time: floats, strings, masks, nodes)."""
+    items = index if isinstance(index, tuple) else (index,)
+    out = tuple(_host_item(it, index) for it in items)
+    return out if isinstance(index, tuple) else out[0]
+
+
+def _host_item(it: Any, index: Any) -> Any:
+    if it is None or it is Ellipsis:
+        return it
+    if isinstance(it, Node):
+        raise ArgumentTypeError(f"index {index!r} holds a node: indexing by values computed in "
+                                f"the graph is not supported; index with integer positions "
+                                f"known when the graph is built")
+    if isinstance(it, slice):
+        for part in (it.start, it.stop, it.step):
+            if part is not None:
+                integer(part, f"slice bound in index {index!r}")
+        if it.step == 0:
+            raise ArgumentError(f"slice step cannot be zero in index {index!r}")
+        return it
+    if hasattr(it, "dtype") or isinstance(it, list):
+        arr = np.asarray(to_numpy(it))  # a device array: one copy home, here at build time
+        if arr.dtype.kind == "b":
+            raise ArgumentTypeError(f"index {index!r}: {_MASK_ADVICE}")
+        if arr.dtype.kind not in "iu" and not (isinstance(it, list) and arr.size == 0):
+            raise ArgumentTypeError(f"index arrays must hold integers, got dtype {arr.dtype} "
+                                    f"in {index!r}")
+        return int(arr) if arr.ndim == 0 else arr.astype(np.intp, copy=False)
+    return integer(it, f"index item in {index!r}")
+
+
+def _array_ranges(index: Any) -> list[tuple[int, int, int]]:
+    """``(item position, lowest, highest)`` of each non-empty index array in ``index``."""
+    items = index if isinstance(index, tuple) else (index,)
+    return [(k, int(it.min()), int(it.max())) for k, it in enumerate(items)
+            if isinstance(it, np.ndarray) and it.size]
+
+
+def _check_positions(ranges: list, index: Any, shape: tuple, error: type, what: str) -> None:
+    """Raise ``error`` if an index array reaches outside its axis of ``shape`` (host only)."""
+    items = index if isinstance(index, tuple) else (index,)
+    axes = _item_axes(items, len(shape))
+    for k, lo, hi in ranges:
+        axis = axes[k]
+        size = shape[axis] if axis is not None and axis < len(shape) else None
+        if size is None:
             continue
-        if isinstance(it, slice):
-            for part in (it.start, it.stop, it.step):
-                if part is not None:
-                    integer(part, f"slice bound in index {index!r}")
-            if it.step == 0:
-                raise ArgumentError(f"slice step cannot be zero in index {index!r}")
-        elif hasattr(it, "dtype") or isinstance(it, list):
-            kind = np.asarray(it).dtype.kind if isinstance(it, list) else it.dtype.kind
-            if kind not in "iu":
-                raise ArgumentTypeError(f"index arrays must hold integers, got dtype "
-                                        f"{np.asarray(it).dtype if isinstance(it, list) else it.dtype}"
-                                        f" in {index!r}")
+        bad = hi if hi >= size else lo if lo < -size else None
+        if bad is not None:
+            raise error(f"index array in {index!r} holds position {bad}, out of range for axis "
+                        f"{axis} of size {size} of {what} (valid: {-size} to {size - 1})")
+
+
+def _item_axes(items: tuple, ndim: int) -> list:
+    """The input axis each index item reads (None for None and Ellipsis)."""
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    axes, axis = [], 0
+    for it in items:
+        if it is Ellipsis:
+            axes.append(None)
+            axis += max(ndim - n_real, 0)
+        elif it is None:
+            axes.append(None)
         else:
-            integer(it, f"index item in {index!r}")
+            axes.append(axis)
+            axis += 1
+    return axes
 
 
 def _is_basic(index: Any) -> bool:

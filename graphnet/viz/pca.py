@@ -14,30 +14,39 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..backends import backend
+from ..backends import backend, get_backend
+from ..backends.host import array_library
 from .base import host, new_figure, scatter_classes
 
 
 @dataclass
 class Projection:
-    """A fitted PCA: ``points`` (host, ``(N, k)``) and what maps to and from it."""
+    """A fitted PCA: ``points`` (host, ``(N, k)``) and what maps to and from it.
+
+    ``transform`` and ``inverse`` compute on the backend that holds ``mean`` and
+    ``components`` (``backend``), whichever backend is active when they are called.
+    """
 
     points: np.ndarray
     explained: np.ndarray  # host (k,): share of the total variance along each component
     mean: Any              # backend (D,)
     components: Any        # backend (k, D), orthonormal rows
+    backend: Any = None    # the Backend of mean and components (found from them if None)
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = get_backend("cupy" if array_library(self.mean) == "cupy" else "numpy")
 
     def transform(self, x: Any) -> np.ndarray:
-        """Host coordinates of new rows ``x`` (computed on the backend)."""
-        b = backend()
+        """Host coordinates of new rows ``x`` (any backend or host; computed on ``backend``)."""
+        b = self.backend
         x = x if b.is_array(x) else b.asarray(host(x))
         x = x.reshape(x.shape[0], -1).astype(self.mean.dtype)
         return host((x - self.mean) @ self.components.T)
 
     def inverse(self, points: Any) -> Any:
-        """Rows of feature space (backend) at the given PCA coordinates."""
-        b = backend()
-        p = b.asarray(host(points), dtype=self.mean.dtype)
+        """Rows of feature space (on ``backend``) at the given PCA coordinates."""
+        p = self.backend.asarray(host(points), dtype=self.mean.dtype)
         return self.mean + p @ self.components
 
 
@@ -64,7 +73,7 @@ def pca(x: Any, k: int = 2) -> Projection:
     var = s * s
     total = var.sum()
     explained = var[:k] / (total if float(total) > 0 else 1.0)
-    return Projection(host(pts), host(explained), mean, comps)
+    return Projection(host(pts), host(explained), mean, comps, b)
 
 
 def _axis_labels(k: int, explained: Optional[Sequence[float]]) -> list[str]:

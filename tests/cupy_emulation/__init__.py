@@ -18,10 +18,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import _array, _kernels
-from ._array import OutOfMemoryError, ndarray, set_allocation_limit
+from ._array import ndarray, set_allocation_limit
+from ._errors import CUBLASError, CUDARuntimeError, OutOfMemoryError
 
 __all__ = ["emulated", "install", "uninstall", "modules", "is_emulated", "set_allocation_limit",
-           "LABEL"]
+           "LABEL", "OutOfMemoryError", "CUDARuntimeError", "CUBLASError"]
 
 LABEL = "cupy-emulated"
 VERSION = "14.0.0+cpu-emulation"
@@ -119,13 +120,14 @@ def modules() -> dict[str, types.ModuleType]:
     memory = _module("cupy.cuda.memory", OutOfMemoryError=OutOfMemoryError,
                      MemoryPool=_MemoryPool)
     runtime = _module(
-        "cupy.cuda.runtime", runtimeGetVersion=lambda: 12090, driverGetVersion=lambda: 12090,
+        "cupy.cuda.runtime", CUDARuntimeError=CUDARuntimeError, runtimeGetVersion=lambda: 12090, driverGetVersion=lambda: 12090,
         getDeviceCount=lambda: 1,
         getDeviceProperties=lambda dev: {"name": b"CPU emulation of CuPy (no GPU)",
                                          "totalGlobalMem": _Device.mem_info[1]})
+    cublas = _module("cupy.cuda.cublas", CUBLASError=CUBLASError)
     cuda = _module("cupy.cuda", is_available=lambda: True, Device=_Device, memory=memory,
-                   runtime=runtime, get_current_stream=lambda: _Stream(), Stream=_Stream,
-                   MemoryPool=_MemoryPool)
+                   runtime=runtime, cublas=cublas, get_current_stream=lambda: _Stream(),
+                   Stream=_Stream, MemoryPool=_MemoryPool)
     shared_rs = RandomState(0)
     random = _module("cupy.random", RandomState=RandomState, seed=shared_rs.seed,
                      random_sample=shared_rs.random_sample, rand=shared_rs.random_sample,
@@ -145,7 +147,7 @@ def modules() -> dict[str, types.ModuleType]:
                    if any(isinstance(x, ndarray) for x in a) else np,
                    **_array.FUNCTIONS, **{n: getattr(np, n) for n in _array.PASSTHROUGH})
     cupyx = _module("cupyx", scatter_add=_array.scatter_add)
-    _MODULES.update({m.__name__: m for m in (cupy, cuda, memory, runtime, random, linalg, lib,
+    _MODULES.update({m.__name__: m for m in (cupy, cuda, memory, runtime, cublas, random, linalg, lib,
                                             stride_tricks, cupyx)})
     return _MODULES
 

@@ -10,7 +10,7 @@ What is emulated, because graphnet's CuPy path depends on it:
   documents for fancy indexing (``take``, ``take_along_axis``, ``cupyx.scatter_add`` likewise).
   Only for index tuples without ``None``/``Ellipsis``; others keep NumPy's checks (stricter).
 Not emulated: streams and asynchrony, cuRAND's exact streams, device memory (``set_allocation_limit``
-only makes large allocations raise ``OutOfMemoryError``).
+only makes large allocations raise CuPy's pool, CUDA runtime or cuBLAS out-of-memory error).
 """
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-
-class OutOfMemoryError(MemoryError):
-    """Stands in for ``cupy.cuda.memory.OutOfMemoryError``."""
+from ._errors import KINDS, OutOfMemoryError, allocation_error  # noqa: F401 (re-export)
 
 
-_LIMIT = {"bytes": None}  # set by set_allocation_limit: a fresh array above it raises OOM
+_LIMIT = {"bytes": None, "error": "pool"}  # set by set_allocation_limit
 
 
-def set_allocation_limit(nbytes: int | None) -> None:
-    """Make every new array larger than ``nbytes`` raise OutOfMemoryError (None: no limit)."""
-    _LIMIT["bytes"] = nbytes
+def set_allocation_limit(nbytes: int | None, error: str = "pool") -> None:
+    """Make every new array larger than ``nbytes`` fail (None: no limit), with the error
+    of CuPy's pool (``"pool"``: OutOfMemoryError), the CUDA runtime (``"runtime"``:
+    CUDARuntimeError) or cuBLAS (``"cublas"``: CUBLASError)."""
+    if error not in KINDS:
+        raise ValueError(f"error must be one of {KINDS}, got {error!r}")
+    _LIMIT.update(bytes=nbytes, error=error)
 
 
 class ndarray:  # noqa: N801 - CuPy's name
@@ -156,8 +158,7 @@ def wrap(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         limit = _LIMIT["bytes"]
         if limit is not None and x.base is None and x.nbytes > limit:
-            raise OutOfMemoryError(f"Out of memory allocating {x.nbytes:,} bytes (emulated limit "
-                                   f"{limit:,} bytes)")
+            raise allocation_error(_LIMIT["error"], x.nbytes, limit)
         d = object.__new__(ndarray)
         d._a = x
         return d
