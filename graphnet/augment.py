@@ -1,4 +1,4 @@
-"""Data augmentation on the active backend: random shifts and small rotations of image batches."""
+"""Data augmentation on the backend that holds the images: random shifts and small rotations."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .backends import backend
+from .backends import backend_of
 from .hints import Array
 
 _STREAM = 0x617567  # separates these draws from any other use of the same key
@@ -25,7 +25,7 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     (a batch of flat images needs it given; 28x28 is assumed for now, deprecated).
     """
     image_shape = _image_shape(x, image_shape)
-    b = backend()
+    b = backend_of(x)
     xp = b.xp
     n = x.shape[0]
     h, w = int(image_shape[-2]), int(image_shape[-1])

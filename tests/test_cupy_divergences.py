@@ -187,6 +187,16 @@ def test_a_projection_built_by_hand_finds_its_backend_from_its_arrays(backend):
         assert_close(proj.transform(np.array([[1.0, 2.0, 3.0]])), [[1.0, 2.0]], what="transform")
 
 
+def test_augmentation_runs_on_its_images_backend_whichever_is_active(backend):
+    from graphnet.augment import random_shift
+    x = np.random.default_rng(2).random((3, 1, 6, 6)).astype(np.float32)
+    expected = gn.to_numpy(random_shift(backend.asarray(x), 1, rotate=10, rng_key=(4, 5)))
+    with gn.use_backend("numpy"):
+        moved = random_shift(backend.asarray(x), 1, rotate=10, rng_key=(4, 5))
+    assert backend.is_array(moved)
+    assert_close(moved, expected, rtol=0, atol=0, what="shifted images")
+
+
 def test_the_overhead_benchmark_compares_device_gradients_with_host_ones(backend):
     from benchmarks.bench_overhead import BLOCKS, SIZE, build_graphnet, gradient_agreement
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .base import Backend, BackendUnavailableError
 from .host import array_library
@@ -70,6 +70,11 @@ def backend() -> Backend:
     return _active
 
 
+def backend_of(x: Any) -> Backend:
+    """The backend whose arrays ``x`` is one of: CuPy's for a CuPy array, else NumPy's."""
+    return get_backend("cupy" if array_library(x) == "cupy" else "numpy")
+
+
 def set_backend(name: str | Backend) -> Backend:
     """Make ``name`` the active backend and return it."""
     global _active
@@ -89,4 +94,5 @@ def use_backend(name: str | Backend) -> Iterator[Backend]:
 
 
 __all__ = ["Backend", "BackendUnavailableError", "array_library", "available_backends", "backend",
+           "backend_of",
            "backend_names", "get_backend", "set_backend", "use_backend", "ENV_VAR"]

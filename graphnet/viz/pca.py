@@ -14,8 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..backends import backend, get_backend
-from ..backends.host import array_library
+from ..backends import backend, backend_of
 from .base import host, new_figure, scatter_classes
 
 
@@ -35,7 +34,7 @@ class Projection:
 
     def __post_init__(self) -> None:
         if self.backend is None:
-            self.backend = get_backend("cupy" if array_library(self.mean) == "cupy" else "numpy")
+            self.backend = backend_of(self.mean)
 
     def transform(self, x: Any) -> np.ndarray:
         """Host coordinates of new rows ``x`` (any backend or host; computed on ``backend``)."""
