@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import graphnet as gn  # noqa: E402
 from graphnet import distributed, optim  # noqa: E402
-from graphnet.train import Trainer, TrainingInterrupted  # noqa: E402
+from graphnet.training import Trainer, TrainingInterrupted  # noqa: E402
 from helpers import blobs, tiny_model  # noqa: E402
 
 GLOBAL_BATCH, STEPS, LR = 24, 5, 0.1

@@ -17,7 +17,7 @@ import graphnet as gn
 from graphnet import distributed
 from graphnet.distributed import ShardedSampler, choose_transport, resume_batch, shard_bounds
 from graphnet.testing import assert_close
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 from helpers import blobs, tiny_model
 import dist_worker as worker
 

@@ -15,7 +15,7 @@ import pytest
 import graphnet as gn
 import graphnet.nn.model as model_module
 from graphnet import io, nn, optim
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.testing import assert_close
-from graphnet.train import Trainer, fit
+from graphnet.training import Trainer, fit
 
 import numpy_reference as ref
 from helpers import blobs, tiny_model

@@ -18,7 +18,7 @@ import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
 from graphnet.io import CheckpointError, atomic_write
-from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
+from graphnet.training import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
                             TrainingInterrupted, checkpoint_position)
 
 from .config import (CNN_SIZES, IMAGE_SHAPE, N_IMAGES, N_PIXELS, NUM_CLASSES, PIXEL_SCALE,

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import graphnet as gn
 from graphnet import optim, viz
 from graphnet.datasets import mnist
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 
 from .config import DEFAULTS, PRESETS
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -16,63 +16,9 @@ from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
 from ..hints import Array, Data, PathLike
+from ..training.protocol import TRAINABLE_MEMBERS, TrainableModel, missing_members  # noqa: F401 (re-exported)
 from .layers import Layer, Linear, Sequential, deprecated_default, from_config
 
-
-
-@runtime_checkable
-class TrainableModel(Protocol):
-    """What :class:`graphnet.train.Trainer` trains: a loss graph, its two inputs, and the
-    preparation, evaluation and saving of the model's arrays. :class:`Classifier` is one."""
-
-    backend: Backend
-    train_graph: Graph
-
-    @property
-    def inputs(self) -> tuple[Input, Input]:
-        """The ``(data, targets)`` inputs of ``train_graph`` that each batch feeds."""
-
-    def prepare(self, x: Data) -> Array:
-        """Raw data -> what the ``data`` input takes, on the model's backend."""
-
-    def prepare_targets(self, y: Data, n: int, argument: str = "targets") -> Array:
-        """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
-
-    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
-                 prepared: bool = False) -> dict[str, float]:
-        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
-
-    def parameters(self) -> list[Parameter]:
-        """The trainable parameters."""
-
-    def named_arrays(self) -> dict[str, Parameter]:
-        """Every array the model holds, by name (saved in checkpoints)."""
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable description of the architecture (checked on resume)."""
-
-    def host_arrays(self) -> dict[str, np.ndarray]:
-        """Host copies of :meth:`named_arrays`."""
-
-    def load_host_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "checkpoint") -> None:
-        """Set every array from host copies."""
-
-
-#: The members a TrainableModel has (checked by name: ``Trainer`` says which are missing).
-TRAINABLE_MEMBERS = ("backend", "train_graph", "inputs", "prepare", "prepare_targets", "evaluate",
-                     "parameters", "named_arrays", "config", "host_arrays", "load_host_arrays")
-_MISSING = object()
-
-
-def missing_members(model: Any) -> list[str]:
-    """The members of :class:`TrainableModel` that ``model`` lacks (callable where a method)."""
-    missing = []
-    for name in TRAINABLE_MEMBERS:
-        value = getattr(model, name, _MISSING)
-        if value is _MISSING or (name not in ("backend", "train_graph", "inputs")
-                                 and not callable(value)):
-            missing.append(name)
-    return missing
 
 
 class ClassifierInputError(FeedError):
