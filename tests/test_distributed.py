@@ -15,7 +15,7 @@ import pytest
 
 import graphnet as gn
 from graphnet import distributed
-from graphnet.distributed import ShardedSampler, choose_transport, resume_batch, shard_bounds
+from graphnet.distributed import ShardedSampler, choose_transport, shard_bounds
 from graphnet.testing import assert_close
 from graphnet.training import Trainer
 from helpers import blobs, tiny_model
@@ -101,6 +101,18 @@ def test_transport_choice():
     assert missing[0] == "mpi" and "nvidia-nccl" in missing[1]
 
 
+def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source: str = "checkpoint") -> int:
+    """The batch to resume at when a checkpoint taken after ``batch`` global batches of
+    ``saved_global_batch`` samples is continued with global batches of ``global_batch``."""
+    samples = batch * saved_global_batch
+    if samples % global_batch:
+        raise ValueError(f"{source}: stopped {samples} samples into the epoch, which is not a whole "
+                         f"number of global batches of {global_batch} (per-rank batch x ranks); "
+                         f"resume with a global batch dividing {samples}, e.g. the original "
+                         f"{saved_global_batch}")
+    return samples // global_batch
+
+
 def test_resume_position_is_kept_in_samples():
     assert resume_batch(6, 16, 32) == 3  # 2 ranks x 16 after 6 batches of 16
     assert resume_batch(3, 32, 16) == 6
@@ -115,7 +127,7 @@ def test_launcher_detection_and_message(monkeypatch):
     assert not distributed.launched_by_mpi({"PATH": "/bin"})
     for k in distributed.LAUNCHER_ENV:
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(distributed, "_world", None)
+    monkeypatch.setattr(distributed.world, "_world", None)
     with pytest.raises(distributed.DistributedError, match="mpiexec -n 2 python"):
         distributed.init()
 
@@ -123,7 +135,7 @@ def test_launcher_detection_and_message(monkeypatch):
 def test_bad_timeout_is_refused(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
     with pytest.raises(distributed.DistributedError, match="GRAPHNET_DIST_TIMEOUT.*'soon'"):
-        distributed._timeout_from_env()
+        distributed.world._timeout_from_env()
     with pytest.raises(ValueError, match="timeout must be"):
         distributed.init(timeout=0)
 
@@ -265,6 +277,33 @@ def test_ctrl_c_on_one_rank_stops_all_and_resumes_mid_epoch_on_other_ranks(tmp_p
                 assert t.state.batch == expected
     _train(0, split, 2, 16)
     _assert_same_params(split, one)
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("where, stops_at", [("gradients", 64), ("update", 80)])
+def test_real_sigint_during_a_step_stops_every_rank_after_the_same_batch(tmp_path, where, stops_at):
+    """Issue 23 item 1: SIGINT reaches rank 0 alone while its 4th step (of 2 x 8 samples) runs.
+    Before the ranks' vote it counts for that step, after it for the next; either way both
+    ranks stop after the same batch, rank 0's checkpoint is there, and each rank exits 130."""
+    r = launch(2, "sigint_in_step", tmp_path, SIGNAL_AT="4", SIGNAL_IN=where, BATCH="8")
+    assert r.returncode == 130, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: interrupted at epoch 1, sample {stops_at} of 200" in r.stdout, r.stdout
+    assert "finished without stopping" not in r.stdout
+    assert r.stderr.count("Ctrl-C: finishing this batch") == 1  # rank 0 alone got the signal
+    with gn.use_backend("numpy"):
+        model = tiny_model(layers=(32, 10), activation="relu")
+        t = Trainer(model, worker.make_optimizer(model), batch_size=16)
+        t.load_checkpoint(tmp_path / "checkpoint.npz")
+        assert (t.state.epoch, t.state.sample) == (0, stops_at)
+
+
+def test_sigint_during_a_step_of_one_process_finishes_that_batch(tmp_path):
+    """One process: the batch the signal lands in is the last (the behaviour kept from before)."""
+    r = launch(0, "sigint_in_step", tmp_path, SIGNAL_AT="4", SIGNAL_IN="gradients", BATCH="16")
+    assert r.returncode == 130, r.stdout + r.stderr
+    assert "rank 0: interrupted at epoch 1, sample 64 of 200" in r.stdout
 
 
 # --- the MNIST example --------------------------------------------------------------------

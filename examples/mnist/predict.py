@@ -14,23 +14,20 @@ others still get theirs), 2 for a bad model, backend or option.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("predict")
-
-import argparse
 import sys
 from pathlib import Path
+
+if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import argparse
 from typing import Optional
 
 import numpy as np
 
 from graphnet import to_numpy
 
-from . import digits
+from examples.mnist import digits
 
 EXIT_SOME_FAILED, EXIT_BAD_SETUP = 1, 2
 

@@ -17,24 +17,21 @@ answer with a message and the server keeps serving.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("serve")
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import argparse
 import base64
 import binascii
 import ipaddress
 import json
-import sys
 import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -42,7 +39,7 @@ import numpy as np
 from graphnet import to_numpy, viz
 from graphnet.datasets import mnist
 
-from . import digits
+from examples.mnist import digits
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,16 +15,13 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("weight_decay")
-
-import argparse
 import sys
 from pathlib import Path
+
+if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import argparse
 from typing import Any, Optional
 
 import graphnet as gn
@@ -32,7 +29,7 @@ from graphnet import optim, viz
 from graphnet.datasets import mnist
 from graphnet.training import Trainer
 
-from .config import DEFAULTS, PRESETS
+from examples.mnist.config import DEFAULTS, PRESETS
 
 LAMBDA, EPOCHS = 0.01, 3
 
@@ -46,8 +43,8 @@ def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0
 
 def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict]:
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
-    from .common import build_optimizer
-    from .config import NUM_CLASSES, PIXEL_SCALE, build_network
+    from examples.mnist.common import build_optimizer
+    from examples.mnist.config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
