@@ -21,8 +21,12 @@ from graphnet.io import CheckpointError, atomic_write
 from graphnet.training import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
                             TrainingInterrupted, checkpoint_position)
 
-from examples.mnist.config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES,
-                                  N_PIXELS, PIXEL_SCALE, build_network, describe_network)
+if __package__:  # part of the package: python -m examples.mnist.common, or imported
+    from .config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
+                         PIXEL_SCALE, build_network, describe_network)
+else:  # run by path (python examples/mnist/common.py): this folder is on the path
+    from config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
+                        PIXEL_SCALE, build_network, describe_network)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET = EXIT_USAGE, EXIT_FAILED, EXIT_FAILED
@@ -236,7 +240,10 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
                                    progress=not args.no_progress,
                                    check_numerics=args.check_numerics, world=world)
     if world is not None:
-        from examples.mnist.launch import describe_training
+        if __package__:  # part of the package: python -m examples.mnist.common, or imported
+            from .launch import describe_training
+        else:  # run by path (python examples/mnist/common.py): this folder is on the path
+            from launch import describe_training
         print(describe_training(trainer))
     if args.resume:
         trainer.load_checkpoint(out / CHECKPOINT)
@@ -260,7 +267,10 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     write_json(out / "metrics.json", metrics)
     figures = ""
     if args.plots:
-        from examples.mnist.visualize import write_all
+        if __package__:  # part of the package: python -m examples.mnist.common, or imported
+            from .visualize import write_all
+        else:  # run by path (python examples/mnist/common.py): this folder is on the path
+            from visualize import write_all
         figures = f", figures {write_all(out / 'model.npz', out, data=args.data)}"
     print(f"done in {time.perf_counter() - t_start:.1f} s: test accuracy "
           f"{metrics['test_accuracy']:.4f} (train {metrics['train_accuracy']:.4f}) after "

@@ -14,20 +14,19 @@ others still get theirs), 2 for a bad model, backend or option.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-
-if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import argparse
 from typing import Optional
 
 import numpy as np
 
 from graphnet import to_numpy
 
-from examples.mnist import digits
+if __package__:  # part of the package: python -m examples.mnist.predict, or imported
+    from . import digits
+else:  # run by path (python examples/mnist/predict.py): this folder is on the path
+    import digits
 
 EXIT_SOME_FAILED, EXIT_BAD_SETUP = 1, 2
 

@@ -17,21 +17,17 @@ answer with a message and the server keeps serving.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import argparse
 import base64
 import binascii
 import ipaddress
 import json
+import sys
 import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -39,7 +35,10 @@ import numpy as np
 from graphnet import to_numpy, viz
 from graphnet.datasets import mnist
 
-from examples.mnist import digits
+if __package__:  # part of the package: python -m examples.mnist.serve, or imported
+    from . import digits
+else:  # run by path (python examples/mnist/serve.py): this folder is on the path
+    import digits
 
 HERE = Path(__file__).resolve().parent
 

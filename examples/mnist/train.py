@@ -14,21 +14,20 @@ Exit codes: 0 done, 1 training failed (diverged, out of memory, below --min-accu
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import argparse
 import json
 import math
 import os
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
-from examples.mnist.config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY,  # noqa: E402
-                                   CURVE_IMAGES, DEFAULTS, FLAG_KEYS, MAX_SEED, MLP_ONLY, PRESETS,
-                                   SGD_ONLY)
+if __package__:  # part of the package: python -m examples.mnist.train, or imported
+    from .config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY, CURVE_IMAGES, DEFAULTS, FLAG_KEYS,
+                         MAX_SEED, MLP_ONLY, PRESETS, SGD_ONLY)
+else:  # run by path (python examples/mnist/train.py): this folder is on the path
+    from config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY, CURVE_IMAGES, DEFAULTS, FLAG_KEYS,
+                        MAX_SEED, MLP_ONLY, PRESETS, SGD_ONLY)
 
 
 class UsageError(ValueError):
@@ -290,7 +289,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.backend:
         os.environ["GRAPHNET_BACKEND"] = args.backend
     from graphnet import distributed  # (after the backend is chosen: GPU per rank)
-    from examples.mnist import launch
+    if __package__:  # part of the package: python -m examples.mnist.train, or imported
+        from . import launch
+    else:  # run by path (python examples/mnist/train.py): this folder is on the path
+        import launch
     try:
         args.world = launch.from_flag(args.distributed)
         if args.world is not None:
@@ -302,7 +304,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        from examples.mnist.common import run_training  # (after the backend is chosen)
+        if __package__:  # part of the package: python -m examples.mnist.train, or imported
+            from .common import run_training
+        else:  # run by path (python examples/mnist/train.py): this folder is on the path
+            from common import run_training
         if args.world is None:
             return run_training(args)
         with launch.failure_ends_all(args.world) as guard:  # one rank failing ends them all

@@ -22,18 +22,14 @@ only what is drawn is copied to the host.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import argparse
 import contextlib
 import html
 import json
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import graphnet as gn
@@ -118,7 +114,10 @@ def _write_all(model_path: Path, out: Path, data: Optional[str], n_features: int
              "strokes, and in wide ones many stay close to their random start (noise).",
              lambda p: viz.save(viz.first_layer_weights(model), p))
     if weight_decay:
-        from examples.mnist import weight_decay as wd
+        if __package__:  # part of the package: python -m examples.mnist.visualize, or imported
+            from . import weight_decay as wd
+        else:  # run by path (python examples/mnist/visualize.py): this folder is on the path
+            import weight_decay as wd
         page.add("weight_decay.png", "Weight decay smooths the weights: two one-layer networks "
                  f"(seed-10 settings, {wd.EPOCHS} epochs, same seed) trained without and with "
                  f"decay lambda = {wd.LAMBDA} per step (theta <- (1 - lambda) theta - eta dJ/dtheta, "

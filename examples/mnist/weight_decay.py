@@ -15,13 +15,9 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-
-if not __package__:  # run by path (python examples/mnist/x.py): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import argparse
 from typing import Any, Optional
 
 import graphnet as gn
@@ -29,7 +25,10 @@ from graphnet import optim, viz
 from graphnet.datasets import mnist
 from graphnet.training import Trainer
 
-from examples.mnist.config import DEFAULTS, PRESETS
+if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
+    from .config import DEFAULTS, PRESETS
+else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+    from config import DEFAULTS, PRESETS
 
 LAMBDA, EPOCHS = 0.01, 3
 
@@ -43,8 +42,14 @@ def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0
 
 def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict]:
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
-    from examples.mnist.common import build_optimizer
-    from examples.mnist.config import NUM_CLASSES, PIXEL_SCALE, build_network
+    if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
+        from .common import build_optimizer
+    else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+        from common import build_optimizer
+    if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
+        from .config import NUM_CLASSES, PIXEL_SCALE, build_network
+    else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+        from config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
