@@ -194,7 +194,7 @@ def test_training_and_evaluation_share_one_label_validator(numpy_backend):
 def test_a_saved_model_without_input_shape_loads_with_the_old_default(tmp_path, numpy_backend):
     """Models saved before the input shape was recorded were flat 28x28 MLPs: the loader,
     not the Classifier, keeps that default."""
-    model = nn.Classifier(nn.MLP([5, 3], None), (784,))
+    model = nn.Classifier(nn.Sequential(nn.Tanh(), nn.Linear(None, 3)), (784,))  # no size declared
     model.save(tmp_path / "m.npz")
     arrays, meta = io.read_npz(tmp_path / "m.npz")
     del meta["model"]["input_shape"]
