@@ -19,12 +19,12 @@ from graphnet import nn, optim
 from graphnet.datasets import mnist
 from graphnet.io import CheckpointError, atomic_write
 from graphnet.training import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
-                            TrainingInterrupted, checkpoint_position)
+                               TrainingInterrupted, checkpoint_position)
 
-if __package__:  # part of the package: python -m examples.mnist.common, or imported
+if __package__:  # part of the package (imported as examples.mnist.common)
     from .config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
                          PIXEL_SCALE, build_network, describe_network)
-else:  # run by path (python examples/mnist/common.py): this folder is on the path
+else:  # imported by a script of this folder run by path: this folder is on the path
     from config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
                         PIXEL_SCALE, build_network, describe_network)
 
@@ -240,9 +240,9 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
                                    progress=not args.no_progress,
                                    check_numerics=args.check_numerics, world=world)
     if world is not None:
-        if __package__:  # part of the package: python -m examples.mnist.common, or imported
+        if __package__:  # part of the package (imported as examples.mnist.common)
             from .launch import describe_training
-        else:  # run by path (python examples/mnist/common.py): this folder is on the path
+        else:  # imported by a script of this folder run by path: this folder is on the path
             from launch import describe_training
         print(describe_training(trainer))
     if args.resume:
@@ -267,9 +267,9 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     write_json(out / "metrics.json", metrics)
     figures = ""
     if args.plots:
-        if __package__:  # part of the package: python -m examples.mnist.common, or imported
+        if __package__:  # part of the package (imported as examples.mnist.common)
             from .visualize import write_all
-        else:  # run by path (python examples/mnist/common.py): this folder is on the path
+        else:  # imported by a script of this folder run by path: this folder is on the path
             from visualize import write_all
         figures = f", figures {write_all(out / 'model.npz', out, data=args.data)}"
     print(f"done in {time.perf_counter() - t_start:.1f} s: test accuracy "

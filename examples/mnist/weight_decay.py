@@ -44,11 +44,9 @@ def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
     if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
         from .common import build_optimizer
-    else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
-        from common import build_optimizer
-    if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
         from .config import NUM_CLASSES, PIXEL_SCALE, build_network
     else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+        from common import build_optimizer
         from config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
