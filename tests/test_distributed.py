@@ -314,7 +314,7 @@ def _example(*args: str, ranks: int = 0, timeout: float = 60, prelude: str = "",
         if k not in env and not ranks:
             full_env.pop(k, None)
     code = f"{prelude}import runpy, sys; sys.argv = {[str(TRAIN), *args]!r}; " \
-           f"runpy.run_path({str(TRAIN)!r}, run_name='__main__')"
+           f"runpy.run_module('examples.mnist.train', run_name='__main__', alter_sys=True)"
     cmd = [sys.executable, "-c", code]
     if ranks:
         cmd = [_mpiexec(), "-n", str(ranks)] + cmd
