@@ -418,3 +418,33 @@ def test_poll_until_gives_up_after_the_timeout():
     assert distributed.poll_until(lambda: calls.append(1) or len(calls) == 3, 5.0)
     assert len(calls) == 3
     assert not distributed.poll_until(lambda: False, 0.05)
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_trainer_given_a_world_trains_data_parallel_like_one_process(tmp_path):
+    """``Trainer(distributed=world)`` (deprecated, in the README) becomes the DataParallel
+    strategy; on a one-rank world it trains like the single-process default (to float32
+    rounding: each rank's gradient is weighted by its rows, then divided by their sum)."""
+    world = distributed.init(require_launcher=False)
+    x, y = blobs(60, seed=3)
+    results = []
+    with gn.use_backend("numpy"):
+        for kind in ("single", "strategy", "keyword"):
+            gn.seed(0)
+            model = tiny_model(layers=(16, 10), seed=0)
+            model.fit_preprocessing(x)
+            opt = worker.make_optimizer(model)
+            kw = {"strategy": distributed.DataParallel(world)} if kind == "strategy" else {}
+            if kind == "keyword":
+                with pytest.warns(DeprecationWarning, match="strategy=graphnet.distributed.DataParallel"):
+                    t = Trainer(model, opt, batch_size=16, progress=False, distributed=world)
+                assert isinstance(t.strategy, distributed.DataParallel)
+            else:
+                t = Trainer(model, opt, batch_size=16, progress=False, **kw)
+            t.fit(x, y, epochs=2)
+            assert t.optimizer is opt and opt.steps == 8
+            results.append({k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()})
+    for k in results[0]:
+        np.testing.assert_array_equal(results[2][k], results[1][k])  # keyword == strategy
+        assert_close(results[1][k], results[0][k], rtol=1e-5, atol=1e-6)
