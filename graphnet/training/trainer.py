@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..backends.host import to_numpy
 from ..checks import positive_int
+from ..errors import ArgumentTypeError
 from ..hints import Array, Data, PathLike, RngKey
 from ..io import CheckpointError
 from ..optim import Optimizer, Schedule
@@ -87,8 +88,11 @@ class Trainer:
             warnings.warn("Trainer(distributed=world) is deprecated: pass "
                           "strategy=graphnet.distributed.DataParallel(world)",
                           DeprecationWarning, stacklevel=2)
+            if not callable(getattr(distributed, "data_parallel", None)):
+                raise ArgumentTypeError(f"distributed: expected a graphnet.distributed.World, "
+                                        f"got {type(distributed).__name__}")
             strategy = strategy or distributed.data_parallel()
-        self.strategy: Strategy = strategy or SingleProcess()
+        self.strategy: Strategy = _checked_strategy(strategy or SingleProcess())
         self.strategy.attach(self)
 
     # --- public -----------------------------------------------------------------------
@@ -340,6 +344,18 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _checked_strategy(strategy: Any) -> Strategy:
+    """``strategy`` if it has every member of :class:`Strategy` (ArgumentTypeError naming the rest)."""
+    members = ("writes", "attach", "sampler", "step", "evaluate", "end_epoch")
+    missing = [m for m in members if not hasattr(strategy, m)
+               or (m != "writes" and not callable(getattr(strategy, m)))]
+    if missing:
+        raise ArgumentTypeError(f"strategy: expected a Strategy (e.g. SingleProcess() or "
+                                f"graphnet.distributed.DataParallel(world)), got "
+                                f"{type(strategy).__name__}, which lacks {', '.join(missing)}")
+    return strategy
 
 
 def _describe(schedule: Schedule) -> str:
