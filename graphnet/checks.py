@@ -112,3 +112,13 @@ def fits_in_memory(shape: Sequence[int], itemsize: int, what: str) -> None:
     if limit and n * itemsize > limit:
         raise ArgumentError(f"{what} of shape {tuple(shape)} would need {n * itemsize:.3g} bytes, "
                             f"more than this machine's memory ({limit:.3g} bytes)")
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int > 0 (ints and NumPy integers; not bools, floats or strings).
+
+    The one check of a count or size; ArgumentError naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ArgumentError(f"{name} must be an integer > 0, got {value!r}")
+    return int(value)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from . import parallel
 from .backends import backend
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .graph import Graph
+
+#: ``gradients(graph, feed, wrt, rng_key) -> (cost, {parameter: gradient})`` for ``minimize``.
+Gradients = Callable[[Any, Mapping[Any, Any], Sequence[Parameter], Any], tuple[Any, Mapping[Parameter, Any]]]
 
 
 def _param_list(params: Any, who: str) -> list[Parameter]:
@@ -71,7 +74,7 @@ class Optimizer:
         (no broadcasting); parameters missing from ``grads`` are left as they are.
         """
         self._check_grads(grads)
-        self._apply(grads, False)
+        self.apply(grads, scratch=False)
 
     def _check_grads(self, grads: Mapping[Parameter, Any]) -> None:
         if not isinstance(grads, Mapping):
@@ -92,29 +95,42 @@ class Optimizer:
                                         f"got dtype {g.dtype}")
 
     def minimize(self, graph: Graph, feed: Mapping[Input, Data],
-                 rng_key: Optional[tuple[int, ...]] = None) -> Array:
+                 rng_key: Optional[tuple[int, ...]] = None,
+                 gradients: Optional[Gradients] = None) -> Array:
         """One training step on ``graph``'s cost: gradients, then the update. Returns the cost.
 
         ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
 
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
-        to see them.
+        to see them. ``gradients(graph, feed, wrt, rng_key) -> (cost, {parameter: gradient})``
+        computes them instead (e.g. averaged over processes); the update may then overwrite
+        the arrays it returns.
         """
         wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
         if wrt is None:
             wrt = self._wrt[graph] = tuple(p for p in self.params if p in graph)
-            for p in wrt:
-                if p not in self._grad_bufs:
-                    self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
         with parallel.run_scope(graph):
-            cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True, into=self._grad_bufs,
-                                         rng_key=rng_key)
-        self._apply(grads, True)
+            if gradients is not None:
+                cost, grads = gradients(graph, feed, wrt, rng_key)
+            else:
+                cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True,
+                                              into=self._buffers_for(wrt), rng_key=rng_key)
+        self.apply(grads, scratch=True)
         return cost
 
-    def _apply(self, grads: Mapping[Parameter, Any], scratch: bool) -> None:
-        # scratch: the gradient arrays are ours to overwrite (minimize's own buffers)
+    def _buffers_for(self, wrt: Sequence[Parameter]) -> dict[Parameter, Any]:
+        for p in wrt:
+            if p not in self._grad_bufs:
+                self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
+        return self._grad_bufs
+
+    def apply(self, grads: Mapping[Parameter, Array], scratch: bool = False) -> None:
+        """Apply one update from ``{parameter: gradient}`` without :meth:`step`'s checks.
+
+        For callers that computed the gradients themselves in the parameters' shapes and
+        backend; with ``scratch`` the update may overwrite the gradient arrays.
+        """
         self.steps += 1
         decays = self._decays
         for i, p in enumerate(self.params):

@@ -4,7 +4,9 @@ Small synthetic data and a tiny network, so every scenario takes a second or two
 """
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import graphnet as gn  # noqa: E402
 from graphnet import distributed, optim  # noqa: E402
-from graphnet.train import Trainer, TrainingInterrupted  # noqa: E402
+from graphnet.training import Trainer, TrainingInterrupted  # noqa: E402
+from examples.mnist.launch import failure_ends_all  # noqa: E402
 from helpers import blobs, tiny_model  # noqa: E402
 
 GLOBAL_BATCH, STEPS, LR = 24, 5, 0.1
@@ -75,7 +78,7 @@ def die(world, out: Path) -> None:
 
 def fail(world, out: Path) -> None:
     """Rank 1 raises while rank 0 waits in a collective: the guard ends both at once."""
-    with distributed.failure_ends_all(world):
+    with failure_ends_all(world):
         if world.rank == 1:
             raise ValueError("rank 1 cannot go on")
         world.barrier("rank 1")
@@ -106,11 +109,12 @@ def train(world, out: Path) -> None:
     def ctrl_c_on_rank_0(xb):  # as if Ctrl-C reached rank 0 alone during batch STOP_AFTER
         calls[0] += 1
         if calls[0] == stop_after and (world is None or world.is_root):
-            trainer._stop_requested = True
+            trainer.stop_requested = True
         return xb
 
     trainer = Trainer(model, make_optimizer(model), batch_size=batch, checkpoint_dir=out,
-                      progress=False, distributed=world, augment=ctrl_c_on_rank_0)
+                      progress=False, augment=ctrl_c_on_rank_0,
+                      strategy=None if world is None else distributed.DataParallel(world))
     if (out / "checkpoint.npz").exists():
         trainer.load_checkpoint(out / "checkpoint.npz")
         if hasattr(trainer, "replan"):  # a Trainer that restores the saved batch size
@@ -124,7 +128,44 @@ def train(world, out: Path) -> None:
         np.savez(out / "params.npz", **{k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()})
 
 
-SCENARIOS = {f.__name__: f for f in (equivalence, hang, die, fail, config, train)}
+def sigint_in_step(world, out: Path) -> None:
+    """A real SIGINT reaches rank 0 alone while step SIGNAL_AT runs: in backward, before the
+    ranks vote (SIGNAL_IN=gradients), or in the update, after it (SIGNAL_IN=update). Every rank
+    must stop after the same batch, rank 0 saving there; each rank exits 130."""
+    at, where = int(os.environ["SIGNAL_AT"]), os.environ["SIGNAL_IN"]
+    gn.seed(0)
+    model = tiny_model(layers=(32, 10), activation="relu", seed=0)
+    x, y = blobs(200, seed=1)
+    model.fit_preprocessing(x)
+    opt = make_optimizer(model)
+    rank = 0 if world is None else world.rank
+    calls = [0]
+
+    def signalling(fn):
+        @functools.wraps(fn)  # the same signature: the engine's options are still seen
+        def wrapper(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == at and rank == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # handled at once, in the middle of the step
+            return fn(*args, **kwargs)
+        return wrapper
+
+    if where == "gradients":
+        model.train_graph.gradients = signalling(model.train_graph.gradients)
+    else:
+        opt.apply = signalling(opt.apply)
+    trainer = Trainer(model, opt, batch_size=int(os.environ["BATCH"]), checkpoint_dir=out,
+                      progress=False,
+                      strategy=None if world is None else distributed.DataParallel(world))
+    try:
+        trainer.fit(x, y, epochs=2)
+    except TrainingInterrupted as exc:
+        print(f"rank {rank}: {exc}", flush=True)
+        sys.exit(130)
+    print(f"rank {rank}: finished without stopping", flush=True)
+
+
+SCENARIOS = {f.__name__: f for f in (equivalence, hang, die, fail, config, train, sigint_in_step)}
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])

@@ -10,7 +10,7 @@ from pathlib import Path
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
-from graphnet.train import fit
+from graphnet.training import fit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "mnist"
 

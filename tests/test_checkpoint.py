@@ -15,7 +15,7 @@ import pytest
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.io import CheckpointError, atomic_write_npz
-from graphnet.train import CHECKPOINT, DivergenceError, Trainer, TrainingInterrupted
+from graphnet.training import CHECKPOINT, DivergenceError, Trainer, TrainingInterrupted
 
 from helpers import blobs, interrupt_at_batch, tiny_model
 
@@ -124,7 +124,7 @@ def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         from helpers import blobs, tiny_model
         from graphnet import optim
-        from graphnet.train import Trainer
+        from graphnet.training import Trainer
         x, y = blobs(400)
         m = tiny_model(layers=(24, 10))
         m.fit_preprocessing(x)
@@ -231,7 +231,7 @@ def test_out_of_memory_is_reported_with_batch_size(tmp_path, monkeypatch):
         raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes")
     trainer = _trainer(tmp_path)
     monkeypatch.setattr(Trainer, "_step", fail)
-    from graphnet.train import OutOfMemory
+    from graphnet.training import OutOfMemory
     x, y = blobs(64)
     with pytest.raises(OutOfMemory, match=r"batch size 32.*smaller batch size"):
         trainer.fit(x, y, epochs=1)

@@ -6,6 +6,7 @@ import pytest
 
 import graphnet as gn
 from graphnet import nn
+from graphnet.errors import ArgumentError
 from graphnet.nn import ClassifierInputError
 from graphnet.testing import assert_close
 
@@ -135,7 +136,7 @@ def test_batch_size_must_be_a_positive_integer(fitted, batch_size):
     model, x, y = fitted
     for call in (model.predict, model.predict_proba, model.deep_features,
                  lambda images, batch_size: model.evaluate(images, y, batch_size)):
-        with pytest.raises(ClassifierInputError, match=r"batch_size: expected a positive integer"):
+        with pytest.raises(ArgumentError, match=r"batch_size must be an integer > 0, got "):
             call(x, batch_size=batch_size)
 
 

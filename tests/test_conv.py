@@ -14,6 +14,8 @@ from graphnet import nn
 from graphnet.ops import conv as conv_mod
 from graphnet.testing import assert_close, check_gradients
 
+from examples.mnist.config import mnist_cnn
+
 
 # --- naive float64 references ---------------------------------------------------------------
 def ref_conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0)):
@@ -340,21 +342,21 @@ def test_batch_norm_shape_errors():
 
 # --- layers, save/load, the MNIST builder -------------------------------------------------
 def test_mnist_cnn_first_parameter_is_first_conv_weight():
-    net = nn.mnist_cnn({"model": "cnn"})
+    net = mnist_cnn({"model": "cnn"})
     names = list(net.named_parameters())
     assert names[0] == "0.W" and net.named_parameters()["0.W"].shape == (32, 1, 3, 3)
     assert isinstance(net[0], nn.Conv2d)
-    best = nn.mnist_cnn({"model": "cnn-best"})
+    best = mnist_cnn({"model": "cnn-best"})
     assert list(best.named_parameters())[0] == "0.W"
     assert best.named_parameters()["0.W"].shape == (32, 1, 3, 3)
     with pytest.raises(ValueError, match="unknown"):
-        nn.mnist_cnn({"model": "resnet"})
+        mnist_cnn({"model": "resnet"})
 
 
 @pytest.mark.parametrize("model", ["cnn", "cnn-best"])
 def test_cnn_classifier_trains_saves_and_loads(tmp_path, numpy_backend, model):
     gn.seed(0)
-    net = nn.mnist_cnn({"model": model})
+    net = mnist_cnn({"model": model})
     clf = nn.Classifier(net, (1, 28, 28))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 28, 28)).astype(np.uint8)

@@ -15,9 +15,9 @@ import pytest
 
 import graphnet as gn
 from graphnet import distributed
-from graphnet.distributed import ShardedSampler, choose_transport, resume_batch, shard_bounds
+from graphnet.distributed import ShardedSampler, choose_transport, shard_bounds
 from graphnet.testing import assert_close
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 from helpers import blobs, tiny_model
 import dist_worker as worker
 
@@ -101,6 +101,18 @@ def test_transport_choice():
     assert missing[0] == "mpi" and "nvidia-nccl" in missing[1]
 
 
+def resume_batch(batch: int, saved_global_batch: int, global_batch: int, source: str = "checkpoint") -> int:
+    """The batch to resume at when a checkpoint taken after ``batch`` global batches of
+    ``saved_global_batch`` samples is continued with global batches of ``global_batch``."""
+    samples = batch * saved_global_batch
+    if samples % global_batch:
+        raise ValueError(f"{source}: stopped {samples} samples into the epoch, which is not a whole "
+                         f"number of global batches of {global_batch} (per-rank batch x ranks); "
+                         f"resume with a global batch dividing {samples}, e.g. the original "
+                         f"{saved_global_batch}")
+    return samples // global_batch
+
+
 def test_resume_position_is_kept_in_samples():
     assert resume_batch(6, 16, 32) == 3  # 2 ranks x 16 after 6 batches of 16
     assert resume_batch(3, 32, 16) == 6
@@ -115,7 +127,7 @@ def test_launcher_detection_and_message(monkeypatch):
     assert not distributed.launched_by_mpi({"PATH": "/bin"})
     for k in distributed.LAUNCHER_ENV:
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(distributed, "_world", None)
+    monkeypatch.setattr(distributed.world, "_world", None)
     with pytest.raises(distributed.DistributedError, match="mpiexec -n 2 python"):
         distributed.init()
 
@@ -123,7 +135,7 @@ def test_launcher_detection_and_message(monkeypatch):
 def test_bad_timeout_is_refused(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
     with pytest.raises(distributed.DistributedError, match="GRAPHNET_DIST_TIMEOUT.*'soon'"):
-        distributed._timeout_from_env()
+        distributed.world._timeout_from_env()
     with pytest.raises(ValueError, match="timeout must be"):
         distributed.init(timeout=0)
 
@@ -267,6 +279,33 @@ def test_ctrl_c_on_one_rank_stops_all_and_resumes_mid_epoch_on_other_ranks(tmp_p
     _assert_same_params(split, one)
 
 
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("where, stops_at", [("gradients", 64), ("update", 80)])
+def test_real_sigint_during_a_step_stops_every_rank_after_the_same_batch(tmp_path, where, stops_at):
+    """Issue 23 item 1: SIGINT reaches rank 0 alone while its 4th step (of 2 x 8 samples) runs.
+    Before the ranks' vote it counts for that step, after it for the next; either way both
+    ranks stop after the same batch, rank 0's checkpoint is there, and each rank exits 130."""
+    r = launch(2, "sigint_in_step", tmp_path, SIGNAL_AT="4", SIGNAL_IN=where, BATCH="8")
+    assert r.returncode == 130, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: interrupted at epoch 1, sample {stops_at} of 200" in r.stdout, r.stdout
+    assert "finished without stopping" not in r.stdout
+    assert r.stderr.count("Ctrl-C: finishing this batch") == 1  # rank 0 alone got the signal
+    with gn.use_backend("numpy"):
+        model = tiny_model(layers=(32, 10), activation="relu")
+        t = Trainer(model, worker.make_optimizer(model), batch_size=16)
+        t.load_checkpoint(tmp_path / "checkpoint.npz")
+        assert (t.state.epoch, t.state.sample) == (0, stops_at)
+
+
+def test_sigint_during_a_step_of_one_process_finishes_that_batch(tmp_path):
+    """One process: the batch the signal lands in is the last (the behaviour kept from before)."""
+    r = launch(0, "sigint_in_step", tmp_path, SIGNAL_AT="4", SIGNAL_IN="gradients", BATCH="16")
+    assert r.returncode == 130, r.stdout + r.stderr
+    assert "rank 0: interrupted at epoch 1, sample 64 of 200" in r.stdout
+
+
 # --- the MNIST example --------------------------------------------------------------------
 def _example(*args: str, ranks: int = 0, timeout: float = 60, prelude: str = "",
              **env: str) -> subprocess.CompletedProcess:
@@ -275,7 +314,7 @@ def _example(*args: str, ranks: int = 0, timeout: float = 60, prelude: str = "",
         if k not in env and not ranks:
             full_env.pop(k, None)
     code = f"{prelude}import runpy, sys; sys.argv = {[str(TRAIN), *args]!r}; " \
-           f"runpy.run_path({str(TRAIN)!r}, run_name='__main__')"
+           f"runpy.run_module('examples.mnist.train', run_name='__main__', alter_sys=True)"
     cmd = [sys.executable, "-c", code]
     if ranks:
         cmd = [_mpiexec(), "-n", str(ranks)] + cmd
@@ -379,3 +418,33 @@ def test_poll_until_gives_up_after_the_timeout():
     assert distributed.poll_until(lambda: calls.append(1) or len(calls) == 3, 5.0)
     assert len(calls) == 3
     assert not distributed.poll_until(lambda: False, 0.05)
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_trainer_given_a_world_trains_data_parallel_like_one_process(tmp_path):
+    """``Trainer(distributed=world)`` (deprecated, in the README) becomes the DataParallel
+    strategy; on a one-rank world it trains like the single-process default (to float32
+    rounding: each rank's gradient is weighted by its rows, then divided by their sum)."""
+    world = distributed.init(require_launcher=False)
+    x, y = blobs(60, seed=3)
+    results = []
+    with gn.use_backend("numpy"):
+        for kind in ("single", "strategy", "keyword"):
+            gn.seed(0)
+            model = tiny_model(layers=(16, 10), seed=0)
+            model.fit_preprocessing(x)
+            opt = worker.make_optimizer(model)
+            kw = {"strategy": distributed.DataParallel(world)} if kind == "strategy" else {}
+            if kind == "keyword":
+                with pytest.warns(DeprecationWarning, match="strategy=graphnet.distributed.DataParallel"):
+                    t = Trainer(model, opt, batch_size=16, progress=False, distributed=world)
+                assert isinstance(t.strategy, distributed.DataParallel)
+            else:
+                t = Trainer(model, opt, batch_size=16, progress=False, **kw)
+            t.fit(x, y, epochs=2)
+            assert t.optimizer is opt and opt.steps == 8
+            results.append({k: gn.to_numpy(p.value) for k, p in model.named_arrays().items()})
+    for k in results[0]:
+        np.testing.assert_array_equal(results[2][k], results[1][k])  # keyword == strategy
+        assert_close(results[1][k], results[0][k], rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ import pytest
 
 import graphnet as gn
 from graphnet import nn, optim
-from graphnet.train import CHECKPOINT, Trainer
+from graphnet.training import CHECKPOINT, Trainer
 
 from helpers import blobs
 

@@ -15,7 +15,7 @@ import pytest
 import graphnet as gn
 import graphnet.nn.model as model_module
 from graphnet import io, nn, optim
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +27,16 @@ def _no_warnings(fn):
         return fn()
 
 
-def test_sizes_are_given_or_inferred_and_the_mnist_defaults_are_deprecated():
+def test_sizes_are_given_or_inferred_and_the_classifier_has_no_mnist_default():
     model = _no_warnings(lambda: nn.Classifier(nn.MLP([8, 3], in_features=5)))
     assert model.input_shape == (5,) and model.num_classes == 3
     inferred = _no_warnings(lambda: nn.Classifier(nn.MLP([4, 2], None, "relu"), (6,)))
     assert inferred.network.parameters()[0].shape == (6, 4) and inferred.num_classes == 2
     with pytest.warns(DeprecationWarning, match="MLP in_features"):
         assert nn.MLP([10]).parameters()[0].shape == (784, 10)
-    with pytest.warns(DeprecationWarning, match="Classifier input_shape"):
-        old = nn.Classifier(nn.MLP([4, 10], None))
-    assert old.input_shape == (784,) and old.num_classes == 10
+    with pytest.raises(gn.ArgumentError, match="Classifier input_shape: not given, and the "
+                                               "network does not declare its input size"):
+        nn.Classifier(nn.MLP([4, 10], None))
 
 
 def test_mlp_inferring_its_input_draws_the_same_weights():
@@ -48,11 +48,11 @@ def test_mlp_inferring_its_input_draws_the_same_weights():
         np.testing.assert_array_equal(gn.to_numpy(a.value), gn.to_numpy(b.value))
 
 
-def test_mnist_cnn_lives_in_the_example_and_the_old_name_warns():
+def test_mnist_cnn_lives_in_the_example_and_the_old_name_says_where():
     config = importlib.import_module("examples.mnist.config")
-    with pytest.warns(DeprecationWarning, match="examples.mnist.config"):
-        old = nn.mnist_cnn
-    assert old is config.mnist_cnn
+    assert callable(config.mnist_cnn)
+    with pytest.raises(AttributeError, match="from examples.mnist.config import mnist_cnn"):
+        nn.mnist_cnn  # the library imports nothing of the examples
     assert not hasattr(importlib.import_module("graphnet.nn.conv_layers"), "mnist_cnn")
 
 
@@ -140,3 +140,66 @@ def test_scripts_run_by_path_with_only_graphnet_importable(tmp_path, script):
     r = subprocess.run([sys.executable, "-m", f"examples.mnist.{script}", "--help"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+
+
+def test_sequential_takes_layers_as_arguments_or_as_a_list():
+    a, b = nn.Linear(3, 4), nn.ReLU()
+    for net in (nn.Sequential(a, b), nn.Sequential([a, b]), nn.Sequential((a, b)),
+                nn.Sequential(layers=[a, b])):
+        assert net.layers == [a, b]
+    assert nn.Sequential(a).layers == [a] and len(nn.Sequential()) == 0
+    rebuilt = nn.from_config({"type": "Sequential", **nn.Sequential(a, b).config()})
+    assert [type(l) for l in rebuilt.layers] == [nn.Linear, nn.ReLU]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((nn.Linear(3, 4), 5), r"Sequential layer 1: expected a Layer .* got int 5"),
+    (("relu",), r"Sequential layer 0: expected a Layer .* got str 'relu'"),
+    ((3,), r"Sequential takes layers or a list of layers, got int 3"),
+    (([nn.ReLU(), None],), r"Sequential layer 1: expected a Layer .* got NoneType None"),
+])
+def test_sequential_names_what_is_not_a_layer(args, message):
+    with pytest.raises(gn.ArgumentTypeError, match=message):
+        nn.Sequential(*args)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, "8", True, None, np.bool_(True)])
+def test_one_positive_integer_check_with_one_error_type(bad, numpy_backend):
+    """Trainer, the sampler and the Classifier share checks.positive_int: the same error."""
+    from graphnet.checks import positive_int
+    from graphnet.distributed import ShardedSampler
+    model = nn.Classifier(nn.MLP([3], in_features=4), (4,))
+    doors = [lambda: positive_int(bad, "batch_size"),
+             lambda: Trainer(model, optim.SGD(model.parameters(), lr=0.1), batch_size=bad),
+             lambda: ShardedSampler(bad, 0, 1),
+             lambda: model.predict(np.zeros((2, 4)), batch_size=bad)]
+    for door in doors:
+        with pytest.raises(gn.ArgumentError, match=rf"batch_size must be an integer > 0, got {re.escape(repr(bad))}"):
+            door()
+    assert positive_int(np.int64(3), "n") == 3 and type(positive_int(np.int64(3), "n")) is int
+
+
+def test_training_and_evaluation_share_one_label_validator(numpy_backend):
+    model = nn.Classifier(nn.MLP([3], in_features=4), (4,))
+    x = np.zeros((5, 4), np.uint8)
+    bad = np.array([0, 1, 2, 3, 1])
+    with pytest.raises(nn.ClassifierInputError) as trained:
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False).fit(x, bad, epochs=1)
+    with pytest.raises(nn.ClassifierInputError) as evaluated:
+        model.evaluate(x, bad)
+    assert str(trained.value) == str(evaluated.value).replace("labels:", "y_train:", 1)
+    assert "labels must be in 0..2, found 3" in str(trained.value)
+
+
+def test_a_saved_model_without_input_shape_loads_with_the_old_default(tmp_path, numpy_backend):
+    """Models saved before the input shape was recorded were flat 28x28 MLPs: the loader,
+    not the Classifier, keeps that default."""
+    model = nn.Classifier(nn.Sequential(nn.Tanh(), nn.Linear(None, 3)), (784,))  # no size declared
+    model.save(tmp_path / "m.npz")
+    arrays, meta = io.read_npz(tmp_path / "m.npz")
+    del meta["model"]["input_shape"]
+    io.atomic_write_npz(tmp_path / "old.npz", arrays, meta)
+    old = nn.load(tmp_path / "old.npz")
+    assert old.input_shape == (784,) and old.num_classes == 3
+    np.testing.assert_array_equal(gn.to_numpy(old.predict_proba(np.zeros((2, 784)))),
+                                  gn.to_numpy(model.predict_proba(np.zeros((2, 784)))))

@@ -16,7 +16,7 @@ import pytest
 
 from graphnet import io, nn, optim
 from graphnet.io import CheckpointError, atomic_write_npz, read_npz
-from graphnet.train import CHECKPOINT, Trainer
+from graphnet.training import CHECKPOINT, Trainer
 
 from helpers import blobs, tiny_model
 

@@ -12,7 +12,7 @@ import pytest
 
 import graphnet as gn
 from graphnet import nn, optim
-from graphnet.train import CHECKPOINT, Trainer, TrainingInterrupted
+from graphnet.training import CHECKPOINT, Trainer, TrainingInterrupted
 
 import numpy_reference as ref
 from helpers import blobs, tiny_model

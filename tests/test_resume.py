@@ -11,8 +11,9 @@ import graphnet as gn
 from graphnet import optim
 from graphnet.augment import random_shift
 from graphnet.io import CheckpointError, atomic_write_npz, read_npz
-from graphnet.train import (CHECKPOINT, CHECKPOINT_VERSION, OutOfMemory, Trainer,
-                            TrainingInterrupted, _stable_order, epoch_permutation)
+from graphnet.training import (CHECKPOINT, CHECKPOINT_VERSION, OutOfMemory, Trainer,
+                                TrainingInterrupted, epoch_permutation)
+from graphnet.training.order import _stable_order
 
 from helpers import blobs, interrupt_at_batch, tiny_model
 

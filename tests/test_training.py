@@ -7,7 +7,7 @@ import pytest
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.testing import assert_close
-from graphnet.train import Trainer, fit
+from graphnet.training import Trainer, fit
 
 import numpy_reference as ref
 from helpers import blobs, tiny_model
@@ -249,3 +249,17 @@ def test_random_shift_moves_flat_and_nchw_images(backend):
         assert (moved.sum(axis=(1, 2)) == 16).all()  # a 2-pixel shift keeps the square inside
         ys, xs = np.nonzero(moved[0])
         assert 8 <= ys.min() <= 12 and 8 <= xs.min() <= 12
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("mpi", r"strategy: expected a Strategy .* got str, which lacks writes, attach, sampler"),
+    (object(), r"got object, which lacks writes, attach, sampler, step, evaluate, end_epoch"),
+])
+def test_trainer_names_what_a_strategy_lacks(bad, message):
+    from graphnet.errors import ArgumentTypeError
+    model = nn.Classifier(nn.MLP([3], in_features=4), (4,))
+    with pytest.raises(ArgumentTypeError, match=message):
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), strategy=bad)
+    with pytest.warns(DeprecationWarning), pytest.raises(ArgumentTypeError,
+                                                         match="distributed: expected a graphnet"):
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), distributed=bad)

@@ -18,11 +18,15 @@ import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
 from graphnet.io import CheckpointError, atomic_write
-from graphnet.train import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
-                            TrainingInterrupted, checkpoint_position)
+from graphnet.training import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
+                               TrainingInterrupted, checkpoint_position)
 
-from .config import (CNN_SIZES, IMAGE_SHAPE, N_IMAGES, N_PIXELS, NUM_CLASSES, PIXEL_SCALE,
-                     build_network, describe_network)
+if __package__:  # part of the package (imported as examples.mnist.common)
+    from .config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
+                         PIXEL_SCALE, build_network, describe_network)
+else:  # imported by a script of this folder run by path: this folder is on the path
+    from config import (CNN_SIZES, CURVE_IMAGES, IMAGE_SHAPE, NUM_CLASSES, N_IMAGES, N_PIXELS,
+                        PIXEL_SCALE, build_network, describe_network)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BAD_SETUP, EXIT_DIVERGED, EXIT_BELOW_TARGET = EXIT_USAGE, EXIT_FAILED, EXIT_FAILED
@@ -55,7 +59,6 @@ def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eva
                   progress: bool = True, check_numerics: bool = False,
                   world: Any = None) -> tuple[nn.Classifier, Trainer]:
     """The model (seeded, preprocessing fitted on ``x_train``) and the Trainer the CLI runs."""
-    from .train import CURVE_IMAGES
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)
     model = nn.Classifier(network, input_shape, NUM_CLASSES, PIXEL_SCALE,
@@ -66,7 +69,7 @@ def build_trainer(cfg: dict[str, Any], x_train: Any, out: Optional[Path], *, eva
                       batch_size=cfg["batch_size"], eval_every=eval_every or None,
                       curve_subset=CURVE_IMAGES,
                       checkpoint_dir=out, progress=progress, augment=augmenter(cfg),
-                      seed=cfg["seed"], distributed=world)
+                      seed=cfg["seed"], strategy=None if world is None else world.data_parallel())
     return model, trainer
 
 
@@ -237,7 +240,10 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
                                    progress=not args.no_progress,
                                    check_numerics=args.check_numerics, world=world)
     if world is not None:
-        from graphnet.distributed import describe_training
+        if __package__:  # part of the package (imported as examples.mnist.common)
+            from .launch import describe_training
+        else:  # imported by a script of this folder run by path: this folder is on the path
+            from launch import describe_training
         print(describe_training(trainer))
     if args.resume:
         trainer.load_checkpoint(out / CHECKPOINT)
@@ -261,7 +267,10 @@ def _run_locked(args: argparse.Namespace, cfg: dict, out: Path, b: Any, t_start:
     write_json(out / "metrics.json", metrics)
     figures = ""
     if args.plots:
-        from .visualize import write_all
+        if __package__:  # part of the package (imported as examples.mnist.common)
+            from .visualize import write_all
+        else:  # imported by a script of this folder run by path: this folder is on the path
+            from visualize import write_all
         figures = f", figures {write_all(out / 'model.npz', out, data=args.data)}"
     print(f"done in {time.perf_counter() - t_start:.1f} s: test accuracy "
           f"{metrics['test_accuracy']:.4f} (train {metrics['train_accuracy']:.4f}) after "

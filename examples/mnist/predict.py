@@ -14,13 +14,6 @@ others still get theirs), 2 for a bad model, backend or option.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("predict")
-
 import argparse
 import sys
 from pathlib import Path
@@ -31,7 +24,10 @@ import numpy as np
 from graphnet import ArgumentError, to_numpy
 from graphnet.io import check_path
 
-from . import digits
+if __package__:  # part of the package: python -m examples.mnist.predict, or imported
+    from . import digits
+else:  # run by path (python examples/mnist/predict.py): this folder is on the path
+    import digits
 
 EXIT_SOME_FAILED, EXIT_BAD_SETUP = 1, 2
 

@@ -17,13 +17,6 @@ answer with a message and the server keeps serving.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("serve")
-
 import argparse
 import ipaddress
 import json
@@ -43,9 +36,14 @@ from graphnet import ArgumentError, to_numpy, viz
 from graphnet.datasets import mnist
 from graphnet.io import check_path
 
-from . import digits
-from .http_checks import (DRAIN_LIMIT, MAX_BODY, MAX_SIDE,  # noqa: F401 (still serve's names)
-                          RequestError, drawing_from_json, host_is_local, read_json)
+if __package__:  # part of the package: python -m examples.mnist.serve, or imported
+    from . import digits
+    from .http_checks import (DRAIN_LIMIT, MAX_BODY, MAX_SIDE,  # noqa: F401 (still serve's names)
+                              RequestError, drawing_from_json, host_is_local, read_json)
+else:  # run by path (python examples/mnist/serve.py): this folder is on the path
+    import digits
+    from http_checks import (DRAIN_LIMIT, MAX_BODY, MAX_SIDE,  # noqa: F401 (still serve's names)
+                             RequestError, drawing_from_json, host_is_local, read_json)
 
 HERE = Path(__file__).resolve().parent
 

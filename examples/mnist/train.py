@@ -14,13 +14,6 @@ Exit codes: 0 done, 1 training failed (diverged, out of memory, below --min-accu
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("train")
-
 import argparse
 import json
 import math
@@ -29,14 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import (CHANGEABLE_ON_RESUME, CHOICES, DEFAULTS, FLAG_KEYS, MAX_SEED,  # noqa: E402
-                     MLP_ONLY, PRESETS, SGD_ONLY)
-
-
-# Learning-curve points: every CURVE_EVERY training batches (the --eval-every default), each
-# evaluated on CURVE_IMAGES training and CURVE_IMAGES test images. Evaluation is forward
-# passes only, but 2 x 2000 images every 100 batches added 8-14% to an epoch; this 2-3%.
-CURVE_EVERY, CURVE_IMAGES = 200, 1000
+if __package__:  # part of the package: python -m examples.mnist.train, or imported
+    from .config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY, CURVE_IMAGES, DEFAULTS, FLAG_KEYS,
+                         MAX_SEED, MLP_ONLY, PRESETS, SGD_ONLY)
+else:  # run by path (python examples/mnist/train.py): this folder is on the path
+    from config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY, CURVE_IMAGES, DEFAULTS, FLAG_KEYS,
+                        MAX_SEED, MLP_ONLY, PRESETS, SGD_ONLY)
 
 
 class UsageError(ValueError):
@@ -297,9 +288,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.backend:
         os.environ["GRAPHNET_BACKEND"] = args.backend
-    from graphnet import distributed  # noqa: E402  (after the backend is chosen: GPU per rank)
+    from graphnet import distributed  # (after the backend is chosen: GPU per rank)
+    if __package__:  # part of the package: python -m examples.mnist.train, or imported
+        from . import launch
+    else:  # run by path (python examples/mnist/train.py): this folder is on the path
+        import launch
     try:
-        args.world = distributed.from_flag(args.distributed)
+        args.world = launch.from_flag(args.distributed)
         if args.world is not None:
             note = scale_lr_with_ranks(args, args.world.size)
             if note:
@@ -309,10 +304,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        from .common import run_training  # (after the backend is chosen)
+        if __package__:  # part of the package: python -m examples.mnist.train, or imported
+            from .common import run_training
+        else:  # run by path (python examples/mnist/train.py): this folder is on the path
+            from common import run_training
         if args.world is None:
             return run_training(args)
-        with distributed.failure_ends_all(args.world) as guard:  # one rank failing ends them all
+        with launch.failure_ends_all(args.world) as guard:  # one rank failing ends them all
             return guard.check(run_training(args))
     except KeyboardInterrupt:
         print("\nstopped at once (Ctrl-C); the last checkpoint written is kept", file=sys.stderr)

@@ -22,13 +22,6 @@ only what is drawn is copied to the host.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("visualize")
-
 import argparse
 import contextlib
 import html
@@ -121,7 +114,10 @@ def _write_all(model_path: Path, out: Path, data: Optional[str], n_features: int
              "strokes, and in wide ones many stay close to their random start (noise).",
              lambda p: viz.save(viz.first_layer_weights(model), p))
     if weight_decay:
-        from . import weight_decay as wd
+        if __package__:  # part of the package: python -m examples.mnist.visualize, or imported
+            from . import weight_decay as wd
+        else:  # run by path (python examples/mnist/visualize.py): this folder is on the path
+            import weight_decay as wd
         page.add("weight_decay.png", "Weight decay smooths the weights: two one-layer networks "
                  f"(seed-10 settings, {wd.EPOCHS} epochs, same seed) trained without and with "
                  f"decay lambda = {wd.LAMBDA} per step (theta <- (1 - lambda) theta - eta dJ/dtheta, "

@@ -15,13 +15,6 @@ calls :func:`write` to add the figure to its page (skip with --no-weight-decay).
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("weight_decay")
-
 import argparse
 import sys
 from pathlib import Path
@@ -30,9 +23,12 @@ from typing import Any, Optional
 import graphnet as gn
 from graphnet import optim, viz
 from graphnet.datasets import mnist
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 
-from .config import DEFAULTS, PRESETS
+if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
+    from .config import DEFAULTS, PRESETS
+else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+    from config import DEFAULTS, PRESETS
 
 LAMBDA, EPOCHS = 0.01, 3
 
@@ -46,8 +42,12 @@ def seed10_config(epochs: int = EPOCHS, weight_decay: float = 0.0, seed: int = 0
 
 def train_one(cfg: dict, data: tuple, progress: bool = False) -> tuple[Any, dict]:
     """Train a Classifier for ``cfg`` on ``data`` = (x_train, y_train, x_test, y_test)."""
-    from .common import build_optimizer
-    from .config import NUM_CLASSES, PIXEL_SCALE, build_network
+    if __package__:  # part of the package: python -m examples.mnist.weight_decay, or imported
+        from .common import build_optimizer
+        from .config import NUM_CLASSES, PIXEL_SCALE, build_network
+    else:  # run by path (python examples/mnist/weight_decay.py): this folder is on the path
+        from common import build_optimizer
+        from config import NUM_CLASSES, PIXEL_SCALE, build_network
     x_train, y_train, x_test, y_test = data
     gn.seed(cfg["seed"])
     network, input_shape = build_network(cfg)

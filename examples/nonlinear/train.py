@@ -39,7 +39,7 @@ import numpy as np
 import graphnet as gn
 from graphnet import viz
 from graphnet.nn.init import glorot_uniform
-from graphnet.train import Trainer
+from graphnet.training import Trainer
 
 PROBLEMS = ("xor", "disk")
 

@@ -1,7 +1,6 @@
 """Layers, containers, initialisers and the Classifier model with save/load."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from .layers import (ACTIVATIONS, LAYERS, MLP, Activation, Dropout, Flatten, Layer, Linear, ReLU,
@@ -17,14 +16,8 @@ __all__ = ["ACTIVATIONS", "LAYERS", "MLP", "Activation", "Dropout", "Flatten", "
 
 
 def __getattr__(name: str) -> Any:
-    """``nn.mnist_cnn``, deprecated: the MNIST networks live in ``examples.mnist.config``."""
-    if name != "mnist_cnn":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn("graphnet.nn.mnist_cnn is deprecated: the MNIST networks are part of the example; "
-                  "use examples.mnist.config.mnist_cnn", DeprecationWarning, stacklevel=2)
-    try:
-        from examples.mnist.config import mnist_cnn
-    except ImportError as exc:
-        raise ImportError("graphnet.nn.mnist_cnn moved to examples/mnist/config.py; run from a "
-                          "graphnet checkout (the repository root importable) to use it") from exc
-    return mnist_cnn
+    """``nn.mnist_cnn`` moved to the example (the library knows nothing of MNIST): say where."""
+    if name == "mnist_cnn":
+        raise AttributeError("graphnet.nn.mnist_cnn moved to the MNIST example: "
+                             "from examples.mnist.config import mnist_cnn (run from a checkout)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

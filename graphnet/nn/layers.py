@@ -159,13 +159,28 @@ class Dropout(Layer):
 class Sequential(Layer):
     """Layers applied in order. After a call, ``taps`` holds each layer's output node."""
 
-    def __init__(self, layers: Iterable[Union[Layer, dict[str, Any]]] = ()) -> None:
-        if isinstance(layers, (str, bytes, dict, Layer)) or not isinstance(layers, Iterable):
-            raise ArgumentTypeError(f"Sequential takes a list of layers, got {type(layers).__name__}")
-        self.layers = [from_config(l) if isinstance(l, dict) else l for l in layers]
-        for l in self.layers:
-            if not isinstance(l, Layer):
-                raise TypeError(f"Sequential takes layers, got {type(l).__name__}")
+    def __init__(self, *args: Union[Layer, dict[str, Any], Iterable[Union[Layer, dict[str, Any]]]],
+                 layers: Optional[Iterable[Union[Layer, dict[str, Any]]]] = None) -> None:
+        """``Sequential(a, b, c)``, ``Sequential([a, b, c])`` or ``Sequential(layers=[...])``;
+        a saved layer config (a dict) stands for its layer."""
+        if layers is not None:
+            if args:
+                raise ArgumentTypeError("Sequential takes layers as arguments or as layers=[...], "
+                                        "not both")
+            args = (layers,)
+        if len(args) == 1 and not isinstance(args[0], (Layer, dict, str, bytes)):
+            if not isinstance(args[0], Iterable):
+                raise ArgumentTypeError(f"Sequential takes layers or a list of layers, got "
+                                        f"{type(args[0]).__name__} {args[0]!r:.60}")
+            args = tuple(args[0])
+        self.layers = []
+        for k, l in enumerate(args):
+            layer = from_config(l) if isinstance(l, dict) else l
+            if not isinstance(layer, Layer):
+                raise ArgumentTypeError(f"Sequential layer {k}: expected a Layer (e.g. nn.Linear, "
+                                        f"nn.ReLU()) or a list of them, got {type(l).__name__} "
+                                        f"{l!r:.60}")
+            self.layers.append(layer)
         self.taps: list[Node] = []
 
     def __call__(self, x: Node) -> Node:

@@ -2,88 +2,27 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..backends import backend
 from ..backends.base import Backend
 from ..backends.host import to_numpy
-from ..checks import fits_in_memory, sizes
-from ..errors import FeedError
+from ..checks import fits_in_memory, positive_int, sizes
+from ..errors import ArgumentError, FeedError
 from ..graph import Graph
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
 from ..hints import Array, Data, PathLike
-from .layers import Layer, Linear, Sequential, deprecated_default, from_config
+from ..training.protocol import TRAINABLE_MEMBERS, TrainableModel, missing_members  # noqa: F401 (re-exported)
+from .layers import Layer, Linear, Sequential, from_config
 
-
-
-@runtime_checkable
-class TrainableModel(Protocol):
-    """What :class:`graphnet.train.Trainer` trains: a loss graph, its two inputs, and the
-    preparation, evaluation and saving of the model's arrays. :class:`Classifier` is one."""
-
-    backend: Backend
-    train_graph: Graph
-
-    @property
-    def inputs(self) -> tuple[Input, Input]:
-        """The ``(data, targets)`` inputs of ``train_graph`` that each batch feeds."""
-
-    def prepare(self, x: Data) -> Array:
-        """Raw data -> what the ``data`` input takes, on the model's backend."""
-
-    def prepare_targets(self, y: Data, n: int, argument: str = "targets") -> Array:
-        """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
-
-    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,
-                 prepared: bool = False) -> dict[str, float]:
-        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
-
-    def parameters(self) -> list[Parameter]:
-        """The trainable parameters."""
-
-    def named_arrays(self) -> dict[str, Parameter]:
-        """Every array the model holds, by name (saved in checkpoints)."""
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable description of the architecture (checked on resume)."""
-
-    def host_arrays(self) -> dict[str, np.ndarray]:
-        """Host copies of :meth:`named_arrays`."""
-
-    def load_host_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "checkpoint") -> None:
-        """Set every array from host copies."""
-
-
-#: The members a TrainableModel has (checked by name: ``Trainer`` says which are missing).
-TRAINABLE_MEMBERS = ("backend", "train_graph", "inputs", "prepare", "prepare_targets", "evaluate",
-                     "parameters", "named_arrays", "config", "host_arrays", "load_host_arrays")
-_MISSING = object()
-
-
-def missing_members(model: Any) -> list[str]:
-    """The members of :class:`TrainableModel` that ``model`` lacks (callable where a method)."""
-    missing = []
-    for name in TRAINABLE_MEMBERS:
-        value = getattr(model, name, _MISSING)
-        if value is _MISSING or (name not in ("backend", "train_graph", "inputs")
-                                 and not callable(value)):
-            missing.append(name)
-    return missing
 
 
 class ClassifierInputError(FeedError):
     """Images, labels or a batch size given to a Classifier are not what the model expects."""
-
-
-def _check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size <= 0:
-        raise ClassifierInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    return int(batch_size)
 
 
 class Classifier:
@@ -101,9 +40,10 @@ class Classifier:
         if input_shape is None:
             input_shape = _declared_input_shape(network)
         if input_shape is None:
-            input_shape = deprecated_default(
-                "Classifier input_shape", (784,), "give input_shape, or a network whose first "
-                "layer declares its input size (e.g. MLP(..., in_features=784))")
+            raise ArgumentError("Classifier input_shape: not given, and the network does not "
+                                "declare its input size; give input_shape (e.g. (784,) or "
+                                "(1, 28, 28)), or a network whose first layer declares it "
+                                "(e.g. MLP(..., in_features=784))")
         self.input_shape = tuple(sizes(input_shape, "Classifier input_shape"))
         fits_in_memory(self.input_shape, 8, "Classifier input_shape")  # the mean array
         self.pixel_scale = float(pixel_scale)
@@ -231,9 +171,8 @@ class Classifier:
                 f"scaled to [0, 1]; {expected}: multiply them by {top:g}")
 
     def prepare_targets(self, y: Data, n: int, argument: str = "labels") -> Array:
-        """Training labels: ``n`` integers in ``[0, num_classes)`` as int64 on the backend
-        (ValueError naming ``argument`` otherwise)."""
-        return training_labels(self.backend, y, n, self.num_classes, argument)
+        """Training labels: what :meth:`check_labels` returns (checked once, at the start)."""
+        return self.check_labels(y, n, argument)
 
     def check_labels(self, labels: Data, n: int, argument: str = "labels") -> Array:
         """``labels`` as a backend int64 vector of exactly ``n`` class indices in
@@ -241,18 +180,22 @@ class Classifier:
         y = self._as_backend_array(labels, argument)
         if y.ndim == 0:
             y = y.reshape(1)
+        top = self.num_classes - 1
         if y.dtype.kind not in "iu":
-            raise ClassifierInputError(f"{argument}: expected integer class indices, got dtype "
-                                       f"{y.dtype}")
+            raise ClassifierInputError(f"{argument}: labels must be integers 0..{top}, got dtype "
+                                       f"{y.dtype}: expected integer class indices")
         if y.ndim != 1 or y.shape[0] != n:
-            raise ClassifierInputError(f"{argument}: expected one label per image, shape ({n},); "
-                                       f"got shape {tuple(y.shape)} (labels are never broadcast)")
+            got = tuple(y.shape)
+            raise ClassifierInputError(
+                f"{argument}: expected one label per image, shape ({n},); got shape {got} "
+                f"(expected {n} labels (one per image), got shape {got}; never broadcast)")
         if n:
             xp = self.backend.xp
             lo, hi = (int(v) for v in to_numpy(xp.stack([y.min(), y.max()]).astype(xp.int64)))
-            if lo < 0 or hi >= self.num_classes:
-                raise ClassifierInputError(f"{argument}: expected class indices in [0, "
-                                           f"{self.num_classes - 1}], got values in [{lo}, {hi}]")
+            if lo < 0 or hi > top:
+                raise ClassifierInputError(
+                    f"{argument}: labels must be in 0..{top}, found {lo if lo < 0 else hi}: "
+                    f"expected class indices in [0, {top}], got values in [{lo}, {hi}]")
         return y.astype(self.backend.xp.int64)
 
     def fit_preprocessing(self, images: Data) -> None:
@@ -281,7 +224,7 @@ class Classifier:
 
     def _run_eval(self, images: Data, batch_size: int,
                   features: bool) -> tuple[Array, Optional[Array]]:
-        batch_size = _check_batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         x, single = self.check_images(images)
         x = self._scale(x)
         xp = self.backend.xp
@@ -304,7 +247,7 @@ class Classifier:
         ``x``: raw images (or, with ``prepared=True``, the output of :meth:`prepare`);
         ``y``: exactly one class index per image.
         """
-        batch_size = _check_batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         b = self.backend
         xp = b.xp
         if not prepared:
@@ -358,22 +301,6 @@ class Classifier:
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
 
 
-def training_labels(b: Backend, y: Data, n: int, classes: int, name: str) -> Array:
-    """``y`` as int64 labels on the device, checked once: integers in [0, classes), one per image."""
-    y = y if b.is_array(y) else b.asarray(to_numpy(y))
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name}: labels must be integers 0..{classes - 1}, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name}: expected {n} labels (one per image, shape ({n},)), "
-                         f"got shape {tuple(y.shape)}")
-    if n:
-        lo, hi = (int(v) for v in to_numpy(b.xp.stack([y.min(), y.max()]).astype(b.xp.int64)))
-        if lo < 0 or hi >= classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name}: labels must be in 0..{classes - 1}, found {bad}")
-    return y.astype(b.xp.int64)
-
-
 def _declared_input_shape(network: Layer) -> Optional[tuple[int]]:
     """``(in_features,)`` when the network starts with a Linear of known input size."""
     first = network[0] if isinstance(network, Sequential) and len(network) else network
@@ -401,12 +328,20 @@ def _features_of(network: Layer) -> Optional[Node]:
     return None
 
 
+#: What a saved config without ``input_shape`` meant: models saved before it was recorded were
+#: MNIST MLPs of flat 28x28 images. Kept here, in the loader, not as a Classifier default.
+LEGACY_INPUT_SHAPE = (784,)
+
+
 def model_from_config(cfg: dict[str, Any], source: str = "checkpoint") -> Classifier:
     """Build an untrained Classifier from a saved config."""
     try:
         network = from_config(cfg["network"])
-        return Classifier(network, cfg["input_shape"], cfg["num_classes"], cfg["pixel_scale"])
-    except (KeyError, TypeError, ValueError) as exc:
+        shape = cfg.get("input_shape")
+        if shape is None and _declared_input_shape(network) is None:
+            shape = LEGACY_INPUT_SHAPE
+        return Classifier(network, shape, cfg.get("num_classes"), cfg.get("pixel_scale", 1 / 255))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{source}: the model config cannot be rebuilt: {exc}") from None
 
 

@@ -1,0 +1,30 @@
+"""Data-parallel training over MPI processes: one model replica per rank, gradients averaged.
+
+Run under ``mpiexec -n N``; every rank builds the same model, then::
+
+    world = distributed.init()                           # rank, size, local rank (GPU choice)
+    world.check_config(config)                           # every rank the same configuration
+    world.broadcast_parameters(model.named_arrays().values())
+    opt = distributed.DistributedOptimizer(optim.SGD(model.parameters()), world)
+    opt.minimize(graph, feed_of_this_ranks_rows, samples=len(rows))
+
+or hand the trainer the strategy: ``Trainer(model, opt, strategy=distributed.DataParallel(world))``.
+Modules: :mod:`.world` (ranks, collectives with deadlines), :mod:`.sampler` (each rank's rows),
+:mod:`.data_parallel` (gradient buckets, their all-reduce, the optimizer step, the strategy).
+
+Gradients travel in a few large contiguous buckets (the graph writes them there
+directly), summed with MPI (host buffers) or NCCL (each rank its own GPU); every
+collective has a deadline, after which all ranks are aborted with a message rather
+than left hanging on a dead peer.
+"""
+from __future__ import annotations
+
+from .data_parallel import (BUCKET_BYTES, STATS, DataParallel, DistributedOptimizer, _Buckets,
+                            attach, choose_transport)
+from .sampler import ShardedSampler, shard_bounds
+from .world import (DEFAULT_TIMEOUT, EXIT_ABORT, INSTALL_HINT, LAUNCH_HINT, LAUNCHER_ENV,
+                    TIMEOUT_ENV, DistributedError, World, init, launched_by_mpi, poll_until)
+
+__all__ = ["attach", "init", "World", "DistributedOptimizer", "DataParallel", "ShardedSampler",
+           "shard_bounds", "choose_transport", "launched_by_mpi", "DistributedError",
+           "INSTALL_HINT", "BUCKET_BYTES", "poll_until"]
