@@ -22,8 +22,7 @@ from .kernels import (COL2IM_BODY, MAX_POOL_BW_BODY, col2im, conv_row_width, fir
                       im2col, max_pool_backward, pool_offsets)
 from .nodes import AvgPool2d, Conv2d, MaxPool2d, avg_pool2d, conv2d, max_pool2d
 from .threads import GROUPS, for_each_chunk, run_scope, set_workers, workers
-from . import fusion  # noqa: E402  (registers the fusion rules)
-from .fusion import ConvActivation, ConvMaxPool
+from .fusion import ConvActivation, ConvMaxPool  # importing it registers the fusion rules
 
 
 def __getattr__(name: str) -> Any:

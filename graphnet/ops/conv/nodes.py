@@ -31,7 +31,13 @@ from .kernels import max_pool_backward, pool_offsets
 
 
 class Conv2d(Node):
-    """``y[n, o] = b[o] + sum_c w[o, c] (*) x[n, c]`` (cross-correlation), NCHW."""
+    """``y[n, o] = b[o] + sum_c w[o, c] (*) x[n, c]`` (cross-correlation), NCHW.
+
+    :meth:`forward` and :meth:`backward` run in the reference executor and in steps where
+    the planner does not fuse the node; followed by an activation or a max-pool that alone
+    read its output, the planner runs :mod:`.fusion`'s step instead, which calls the same
+    engine with its own epilogue.
+    """
 
     op = "conv2d"
     host_chunks = True  # runs chunks on worker threads (run_scope, .threads)
@@ -120,6 +126,10 @@ class _Pool2d(Node):
 
 
 class MaxPool2d(_Pool2d):
+    """The maximum of each window. Its forward and backward run in the reference executor
+    and in steps where it is not fused; after a conv2d whose output nothing else reads, the
+    planner runs :class:`.fusion.ConvMaxPool` instead."""
+
     op = "max_pool2d"
 
     def forward(self, ctx, x):
@@ -143,6 +153,8 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
+    """The mean of each window (never fused: its forward and backward run in every step)."""
+
     op = "avg_pool2d"
 
     def forward(self, ctx, x):
