@@ -213,10 +213,11 @@ def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> 
                                    dtype=xp.result_type(x.dtype, w.dtype)))
     n = workers(ctx.b, len(geo.blocks))
     if n > 1:
-        return on_workers(n, len(geo.blocks), work, scratch)
-    s = scratch()
-    for b in range(len(geo.blocks)):  # work() written out: one frame less below the op
-        epilogue.forward_block(ctx, *product(s, b), s.extra)
+        on_workers(n, len(geo.blocks), work, scratch)
+    else:  # work() written out: the call chain below the op stays at most 5 frames
+        s = scratch()
+        for b in range(len(geo.blocks)):
+            epilogue.forward_block(ctx, *product(s, b), s.extra)
 
 
 def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype: Any) -> tuple:
@@ -276,7 +277,7 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         on_workers(n, len(geo.chunks), work, scratch)
     else:
         s = scratch()
-        for c, (n0, n1) in enumerate(geo.chunks):  # work() written out: one frame less
+        for c, (n0, n1) in enumerate(geo.chunks):  # work() written out, as in forward
             g4 = s.g[:co * (n1 - n0) * per_chunk].reshape(co, n1 - n0, geo.oh, geo.q)
             epilogue.backward_chunk(ctx, g4, n0, n1, s.extra)
             chunk_grads(s, c, g4)

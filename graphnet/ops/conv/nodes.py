@@ -115,7 +115,7 @@ class _Pool2d(Node):
                      out_size(w, self.size[1], self.stride[1], 0))
         super().__init__((x,), shape=shape)
 
-    def _offsets(self, x: Any):
+    def _offsets(self, x: Any) -> Any:
         """``(index, slice)`` of every kernel offset: the strided view it reads of ``x``."""
         self._check_fits(x)
         return pool_offsets(x.shape[2:], self.size, self.stride)
@@ -132,7 +132,7 @@ class MaxPool2d(_Pool2d):
 
     op = "max_pool2d"
 
-    def forward(self, ctx, x):
+    def forward(self, ctx: Any, x: Any) -> Any:
         xp = ctx.xp
         y = None
         for _, sl in self._offsets(x):
@@ -143,7 +143,7 @@ class MaxPool2d(_Pool2d):
                 xp.maximum(y, x[sl], out=y)
         return y
 
-    def backward(self, ctx, g, xs, y):
+    def backward(self, ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
         # Each window's gradient goes to its first maximum (in row-major window order);
         # a window whose maximum is NaN passes none. No host synchronisation.
         x = xs[0]
@@ -157,7 +157,7 @@ class AvgPool2d(_Pool2d):
 
     op = "avg_pool2d"
 
-    def forward(self, ctx, x):
+    def forward(self, ctx: Any, x: Any) -> Any:
         y = None
         for _, sl in self._offsets(x):
             if y is None:
@@ -167,7 +167,7 @@ class AvgPool2d(_Pool2d):
         y *= 1.0 / (self.size[0] * self.size[1])
         return y
 
-    def backward(self, ctx, g, xs, y):
+    def backward(self, ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
         x = xs[0]
         gk = g * (1.0 / (self.size[0] * self.size[1]))
         gx = ctx.xp.zeros(x.shape, dtype=gk.dtype)
