@@ -12,6 +12,7 @@ import pytest
 import graphnet as gn
 from graphnet import nn
 from graphnet.ops import conv as conv_mod
+from graphnet.ops.conv import engine as conv_engine
 from graphnet.testing import assert_close, check_gradients
 
 from examples.mnist.config import mnist_cnn
@@ -160,8 +161,8 @@ def test_conv2d_chunked_batch_matches_whole(backend, monkeypatch):
     per_image = 2 * 9 * 36 * 4
     for limit, want in ((2 * per_image, [(0, 2), (2, 4), (4, 5)]),  # 2 images per chunk
                         (1, [(i, i + 1) for i in range(5)])):  # an image over the limit runs alone
-        monkeypatch.setattr(conv_mod, "IM2COL_LIMIT_BYTES", limit)
-        assert conv_mod._chunks(5, per_image, backend) == want
+        monkeypatch.setattr(conv_engine, "IM2COL_LIMIT_BYTES", limit)
+        assert conv_engine.chunks_of(5, per_image, backend) == want
         y, grads = run_with_grads(build, [x, w, bvec], g)
         assert_close(y, whole_y, rtol=1e-5, atol=1e-5, what="chunked forward")
         for a, e in zip(grads, whole_g):

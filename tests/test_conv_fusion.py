@@ -2,7 +2,7 @@
 
 conv2d followed by max_pool2d:
 
-The fused step (graphnet/ops/conv_pool.py) must give the bits of the two nodes run one
+The fused step (graphnet/ops/conv/fusion.py) must give the bits of the two nodes run one
 after the other by the reference executor, in every case the fusion meets: ties (flat
 regions, as MNIST's background gives), NaN in a window, NaN and inf in the upstream
 gradient, windows that leave rows or columns over, strides, padding, no bias, float64,
@@ -19,7 +19,7 @@ import graphnet as gn
 from graphnet import ops, parallel
 from graphnet.errors import ArgumentError
 from graphnet.ops.conv import set_im2col_limit
-from graphnet.ops.conv_pool import first_max_index
+from graphnet.ops.conv import first_max_index
 from graphnet.ops.unary import keep_where
 
 

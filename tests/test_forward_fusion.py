@@ -93,7 +93,7 @@ def test_classifier_evaluation_matches_the_reference_executor(backend):
 
 def test_a_forward_pass_skips_what_only_backward_reads(numpy_backend, monkeypatch):
     """The pool's argmax index is built in training steps, not in forward passes."""
-    from graphnet.ops import conv_pool
+    from graphnet.ops.conv import kernels as conv_pool
     (x, w, b, r), y, cost = _net((3, 2, 8, 8), (3, 2, 3, 3))
     xv, wv, bv = _data(np.random.default_rng(6), (3, 2, 8, 8), (3, 2, 3, 3), np.float32)
     feed = {x: xv, w: wv, b: bv, r: np.ones((3, 3, 3, 3), np.float32)}

@@ -239,7 +239,8 @@ def _op_classes() -> set:
         mod = getattr(ops, name)
         if inspect.ismodule(mod) and mod.__name__.startswith("graphnet.ops."):
             found |= {c for _, c in inspect.getmembers(mod, inspect.isclass)
-                      if issubclass(c, Node) and c.__module__ == mod.__name__}
+                      if issubclass(c, Node) and (c.__module__ == mod.__name__  # or a package's
+                                                  or c.__module__.startswith(mod.__name__ + "."))}
     return {c for c in found if not any(o is not c and issubclass(o, c) for o in found)}
 
 

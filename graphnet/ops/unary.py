@@ -221,9 +221,15 @@ def relu_backward(be: Any, y: Any, g: Any, out: Any = None) -> Any:
 
 @relu_backward.override("numpy")
 def _relu_backward_numpy(be: Any, y: Any, g: Any, out: Any = None) -> Any:
-    if not getattr(y, "ndim", 0) or g.shape != y.shape:
+    # _keep_where_numpy(be, y > 0, g, out) written out: the fused conv + relu step calls this
+    # under the chunk engine, and the call chain below an op stays at most 5 frames deep
+    uint = _UINT_OF.get(getattr(g, "dtype", None))
+    if (uint is None or not getattr(y, "ndim", 0) or g.shape != y.shape
+            or (out is not None and (out.dtype != g.dtype or out.shape != g.shape))):
         return relu_backward.generic(be, y, g, out)
-    return _keep_where_numpy(be, y > 0, g, out)
+    out = np.empty_like(g) if out is None else out
+    np.multiply(g.view(uint), y > 0, out=out.view(uint))
+    return out
 
 
 @relu_backward.override("cupy")
