@@ -5,14 +5,13 @@ import math
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from . import parallel
 from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
 from .errors import ArgumentError, ArgumentTypeError, ShapeError
 from .hints import Array, Data
 from .io import CheckpointError
-from .kernels import kernel
+from .kernels import Kernel, KernelTable, implementations, kernel
 from .node import Input, Node, Parameter
 
 if TYPE_CHECKING:
@@ -43,6 +42,9 @@ def _param_list(params: Any, who: str) -> list[Parameter]:
         seen.add(id(p))
         out.append(p)
     return out
+
+
+_TABLES: dict[str, KernelTable] = {}  # backend name: its kernel table (graphnet.kernels)
 
 
 class Optimizer:
@@ -110,12 +112,11 @@ class Optimizer:
         wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
         if wrt is None:
             wrt = self._wrt[graph] = tuple(p for p in self.params if p in graph)
-        with parallel.run_scope(graph):
-            if gradients is not None:
-                cost, grads = gradients(graph, feed, wrt, rng_key)
-            else:
-                cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True,
-                                              into=self._buffers_for(wrt), rng_key=rng_key)
+        if gradients is not None:
+            cost, grads = gradients(graph, feed, wrt, rng_key)
+        else:
+            cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True,
+                                          into=self._buffers_for(wrt), rng_key=rng_key)
         self.apply(grads, scratch=True)
         return cost
 
@@ -140,6 +141,13 @@ class Optimizer:
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         raise NotImplementedError
+
+    def _kernel(self, k: Kernel, p: Parameter) -> Callable[..., Any]:
+        """Kernel ``k``'s version on ``p``'s backend, resolved once (not on every update)."""
+        table = _TABLES.get(p.backend.name)
+        if table is None:
+            table = _TABLES[p.backend.name] = implementations(p.backend.name)
+        return table[k]
 
     def _slot(self, name: str, i: int, p: Parameter) -> Any:
         s = self.state[name][i]
@@ -191,7 +199,8 @@ class SGD(Optimizer):
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
-        sgd_update(p.backend, p._value, g, v, self.lr, self.momentum, self.nesterov, wd, scratch)
+        self._kernel(sgd_update, p)(p.backend, p._value, g, v, self.lr, self.momentum,
+                                    self.nesterov, wd, scratch)
 
 
 class Adam(Optimizer):
@@ -209,8 +218,9 @@ class Adam(Optimizer):
         super().__init__(params, lr, weight_decay)
 
     def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
-        adam_update(p.backend, p._value, g, self._slot("m", i, p), self._slot("v", i, p), self.lr,
-                    self.beta1, self.beta2, self.eps, self.steps, wd)
+        self._kernel(adam_update, p)(p.backend, p._value, g, self._slot("m", i, p),
+                                     self._slot("v", i, p), self.lr, self.beta1, self.beta2,
+                                     self.eps, self.steps, wd)
 
 
 # --- update kernels: the reference, then the NumPy and CUDA versions ------------------------

@@ -21,7 +21,7 @@ This module imports no concrete op.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from .checks import flag
@@ -231,11 +231,23 @@ class StepPlanner:
                           saved, self.kernels)
         bctx = StepContext(ref.backend, True, self.arena, saved=saved, kernels=self.kernels)
         fed = resolve_feed(ref, feed)
-        with self._scopes[0](ref.backend) if self._scopes else nullcontext():
+        with self._scope():
             values, out = run(fed, ctx, bctx, into, on_final)
         if into is None:
             out = ref.collect(targets, out, values, kept=self.arena.ids)
         return values, out
+
+    def _scope(self) -> Any:
+        """What this graph's step runs inside: its ops' ``step_scope``s, entered in turn."""
+        scopes = self._scopes
+        if not scopes:
+            return nullcontext()
+        if len(scopes) == 1:
+            return scopes[0](self.ref.backend)
+        stack = ExitStack()
+        for scope in scopes:
+            stack.enter_context(scope(self.ref.backend))
+        return stack
 
     def _after_forward(self, values: list, targets: tuple,
                        into: Optional[Mapping[Node, Any]]) -> None:

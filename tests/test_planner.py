@@ -239,3 +239,48 @@ def test_on_final_reports_the_same_gradients_in_the_same_order(backend):
     assert len(reports["step"]) == 3 * len(params)
     for (k, a), (_, b) in zip(reports["step"], reports["reference"]):
         _same(a, b, f"gradient of parameter {k} when reported")
+
+
+class _Scoped(gn.Node):
+    """The identity, whose class names a step scope that records when it is entered."""
+
+    op = "scoped"
+    entered: list = []
+
+    def __init__(self, x):
+        super().__init__((x,), shape=x.shape)
+
+    @staticmethod
+    def step_scope(backend):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def scope():
+            _Scoped.entered.append(("enter", backend.name))
+            yield
+            _Scoped.entered.append("exit")
+        return scope()
+
+    def forward(self, ctx, x):
+        _Scoped.entered.append("forward")
+        return x
+
+    def backward(self, ctx, g, xs, y):
+        _Scoped.entered.append("backward")
+        return (g,)
+
+
+def test_a_step_runs_inside_its_ops_step_scopes(backend):
+    """An op class's step_scope wraps each generated training step (the convolution holds the
+    BLAS at one thread so); graphs without such ops enter none."""
+    x = gn.Input("x", (None, 3))
+    cost = gn.sum(_Scoped(gn.tanh(x)))
+    _Scoped.entered.clear()
+    graph = gn.Graph(cost, cost=cost)
+    for _ in range(2):
+        graph.gradients({x: np.ones((2, 3), np.float32)}, wrt=[x])
+    assert _Scoped.entered == [("enter", backend.name), "forward", "backward", "exit"] * 2
+    plain = gn.Graph(gn.sum(gn.tanh(x)), cost=gn.sum(gn.tanh(x)))
+    assert plain.planner._scopes == []
+    from graphnet.ops.conv import Conv2d, threads
+    assert Conv2d.step_scope is threads.blas_held

@@ -360,4 +360,15 @@ def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES, overlap
     trainer.strategy.attach(trainer)
 
 
+def _data_parallel(world: World, **options: Any) -> DataParallel:
+    """The trainer's :class:`DataParallel` strategy over ``world``."""
+    return DataParallel(world, **options)
+
+
+# ``world.data_parallel()``: given to World here, so that world.py never imports this module
+# (the strategy builds on the world, not the other way round) and the trainer, which knows
+# no data parallelism, can turn its deprecated ``distributed=world`` into the strategy.
+World.data_parallel = _data_parallel
+
+
 __all__ = ["DistributedOptimizer", "DataParallel", "attach", "choose_transport", "BUCKET_BYTES"]

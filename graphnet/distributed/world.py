@@ -142,11 +142,6 @@ class World:
         """Rank 0: the one that prints and writes files."""
         return self.rank == 0
 
-    def data_parallel(self, **options: Any) -> Any:
-        """The trainer's :class:`~graphnet.distributed.DataParallel` strategy over this world."""
-        from .data_parallel import DataParallel  # the strategy builds on the world, not back
-        return DataParallel(self, **options)
-
     def describe(self) -> str:
         gpu = "" if self.device is None else f", GPU {self.device}"
         return (f"rank {self.rank} of {self.size} (local {self.local_rank} of {self.local_size} "

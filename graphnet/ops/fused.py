@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backends.host import is_floating
 from ..planner import register_fusion
 from .matrix import Linear
-from .unary import Activation
+from .unary import Activation, floating_output
 
 
 class LinearActivation:
@@ -37,12 +36,7 @@ class LinearActivation:
         return self.linear.backward(ctx, gz, xs, None)
 
 
-def _floating(node: Any) -> bool:
-    # In place needs the producer's result to have the activation's (floating) dtype.
-    return node.dtype is not None and is_floating(node.dtype)
-
-
-register_fusion(Linear, Activation, LinearActivation, when=_floating)
+register_fusion(Linear, Activation, LinearActivation, when=floating_output)
 
 
 def __getattr__(name: str) -> Any:

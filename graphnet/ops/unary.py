@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.host import is_floating
 from ..kernels import kernel
 from ..node import Node, as_node
 
@@ -27,6 +28,12 @@ def _gout(ctx, x, g):
     if getattr(x, "ndim", 0) and getattr(g, "shape", None) == x.shape:
         return ctx.grad_out(0, g.dtype) if g.dtype == x.dtype else None
     return None
+
+
+def floating_output(node: Any) -> bool:
+    """Whether ``node``'s value is floating: an activation can then be applied in place on it
+    (the condition of the fusion rules that end in an activation)."""
+    return node.dtype is not None and is_floating(node.dtype)
 
 
 class Activation(Unary):

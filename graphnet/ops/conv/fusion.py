@@ -26,8 +26,7 @@ from typing import Any
 
 from ...node import RunContext
 from ...planner import register_fusion
-from ..fused import _floating
-from ..unary import Activation, keep_where
+from ..unary import Activation, floating_output, keep_where
 from . import engine
 from .engine import ConvGeometry, Epilogue
 from .kernels import first_max_index
@@ -177,5 +176,5 @@ class ConvMaxPool:
         return engine.backward(ctx, xs, geo, epilogue, g.dtype)
 
 
-register_fusion(Conv2d, Activation, ConvActivation, when=_floating)
+register_fusion(Conv2d, Activation, ConvActivation, when=floating_output)
 register_fusion(Conv2d, MaxPool2d, ConvMaxPool)

@@ -25,7 +25,7 @@ from ...checks import int_pair
 from ...errors import ShapeError
 from ...node import Node, as_node
 from ...shapes import describe
-from . import engine
+from . import engine, threads
 from .engine import ConvGeometry, Epilogue, out_size
 from .kernels import max_pool_backward, pool_offsets
 
@@ -40,7 +40,8 @@ class Conv2d(Node):
     """
 
     op = "conv2d"
-    host_chunks = True  # runs chunks on worker threads (run_scope, .threads)
+    host_chunks = True  # runs chunks on worker threads (.threads)
+    step_scope = staticmethod(threads.blas_held)  # a training step holds the BLAS at one thread
 
     def __init__(self, x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0) -> None:
         x = as_node(x)

@@ -135,9 +135,25 @@ def on_workers(n: int, n_chunks: int, work: Callable[[Any, int], None],
 
 
 @contextmanager
+def blas_held(be: Any) -> Iterator[None]:
+    """Hold the BLAS at one thread while a training step runs chunks on several workers of
+    ``be`` (a convolution's ``step_scope``: the planner enters it around each step)."""
+    if workers(be, GROUPS) < 2:
+        yield
+        return
+    blas = _blas_controller()
+    _limit_blas(blas, True)
+    try:
+        yield
+    finally:
+        _limit_blas(blas, False)
+
+
+@contextmanager
 def run_scope(graph: Any) -> Iterator[None]:
     """Hold the BLAS at one thread for a training step of ``graph`` if it has chunked ops
     that run on several workers (see the module docstring); otherwise do nothing.
+    Training steps enter :func:`blas_held` by themselves (the ops' ``step_scope``).
 
     (Evaluation passes gained nothing from it: 10000 test images through the MNIST CNN
     took 4.2-5.2 s with it and 3.7-4.2 s without.)"""
@@ -147,15 +163,11 @@ def run_scope(graph: Any) -> Iterator[None]:
     chunked = _chunked.get(graph)
     if chunked is None:
         chunked = _chunked[graph] = any(getattr(n, "host_chunks", False) for n in graph.order)
-    if not chunked or workers(be, GROUPS) < 2:
+    if not chunked:
         yield
         return
-    blas = _blas_controller()
-    _limit_blas(blas, True)
-    try:
+    with blas_held(be):
         yield
-    finally:
-        _limit_blas(blas, False)
 
 
 def _limit_blas(blas: Any, enter: bool) -> None:
