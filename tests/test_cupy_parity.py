@@ -58,14 +58,18 @@ def _mlp():
 
 
 @pytest.mark.parametrize("exc_type", [OutOfMemoryError, NamedOutOfMemoryError, MemoryError])
-def test_out_of_memory_inside_an_op_propagates_unwrapped(backend, monkeypatch, exc_type):
+def test_out_of_memory_inside_an_op_is_a_memory_error_naming_the_node(backend, monkeypatch,
+                                                                        exc_type):
+    """Not a RunError: a MemoryError (gn.OutOfMemoryError) naming the node and the batch,
+    with the library's own error as its cause (issue 23: it used to pass through raw)."""
     graph, logits, feed = _mlp()
     monkeypatch.setattr(Linear, "forward", _raise(exc_type))
     for call in (lambda: graph.run(feed), lambda: graph.values(feed, [logits]),
                  lambda: graph.gradients(feed)):
-        with pytest.raises(exc_type) as info:
+        with pytest.raises(gn.OutOfMemoryError, match=r"op 'linear(\+relu)?' at node .*batch of 4") as info:
             call()
-        assert type(info.value) is exc_type  # not RunError
+        assert isinstance(info.value, MemoryError) and not isinstance(info.value, gn.RunError)
+        assert type(info.value.__cause__) is exc_type
 
 
 def test_other_op_errors_are_still_wrapped(backend, monkeypatch):
