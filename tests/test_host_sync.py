@@ -124,3 +124,21 @@ def test_the_counters_see_every_way_to_the_host(emulated_cupy, capsys):
         xp.asarray(d)  # a device array: no copy
         d * 2
     assert c.log == []
+
+
+def test_fit_reads_the_device_per_epoch_not_per_batch(emulated_cupy):
+    """The data path (batches gathered on the device) and the steps of ``fit`` add no host
+    read per batch: twice the batches, the same reads (the loss check, the epoch's sums)."""
+    from graphnet import nn
+    from graphnet.train import fit
+    rng = np.random.default_rng(0)
+    syncs = []
+    for n in (320, 640):
+        x = rng.integers(0, 256, (n, 784)).astype(np.float32)
+        y = rng.integers(0, 10, n)
+        model = nn.Classifier(nn.MLP([16, 10], 784, "relu", dropout=0.3), (784,))
+        with _counters.counting() as c:
+            fit(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9), x, y, epochs=1,
+                batch_size=32, progress=False)
+        syncs.append(len(c.host_syncs()))
+    assert syncs[0] == syncs[1] and syncs[0] <= 10, syncs
