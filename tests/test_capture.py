@@ -231,3 +231,10 @@ def test_emulated_capture_refuses_syncs_other_streams_and_the_null_stream(emulat
             stream.end_capture()
     with pytest.raises(runtime_error, match="null"):
         xp.cuda.Stream.null.begin_capture()
+
+
+def test_the_replay_benchmark_runs_and_agrees(cupy_backend):
+    from benchmarks import bench_replay
+    res = bench_replay.run("mlp", steps=3, batch=4, chunk=2)
+    assert res["same_bits"] is True and res["steps"] == 3
+    assert res["ms_per_step_plain"] > 0 and res["ms_per_step_replay"] > 0
