@@ -102,8 +102,8 @@ def _poison(out: Any, given: list) -> None:
         return
     if out.dtype.kind in "fc":
         out._a.fill(np.nan)
-    else:
-        out._a.view(np.uint8).fill(0x5A) if out._a.flags.c_contiguous else None
+    elif out._a.flags.c_contiguous:
+        out._a.view(np.uint8).fill(0x5A)
 
 
 def _recorded(f: Callable) -> Callable:
@@ -204,7 +204,8 @@ def _patch_array() -> None:
     call = _recorded(lambda self, name, *a, **k: getattr_(self, name)(*a, **k))
 
     def __getattr__(self: ndarray, name: str) -> Any:
-        getattr_(self, name)  # AttributeError for what CuPy lacks
+        if name not in _array._METHODS:
+            return getattr_(self, name)  # the AttributeError for what CuPy lacks
         return lambda *a, **k: call(self, name, *a, **k)
     ndarray.__getattr__ = __getattr__
     _kernels.ElementwiseKernel.__call__ = _recorded(_kernels.ElementwiseKernel.__call__)
