@@ -23,6 +23,11 @@ class Dropout(Node):
         x = as_node(x)
         super().__init__((x,), shape=x.shape)
 
+    @property
+    def random(self) -> bool:
+        """Whether a training run draws random numbers here (CUDA-graph capture refuses it)."""
+        return self.rate > 0
+
     def mask(self, ctx: Any, shape: tuple, dtype: Any) -> Any:
         """The run's mask for an input of ``shape`` and ``dtype``."""
         b = ctx.b

@@ -107,7 +107,8 @@ def label_poison(be: Any, labels: Any, classes: int, dtype: Any) -> tuple[Any, A
     xp = be.xp
     bad = (labels < 0) | (labels >= classes)
     index = xp.clip(labels, 0, classes - 1)
-    poison = xp.where(bad, xp.asarray(float("nan"), dtype=dtype), xp.asarray(0, dtype=dtype))
+    dt = np.dtype(dtype)  # typed scalars, not 0-d arrays: no host-to-device copy per step
+    poison = xp.where(bad, dt.type(float("nan")), dt.type(0))
     return index, poison[:, None]
 
 

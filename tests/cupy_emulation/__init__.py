@@ -149,6 +149,10 @@ def modules() -> dict[str, types.ModuleType]:
     cupyx = _module("cupyx", scatter_add=_array.scatter_add)
     _MODULES.update({m.__name__: m for m in (cupy, cuda, memory, runtime, cublas, random, linalg, lib,
                                             stride_tricks, cupyx)})
+    # Hooks: CUDA-graph capture (_capture), then host-sync and transfer counting (_counters).
+    from . import _capture, _counters
+    _capture.install(_MODULES)
+    _counters.install(_MODULES)
     return _MODULES
 
 
