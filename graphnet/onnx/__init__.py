@@ -14,32 +14,32 @@ from .support import INSTALL_HINT, MIN_IMPORT_OPSET, OPSET, OnnxError, OnnxMissi
 
 def export(model: Any, path: Any, output_names: Any = None) -> Any:
     """Write ``model`` (a Graph, a Classifier, or output node(s)) to ``path`` as ONNX;
-    returns the path. See :func:`graphnet.onnx.export.export`."""
-    from .export import export as _export
+    returns the path. See :func:`graphnet.onnx.exporter.export`."""
+    from .exporter import export as _export
     return _export(model, path, output_names)
 
 
 def to_proto(model: Any, output_names: Any = None) -> Any:
     """The ``onnx.ModelProto`` :func:`export` would write."""
-    from .export import to_proto as _to_proto
+    from .exporter import to_proto as _to_proto
     return _to_proto(model, output_names)
 
 
 def load(path: Any) -> Any:
     """An :class:`ImportedModel` built from the ONNX file at ``path``."""
-    from .load import load as _load
+    from .importer import load as _load
     return _load(path)
 
 
 def from_proto(model: Any, source: str = "model") -> Any:
     """An :class:`ImportedModel` built from an ``onnx.ModelProto`` already in memory."""
-    from .load import from_proto as _from_proto
+    from .importer import from_proto as _from_proto
     return _from_proto(model, source)
 
 
 def __getattr__(name: str) -> Any:
     if name == "ImportedModel":
-        from .load import ImportedModel
+        from .importer import ImportedModel
         return ImportedModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

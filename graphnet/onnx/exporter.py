@@ -95,11 +95,16 @@ def _value_info(em: Emitter, name: str, node: Node) -> Any:
 
 
 def _preprocess(em: Emitter, model: Any) -> Input:
-    """The Classifier's raw-pixel input: ``images * pixel_scale - mean`` inside the graph."""
+    """The Classifier's raw-pixel input, as ``predict`` takes it (``(N, 28, 28)`` for MNIST),
+    reshaped to the network's input and ``* pixel_scale - mean`` inside the graph."""
     images = model.images
     dtype = to_numpy(model.mean.value).dtype
-    raw = Input(images.name, shape=images.shape, dtype=dtype)
-    scaled = em.add("Mul", [em.name(raw), em.const(np.asarray(model.pixel_scale, dtype), "pixel_scale")])
+    natural = tuple(model.image_shapes()[-1])  # without leading 1-axes, square if it is
+    raw = Input(images.name, shape=(None,) + natural, dtype=dtype)
+    x = em.name(raw)
+    if natural != tuple(model.input_shape):
+        x = em.add("Reshape", [x, em.ints((-1,) + tuple(model.input_shape), "input_shape")])
+    scaled = em.add("Mul", [x, em.const(np.asarray(model.pixel_scale, dtype), "pixel_scale")])
     em.names[images.id] = em.add("Sub", [scaled, em.name(model.mean)], "centred")
     return raw
 
