@@ -87,6 +87,13 @@ def test_batch_norm_in_inference_mode_agrees_with_onnx_runtime(backend, shape):
     _agrees(out, {"x": rng.standard_normal(shape).astype(np.float32)}, f"batch_norm {shape}")
 
 
+@pytest.mark.parametrize("index", [np.s_[::-1], np.s_[3::-2, 1:-1], np.s_[:, -1], np.s_[..., None, ::2]])
+def test_reversed_and_negative_slices_agree_with_onnx_runtime(backend, index):
+    x = gn.Input("x", shape=(5, 4))
+    feed = {"x": np.random.default_rng(9).standard_normal((5, 4)).astype(np.float32)}
+    _agrees(x[index], feed, f"x[{index}]")
+
+
 def test_the_batch_dimension_is_dynamic(numpy_backend):
     x = gn.Input("x", shape=(None, 3))
     out = gn.softmax(gn.linear(x, gn.Parameter(np.ones((3, 2))), gn.Parameter(np.zeros(2))))

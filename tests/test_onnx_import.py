@@ -140,3 +140,17 @@ def test_classifier_round_trip_gives_the_same_bits(backend, tmp_path, preset):
     assert np.array_equal(gn.to_numpy(got), gn.to_numpy(model.predict_proba(images)))
     stats = [n for n, p in back.initializers.items() if isinstance(p, gn.Parameter) and not p.trainable]
     assert len(stats) == (2 * 5 if preset == "cnn-best" else 0)  # batch statistics stay frozen
+
+
+def test_batch_normalization_momentum_follows_onnx(numpy_backend):
+    """ONNX: running = running * momentum + batch * (1 - momentum)."""
+    h = onnx.helper
+    stats = [("scale", np.ones(2, np.float32)), ("bias", np.zeros(2, np.float32)),
+             ("mean", np.full(2, 0.5, np.float32)), ("var", np.ones(2, np.float32))]
+    node = h.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"],
+                       momentum=0.8, epsilon=1e-3)
+    model = gx.from_proto(helper_model(onnx, [node], [("x", ["N", 2])], [("y", ["N", 2])], stats))
+    x = np.random.default_rng(8).standard_normal((6, 2)).astype(np.float32)
+    model.run({"x": x}, training=True)
+    assert_close(model.initializers["mean"].value, 0.5 * 0.8 + x.mean(0) * 0.2, rtol=1e-6,
+                 what="running mean")
