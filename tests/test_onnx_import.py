@@ -138,8 +138,9 @@ def test_classifier_round_trip_gives_the_same_bits(backend, tmp_path, preset):
     images = rng.integers(0, 256, (7, 28, 28)).astype(np.uint8)
     got = back.run({"images": backend.asarray(images.astype(np.float32))})["probabilities"]
     assert np.array_equal(gn.to_numpy(got), gn.to_numpy(model.predict_proba(images)))
-    stats = [n for n, p in back.initializers.items() if isinstance(p, gn.Parameter) and not p.trainable]
-    assert len(stats) == (2 * 5 if preset == "cnn-best" else 0)  # batch statistics stay frozen
+    frozen = [n for n, p in back.initializers.items() if not p.trainable]
+    assert "mean" in frozen and len(frozen) == 1 + (2 * 5 if preset == "cnn-best" else 0)
+    assert [p.shape for p in back.parameters()] == [p.shape for p in model.parameters()]
 
 
 def test_batch_normalization_momentum_follows_onnx(numpy_backend):

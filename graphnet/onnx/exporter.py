@@ -14,7 +14,7 @@ from ..graph_checks import output_list
 from ..hints import PathLike
 from ..io import atomic_write
 from ..node import Constant, Input, Node, Parameter
-from .support import OPSET, OnnxError, require_onnx
+from .support import FROZEN, OPSET, OnnxError, require_onnx
 from .to_onnx import CONVERTERS
 
 PRODUCER = "graphnet"
@@ -45,19 +45,30 @@ class Emitter:
             dtype = np.dtype(like.dtype if like is not None and like.dtype is not None else "float32")
             key = (node.value, dtype.str)
             if key not in self.scalars:
-                self.scalars[key] = self.const(np.asarray(node.value, dtype), "scalar")
+                self.scalars[key] = self.fixed(np.asarray(node.value, dtype), "scalar")
             return self.scalars[key]
         if node.id not in self.names:
-            value = node.value if isinstance(node, (Parameter, Constant)) else None
-            self.names[node.id] = self.const(to_numpy(value), node.name) if value is not None \
-                else self.unique(node.name)
+            if isinstance(node, Parameter):
+                self.names[node.id] = self.const(to_numpy(node.value), node.name, node.trainable)
+            elif isinstance(node, Constant):
+                self.names[node.id] = self.fixed(to_numpy(node.value), node.name)
+            else:
+                self.names[node.id] = self.unique(node.name)
         return self.names[node.id]
 
-    def const(self, array: np.ndarray, hint: str) -> str:
-        """An initializer holding ``array``; returns its name."""
+    def const(self, array: np.ndarray, hint: str, trainable: bool = True) -> str:
+        """An initializer holding ``array`` (a Parameter's value); returns its name."""
         name = self.unique(hint)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        tensor = self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name)
+        if not trainable:
+            tensor.doc_string = FROZEN
+        self.initializers.append(tensor)
         return name
+
+    def fixed(self, array: np.ndarray, hint: str) -> str:
+        """A Constant node holding ``array`` (never trained, unlike initializers on import)."""
+        value = self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), hint)
+        return self.add("Constant", [], self.unique(hint), value=value)
 
     def ints(self, values: Sequence[int], hint: str) -> str:
         """An int64 initializer (shapes, axes, slice bounds)."""
@@ -104,7 +115,7 @@ def _preprocess(em: Emitter, model: Any) -> Input:
     x = em.name(raw)
     if natural != tuple(model.input_shape):
         x = em.add("Reshape", [x, em.ints((-1,) + tuple(model.input_shape), "input_shape")])
-    scaled = em.add("Mul", [x, em.const(np.asarray(model.pixel_scale, dtype), "pixel_scale")])
+    scaled = em.add("Mul", [x, em.fixed(np.asarray(model.pixel_scale, dtype), "pixel_scale")])
     em.names[images.id] = em.add("Sub", [scaled, em.name(model.mean)], "centred")
     return raw
 

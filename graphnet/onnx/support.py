@@ -8,6 +8,7 @@ from ..errors import GraphnetError
 OPSET = 17             #: the opset ``export`` writes and the newest ``load`` reads
 MIN_IMPORT_OPSET = 13  #: the oldest opset ``load`` reads (Softmax, ReduceSum, Squeeze changed in 13)
 INSTALL_HINT = 'pip install "graphnet[onnx]"'
+FROZEN = "graphnet: not trainable"  #: doc_string of a non-trainable Parameter's initializer
 
 
 class OnnxError(GraphnetError, ValueError):

@@ -18,7 +18,7 @@ def _same(op_type: str) -> Callable:
 
 
 def _power(em, node, ins, out):
-    em.add("Pow", [ins[0], em.const(np.asarray(node.exponent, np.dtype(node.dtype)), "exponent")], out)
+    em.add("Pow", [ins[0], em.fixed(np.asarray(node.exponent, np.dtype(node.dtype)), "exponent")], out)
 
 
 def _transpose(em, node, ins, out):
