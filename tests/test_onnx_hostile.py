@@ -145,3 +145,20 @@ def test_an_oversized_file_is_refused_without_reading_it_all(tmp_path, monkeypat
     path = _save(tmp_path, _mlp())
     with pytest.raises(gx.OnnxError, match="larger than 100 bytes"):
         gx.load(path)
+
+
+def test_a_model_that_cannot_be_built_names_the_node(tmp_path):
+    h = onnx.helper
+    proto = helper_model(onnx, [h.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                         [("x", ["N", 3])], [("y", ["N", 2])],
+                         [("w", np.ones((4, 2), np.float32))])
+    with pytest.raises(gx.OnnxError, match=r"node 'mm' \(MatMul\): cannot be built: .*inner sizes"):
+        gx.load(_save(tmp_path, proto))
+
+
+def test_a_model_the_onnx_checker_rejects_is_refused(tmp_path):
+    h = onnx.helper
+    proto = helper_model(onnx, [h.make_node("MaxPool", ["x"], ["y"])],  # kernel_shape missing
+                         [("x", ["N", 1, 4, 4])], [("y", ["N", 1, 2, 2])])
+    with pytest.raises(gx.OnnxError, match="not a valid ONNX model"):
+        gx.load(_save(tmp_path, proto))
