@@ -11,7 +11,7 @@ from ..hints import Array, Data, PathLike
 from ..node import Constant, Input, Node, Parameter
 from . import checks
 from .from_onnx import SPECS
-from .support import OnnxError, require_onnx
+from .support import FROZEN, OnnxError, require_onnx
 
 BN_STATS = (3, 4)  # BatchNormalization's running mean and variance: not trainable
 
@@ -59,6 +59,7 @@ class Builder:
         self.used: dict[str, Node] = {}
         self.frozen = {n.input[k] for n in g.node if n.op_type == "BatchNormalization"
                        for k in BN_STATS if k < len(n.input)}
+        self.frozen |= {t.name for t in g.initializer if t.doc_string == FROZEN}
 
     def error(self, node: Any, why: str) -> OnnxError:
         return OnnxError(f"{self.source}: node {node.name or '(unnamed)'!r} ({node.op_type}): {why}")
