@@ -7,31 +7,40 @@ so ``import graphnet`` never needs it. See docs/onnx.md.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from ..hints import PathLike
 from .support import INSTALL_HINT, MIN_IMPORT_OPSET, OPSET, OnnxError, OnnxMissingError
 
 
-def export(model: Any, path: Any, output_names: Any = None) -> Any:
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .importer import ImportedModel
+
+Names = Optional[Union[str, Sequence[str]]]
+
+
+def export(model: Any, path: PathLike, output_names: Names = None) -> "Path":
     """Write ``model`` (a Graph, a Classifier, or output node(s)) to ``path`` as ONNX;
     returns the path. See :func:`graphnet.onnx.exporter.export`."""
     from .exporter import export as _export
     return _export(model, path, output_names)
 
 
-def to_proto(model: Any, output_names: Any = None) -> Any:
+def to_proto(model: Any, output_names: Names = None) -> Any:
     """The ``onnx.ModelProto`` :func:`export` would write."""
     from .exporter import to_proto as _to_proto
     return _to_proto(model, output_names)
 
 
-def load(path: Any) -> Any:
+def load(path: PathLike) -> "ImportedModel":
     """An :class:`ImportedModel` built from the ONNX file at ``path``."""
     from .importer import load as _load
     return _load(path)
 
 
-def from_proto(model: Any, source: str = "model") -> Any:
+def from_proto(model: Any, source: str = "model") -> "ImportedModel":
     """An :class:`ImportedModel` built from an ``onnx.ModelProto`` already in memory."""
     from .importer import from_proto as _from_proto
     return _from_proto(model, source)
