@@ -11,21 +11,18 @@ Exit status: 0 written, 2 for a bad flag, an unreadable model or an unwritable -
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: continue as the package module
-    try:
-        from _bootstrap import run_as_module  # python examples/mnist/x.py: this folder is first
-    except ImportError:  # e.g. runpy.run_path with the repository importable
-        from examples.mnist._bootstrap import run_as_module
-    run_as_module("export")
-
 import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from . import digits
-from .train import _Parser
+if __package__:  # part of the package: python -m examples.mnist.export, or imported
+    from . import digits
+    from .train import _Parser
+else:  # run by path (python examples/mnist/export.py): this folder is on the path
+    import digits
+    from train import _Parser
 
 EXIT_BAD_SETUP = 2
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import host_memory_bytes
-from ..io import CheckpointError, _open_regular
+from ..io import open_regular
 from .from_onnx import SPECS
 from .support import MIN_IMPORT_OPSET, OPSET, OnnxError
 
@@ -26,10 +26,8 @@ def read_bytes(path: Any) -> bytes:
     if not path.exists():
         raise OnnxError(f"{path}: no such ONNX file")
     try:
-        with _open_regular(path) as f:
+        with open_regular(path, OnnxError) as f:
             data = f.read(MAX_FILE_BYTES + 1)
-    except CheckpointError as exc:
-        raise OnnxError(str(exc)) from None
     except OSError as exc:
         raise OnnxError(f"{path}: cannot be read: {exc}") from None
     if len(data) > MAX_FILE_BYTES:

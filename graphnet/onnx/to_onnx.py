@@ -140,8 +140,8 @@ def _expand(node) -> list:
     items = list(node.index) if isinstance(node.index, tuple) else [node.index]
     rank = len(node.inputs[0].shape)
     real = sum(1 for i in items if i is not None and i is not Ellipsis)
-    if Ellipsis in items:
-        k = items.index(Ellipsis)
+    k = next((k for k, i in enumerate(items) if i is Ellipsis), None)  # not ``in``: arrays
+    if k is not None:
         items[k:k + 1] = [slice(None)] * (rank - real)
     items += [slice(None)] * (rank - sum(1 for i in items if i is not None))
     return [int(i) if isinstance(i, (int, np.integer)) else i for i in items]

@@ -26,12 +26,18 @@ import numpy as np
 
 from . import _array, _counters, _kernels
 from ._array import ndarray
+from ._errors import CUDARuntimeError
 
 _STATE: dict[str, Any] = {"capture": None, "streams": []}
 
 
-class StreamCaptureError(RuntimeError):
-    """Stands in for ``cupy.cuda.runtime.CUDARuntimeError`` raised by a capture misuse."""
+class StreamCaptureError(CUDARuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError`` as a capture misuse raises it (the message
+    starts with the CUDA status name, as CuPy's does)."""
+
+    def __init__(self, message: str) -> None:
+        RuntimeError.__init__(self, message)
+        self.status = message.split(":", 1)[0]
 
 
 class Graph:
@@ -221,8 +227,6 @@ def install(mods: dict) -> None:
     cuda.graph = type(cuda)("cupy.cuda.graph")
     cuda.graph.Graph = Graph
     runtime = mods["cupy.cuda.runtime"]
-    if not hasattr(runtime, "CUDARuntimeError"):
-        runtime.CUDARuntimeError = StreamCaptureError
     runtime.streamCaptureModeGlobal, runtime.streamCaptureModeThreadLocal, \
         runtime.streamCaptureModeRelaxed = 0, 1, 2
     if not hasattr(cuda.MemoryPool, "malloc"):
