@@ -222,3 +222,27 @@ def test_the_examples_have_no_bootstrap_glue_and_no_import_circle():
     common = {m for m in _imports(mnist / "common.py")}
     assert not {m for m in common if m.endswith(".train") or m == "train"}, \
         "common.py imports train.py, which imports common.py"
+
+
+# --- a reader finds what runs -------------------------------------------------------------
+def _documented_rules() -> set[tuple[str, str, str]]:
+    """The fusion rules docs/architecture.md lists: (producer, consumer, built by)."""
+    import re
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("<!-- FUSION RULES")[1].split("<!-- /FUSION RULES -->")[0]
+    return set(re.findall(r"^- `(\w+) -> (\w+)`: built by `(\w+)`", block, re.M))
+
+
+def test_every_fusion_rule_is_documented_and_every_documented_rule_exists():
+    from graphnet.planner import fusion_rules
+    registered = {(r.producer.__name__, r.consumer.__name__, r.build.__name__)
+                  for r in fusion_rules()}
+    assert registered and _documented_rules() == registered
+
+
+def test_the_nodes_of_each_fusion_rule_name_the_step_that_replaces_them():
+    """Each fused op's docstring says which step runs instead of its forward and backward."""
+    from graphnet.planner import fusion_rules
+    for rule in fusion_rules():
+        for cls in (rule.producer, rule.consumer):
+            assert rule.build.__name__ in (cls.__doc__ or ""), (cls.__name__, rule.build.__name__)

@@ -105,7 +105,12 @@ def _sum_rows_numpy(be: Any, g: Any, out: Any = None) -> Any:
 
 
 class Linear(Node):
-    """``x @ W + b`` for x (N, in), W (in, out), b (out,), as one node."""
+    """``x @ W + b`` for x (N, in), W (in, out), b (out,), as one node.
+
+    Its :meth:`forward` and :meth:`backward` run in the reference executor, and in training
+    steps and forward passes unless an activation alone reads it: the planner then runs the
+    fused ``LinearActivation`` (``ops/fused.py``), which calls these same methods.
+    """
 
     op = "linear"
 

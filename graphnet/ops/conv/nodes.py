@@ -35,8 +35,8 @@ class Conv2d(Node):
 
     :meth:`forward` and :meth:`backward` run in the reference executor and in steps where
     the planner does not fuse the node; followed by an activation or a max-pool that alone
-    read its output, the planner runs :mod:`.fusion`'s step instead, which calls the same
-    engine with its own epilogue.
+    read its output, the planner runs :mod:`.fusion`'s ``ConvActivation`` or ``ConvMaxPool``
+    instead, which call the same engine with their own epilogue.
     """
 
     op = "conv2d"
