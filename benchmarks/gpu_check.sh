@@ -6,7 +6,8 @@
 #      GRAPHNET_CUPY_EMULATION=forbid makes pytest stop rather than fall back to the emulation;
 #      MPI tests are deselected where they cannot run (root with Open MPI, or one device),
 #   3. the MLP and CNN epoch against PyTorch CUDA eager, with and without CUDA-graph replay
-#      (replay is skipped with a line while graphnet's Graph has no such option),
+#      (graphnet.capture; the preset CNN's dropout is refused with a line), and a step with and
+#      without replay on a CNN without dropout (benchmarks/bench_replay.py),
 #   4. the `fast` MNIST preset for a short run (2 epochs), with its test accuracy.
 # Limits it is built for: timeouts sum to 510 s with nvidia-smi, 535 s with each kill grace (< 9
 # minutes), `python3` only (GPU_CHECK_PYTHON
@@ -34,11 +35,12 @@ trap 'rm -rf "$WORK"' EXIT
 if [ -z "${GRAPHNET_DATA:-}" ] && [ -d "$PWD/mnist-data" ]; then export GRAPHNET_DATA=$PWD/mnist-data; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export GRAPHNET_BACKEND=cupy
-EPOCH_ARGS=(--steps 60 --rounds 3) FAST_ARGS=(--epochs 2) TAG=""
+EPOCH_ARGS=(--steps 60 --rounds 3) FAST_ARGS=(--epochs 2) REPLAY_ARGS=(--steps 200) TAG=""
 if [ "$EMULATE" = 1 ]; then
     export PYTHONPATH=$PWD/tests/cupy_emulation/site:$PYTHONPATH
     export GRAPHNET_CUPY_EMULATION=force GRAPHNET_CUPY_EMULATION_QUIET=1
-    EPOCH_ARGS=(--steps 3 --rounds 1) FAST_ARGS=(--epochs 1) TAG="EMULATED: "
+    EPOCH_ARGS=(--steps 3 --rounds 1) FAST_ARGS=(--epochs 1) REPLAY_ARGS=(--steps 3 --batch 16)
+    TAG="EMULATED: "
 else
     export GRAPHNET_CUPY_EMULATION=forbid  # the tests stop instead of falling back to the emulation
 fi
@@ -129,8 +131,12 @@ grep -E '^(FAILED|ERROR) |::.* (FAILED|ERROR)' "$WORK/tests.log" | sed 's/ - .*/
 grep -E '^(Exit|!.*Exit): ' "$WORK/tests.log" | head -n 1 | sed "s/^/${TAG}  /" | tee -a "$SUMMARY"
 
 # --- 3. MLP and CNN epoch against PyTorch CUDA eager
-step epoch 100 "$PY" -m benchmarks.bench_gpu_epoch "${EPOCH_ARGS[@]}" --out "$WORK/epoch.json"
+step epoch 80 "$PY" -m benchmarks.bench_gpu_epoch "${EPOCH_ARGS[@]}" --out "$WORK/epoch.json"
 grep -E 'epoch (mlp|cnn):' "$WORK/epoch.log" | sed "s/^$TAG//" | while IFS= read -r line; do say "$line"; done
+
+# --- 3b. one training step with and without CUDA-graph replay (MLP, and a CNN without dropout)
+step replay 20 bash -c "\"$PY\" -m benchmarks.bench_replay --model mlp ${REPLAY_ARGS[*]} && \"$PY\" -m benchmarks.bench_replay --model cnn ${REPLAY_ARGS[*]}"
+grep -E '^\{' "$WORK/replay.log" | while IFS= read -r line; do say "replay step: $line"; done
 
 # --- 4. the fast preset, a short run
 step fast 90 "$PY" examples/mnist/train.py --preset fast --no-progress --out "$WORK/fast" "${FAST_ARGS[@]}"

@@ -116,6 +116,17 @@ def backend(request, monkeypatch):
         yield b
 
 
+@pytest.fixture
+def cupy_backend():
+    """The CuPy backend (the emulation where no GPU is present), active for the test (which
+    is marked ``gpu``)."""
+    if cupy_mode()[0] == "skip":
+        pytest.skip(cupy_mode()[1])
+    with gn.use_backend("cupy") as b:
+        gn.seed(0)
+        yield b
+
+
 @pytest.fixture(autouse=True)
 def _emulate_cupy_for_gpu_tests(request, monkeypatch):
     """``gpu`` tests that ask for CuPy by name (not via ``backend``) also run on the emulation."""

@@ -20,16 +20,6 @@ from conftest import cupy_mode
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def cupy_backend():
-    """The CuPy backend (the emulation where no GPU is present), active for the test."""
-    if cupy_mode()[0] == "skip":
-        pytest.skip(cupy_mode()[1])
-    with gn.use_backend("cupy") as b:
-        gn.seed(0)
-        yield b
-
-
 def _train(build, make_opt, feeds_of, captured: bool, step_cls=CapturedStep):
     """(parameters as host arrays, costs, the CapturedStep or None) after the feeds' steps."""
     graph, params, x, labels = build()

@@ -76,17 +76,16 @@ def test_the_emulated_dry_run_completes_and_says_emulated_on_every_line(tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs.tar.gz", "summary.txt"]
 
 
-def test_the_replay_column_follows_whether_graph_has_the_option(monkeypatch):
-    import graphnet as gn
-    from benchmarks.bench_gpu_epoch import REPLAY_OPTIONS, replay_option
-    has = [n for n in REPLAY_OPTIONS if n in inspect.signature(gn.Graph.__init__).parameters]
-    assert replay_option() == (has[0] if has else None)
-
-    class WithReplay(gn.Graph):
-        def __init__(self, *args, cuda_graph: bool = False, **kwargs):
-            super().__init__(*args, **kwargs)
-    monkeypatch.setattr(gn, "Graph", WithReplay)
-    assert replay_option() == "cuda_graph"
+@pytest.mark.gpu
+def test_the_epoch_benchmark_times_replay_or_says_why_not(cupy_backend):
+    """The MLP gets a replay column (graphnet.capture); the preset CNN's dropout is refused
+    with a line naming the node, never dropped silently."""
+    from benchmarks.bench_gpu_epoch import run_case
+    mlp = run_case("mlp", steps=2, rounds=1, seed=0, emulated=True)
+    assert "graphnet-cupy-replay" in mlp["epoch_seconds"]
+    cnn = run_case("cnn", steps=2, rounds=1, seed=0, emulated=True)
+    assert "graphnet-cupy-replay" not in cnn["epoch_seconds"]
+    assert any("replay: refused" in n and "dropout" in n for n in cnn["notes"]), cnn["notes"]
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn"])
