@@ -41,11 +41,11 @@ class Activation(Unary):
 
     A subclass writes the function once, :meth:`apply`, and its gradient once,
     :meth:`grad_from_output`; the node's forward and backward and the fused steps all call
-    those two. The reference executor always runs the node's :meth:`forward` and
-    :meth:`backward`; a training step or forward pass runs them too, except where the
-    activation follows a linear node or a conv2d whose value nothing else reads: then the
-    planner runs the fused ``LinearActivation`` (``ops/fused.py``) or ``ConvActivation``
-    (``ops/conv/fusion.py``) in place of both nodes.
+    those two. With ``plan="reference"`` (or ``check_numerics``) the node's :meth:`forward`
+    and :meth:`backward` always run; a training step or a ``Graph.run`` runs them too, except
+    where the activation follows a ``Linear`` node (``gn.linear``, ``nn.Linear``) or a conv2d
+    whose value nothing else reads: then the planner runs the fused ``LinearActivation``
+    (``ops/fused.py``) or ``ConvActivation`` (``ops/conv/fusion.py``) in place of both nodes.
     """
 
     def apply(self, xp: Any, x: Any, out: Any = None) -> Any:
