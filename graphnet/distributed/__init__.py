@@ -20,7 +20,8 @@ than left hanging on a dead peer.
 from __future__ import annotations
 
 from .data_parallel import (BUCKET_BYTES, STATS, DataParallel, DistributedOptimizer, _Buckets,
-                            attach, choose_transport)
+                            attach)
+from .transport import choose_transport
 from .sampler import ShardedSampler, shard_bounds
 from .world import (DEFAULT_TIMEOUT, EXIT_ABORT, INSTALL_HINT, LAUNCH_HINT, LAUNCHER_ENV,
                     TIMEOUT_ENV, DistributedError, World, init, launched_by_mpi, poll_until)
