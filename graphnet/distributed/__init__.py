@@ -24,8 +24,10 @@ from .data_parallel import (BUCKET_BYTES, STATS, DataParallel, DistributedOptimi
 from .transport import choose_transport
 from .sampler import ShardedSampler, shard_bounds
 from .world import (DEFAULT_TIMEOUT, EXIT_ABORT, INSTALL_HINT, LAUNCH_HINT, LAUNCHER_ENV,
-                    TIMEOUT_ENV, DistributedError, World, init, launched_by_mpi, poll_until)
+                    TIMEOUT_ENV, DistributedError, NonFiniteGradientsError, World, init,
+                    launched_by_mpi, poll_until)
 
 __all__ = ["attach", "init", "World", "DistributedOptimizer", "DataParallel", "ShardedSampler",
            "shard_bounds", "choose_transport", "launched_by_mpi", "DistributedError",
+           "NonFiniteGradientsError",
            "INSTALL_HINT", "BUCKET_BYTES", "poll_until"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 import weakref
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from ..errors import ArgumentTypeError
 from ..node import Parameter
 from .sampler import ShardedSampler
 from .transport import _gpu_count, _MpiReducer, _nccl_available, _NcclReducer, choose_transport
-from .world import DistributedError, World
+from .world import DistributedError, NonFiniteGradientsError, World
 
 BUCKET_BYTES = 25 << 20
 
@@ -205,7 +205,7 @@ class DistributedOptimizer:
         self.comm_seconds += time.perf_counter() - t1
         self.compute_seconds += compute
         if float(stats[FAILED]) > 0 or float(stats[NONFINITE]) > 0:
-            self._refuse_step(mine, failure)
+            self._refuse_step(mine, failure, raised=float(stats[FAILED]) > 0)
         total = float(stats[WEIGHT])
         if not total > 0:
             raise DistributedError("no rank had any samples in this global batch")
@@ -215,21 +215,14 @@ class DistributedOptimizer:
             buf *= scale
         return stats[COST].copy(), layout.views
 
-    def _refuse_step(self, mine: Any, failure: Optional[BaseException]) -> None:
+    def _refuse_step(self, mine: Any, failure: Optional[BaseException], raised: bool) -> NoReturn:
         """Stop every rank at a step one of them could not take: each names the culprits, the
         failing rank re-raises its own error; no rank applies the step."""
-        step = self.steps + 1
-        flags = [float(v) for v in mine]
-        text = (f"{type(failure).__name__}: {failure}" if failure is not None
-                else "non-finite cost or gradients" if flags[1] else "")
-        said = self.world.allgather_text(text, f"naming the ranks that failed step {step}")
-        culprits = "; ".join(f"rank {r}: {t}" for r, t in enumerate(said) if t)
-        message = (f"step {step} was not applied on any rank (the parameters are unchanged): "
-                   f"{culprits}")
-        if failure is not None:
-            failure.add_note(f"graphnet.distributed: {message}")
-            raise failure
-        raise DistributedError(message)
+        text = None if failure is not None else (
+            "non-finite cost or gradients" if float(mine[1]) else "")
+        self.world.fail_together(failure, f"step {self.steps + 1} (taken on no rank: the "
+                                 "parameters are unchanged)", text,
+                                 DistributedError if raised else NonFiniteGradientsError)
 
     def _stop_vote(self) -> bool:
         ask = self.stop_requested
@@ -270,8 +263,9 @@ class DataParallel:
         trainer.progress = trainer.progress and self.world.is_root
 
     def sampler(self, batch_size: int) -> ShardedSampler:
-        """This rank's rows of each global batch."""
-        return ShardedSampler(batch_size, self.world.rank, self.world.size)
+        """This rank's rows of each global batch (the ranks check, at the epoch's first batch,
+        that they split the same number of samples the same way)."""
+        return _AgreedSampler(batch_size, self.world)
 
     def step(self, optimizer: Any, graph: Any, feed: Mapping[Any, Any], rng_key: Any,
              samples: int, stop_requested: Callable[[], bool]) -> tuple[Any, bool]:
@@ -298,6 +292,28 @@ class DataParallel:
         how = f"; {opt.transport}: {opt.reason}" if opt is not None else ""
         return (f"data-parallel on {size} ranks: global batch {batch_size * size} "
                 f"= {batch_size} per rank x {size}{how}")
+
+
+class _AgreedSampler(ShardedSampler):
+    """A ShardedSampler whose first ``rows_at`` checks that every rank has the same epoch: a rank
+    with other data would take another number of steps and leave the rest waiting."""
+
+    def __init__(self, batch_size: int, world: World) -> None:
+        super().__init__(batch_size, world.rank, world.size)
+        self.world, self.agreed = world, False
+
+    def rows_at(self, permutation: Any, start: int) -> tuple[Any, int]:
+        if not self.agreed:
+            mine = {"samples": int(permutation.shape[0]), "batch_size": self.batch_size,
+                    "from sample": int(start)}
+            epochs = self.world.disagreement(mine, "comparing the ranks' epochs")
+            if epochs is not None:
+                sides = "; ".join(f"rank {r}: " + ", ".join(f"{k} {v}" for k, v in e.items())
+                                  for r, e in enumerate(epochs))
+                raise DistributedError(f"the ranks' epochs differ (each rank must be given the "
+                                       f"same training data and batch size): {sides}")
+            self.agreed = True
+        return super().rows_at(permutation, start)
 
 
 def _checked_world(world: Any) -> World:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backends.host import to_numpy
 from ..checks import flag, real
-from ..errors import ArgumentTypeError
+from ..errors import ArgumentTypeError, NumericsError
 from ..node import Parameter
 from .agreement import describe_parameters, parameter_differences
 from .sampler import shard_bounds
@@ -39,6 +39,10 @@ LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 class DistributedError(RuntimeError):
     """MPI is missing, the process was not started by mpiexec, or the ranks disagree."""
+
+
+class NonFiniteGradientsError(DistributedError, NumericsError):
+    """A rank's cost or gradients were NaN or inf: the step was taken on no rank."""
 
 
 def launched_by_mpi(env: Optional[Mapping[str, str]] = None) -> bool:
@@ -272,15 +276,39 @@ class World:
         weight = real(weight, "reduce_mean weight", low=0)
         keys = sorted(values)
         nums = [_number(values[k], f"reduce_mean value {k!r}") for k in keys]
-        differ = self.disagreement(keys, "comparing the names of the metrics to reduce")
-        if differ is not None:
-            sides = ", ".join(f"rank {r} {v}" for r, v in enumerate(differ))
-            raise DistributedError(f"reduce_mean: the ranks reduce different names: {sides}")
+        keys, nums = self._agreed_names(keys, nums, weight)
         buf = np.array([v * weight for v in nums] + [weight], np.float64)
         self.allreduce_(buf, f"reducing metrics {keys}")
         if buf[-1] <= 0:
             raise DistributedError(f"reduce_mean: the weights sum to {buf[-1]} over the ranks")
         return {k: float(buf[i] / buf[-1]) for i, k in enumerate(keys)}
+
+    def _agreed_names(self, keys: list[str], nums: list[float], weight: float
+                      ) -> tuple[list[str], list[float]]:
+        """The names every rank with weight reduces (a rank without weight adopts them)."""
+        differ = self.disagreement(keys if weight > 0 else None,
+                                   "comparing the names of the metrics to reduce")
+        if differ is None:
+            return keys, nums
+        named = [(r, v) for r, v in enumerate(differ) if v is not None]
+        if any(v != named[0][1] for _, v in named):
+            sides = ", ".join(f"rank {r} {v}" for r, v in named)
+            raise DistributedError(f"reduce_mean: the ranks reduce different names: {sides}")
+        return (keys, nums) if weight > 0 or not named else (named[0][1], [0.0] * len(named[0][1]))
+
+    def fail_together(self, failure: Optional[BaseException], what: str,
+                      text: Optional[str] = None, error: type = DistributedError) -> NoReturn:
+        """Raise on every rank once a vote found that some rank failed at ``what``: the ranks
+        that failed re-raise their own error, the others ``error`` naming them all (each rank
+        says ``text``, by default its error; "" for none)."""
+        if text is None:
+            text = "" if failure is None else f"{type(failure).__name__}: {failure}"
+        said = self.allgather_text(text, f"naming the ranks that failed {what}")
+        message = f"{what} failed: " + "; ".join(f"rank {r}: {t}" for r, t in enumerate(said) if t)
+        if failure is not None:
+            failure.add_note(f"graphnet.distributed: {message}")
+            raise failure
+        raise error(message)
 
     def any(self, flag: bool, what: str = "a vote") -> bool:
         """Whether ``flag`` is true on any rank."""
@@ -299,8 +327,15 @@ class World:
     def evaluate(self, model: Any, x: Any, y: Any, prepared: bool = True) -> dict[str, float]:
         """``model.evaluate`` over all of ``x``, each rank taking a contiguous part."""
         lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
-        part = (model.evaluate(x[lo:hi], y[lo:hi], prepared=prepared) if hi > lo
-                else {"accuracy": 0.0, "loss": 0.0})
+        part: dict[str, float] = {}
+        failure: Optional[BaseException] = None
+        try:
+            if hi > lo:
+                part = model.evaluate(x[lo:hi], y[lo:hi], prepared=prepared)
+        except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it, not wait
+            failure = exc
+        if self.any(failure is not None, "checking that every rank evaluated its part"):
+            self.fail_together(failure, "evaluating")
         return self.reduce_mean(part, weight=hi - lo)
 
 
