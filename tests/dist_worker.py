@@ -289,6 +289,9 @@ def collectives_differ(world, out: Path) -> None:
     if mode == "metrics":
         values = {"loss": 1.0, "accuracy": 0.5} if world.rank == 0 else {"loss": 1.0, "acc": 0.5}
         _report(world, lambda: world.reduce_mean(values))
+    elif mode == "sum":
+        _report(world, lambda: world.allreduce_(np.ones(2, np.int64 if world.rank == 0 else np.float64),
+                                                "the counts"))
     elif mode == "array":
         _report(world, lambda: world.broadcast_array(np.zeros(3 + world.rank, np.float32), "the mean"))
     else:

@@ -81,7 +81,7 @@ def test_an_abort_that_returns_never_hands_back_the_unreduced_buffer(tmp_path):
     assert "rank 0: Abort(3) returned" in r.stdout, out  # the simulated abort did return
     assert "unreduced" not in out
     assert r.returncode == distributed.EXIT_ABORT, out
-    assert "rank 0 of 2: waited 2 s for the sum rank 1 never joins" in r.stderr
+    assert "rank 0 of 2: waited 2 s for checking the sum rank 1 never joins" in r.stderr
 
 
 # --- a rank that cannot take a step ----------------------------------------------------------
@@ -139,6 +139,8 @@ def test_non_finite_gradients_on_one_rank_are_named_and_taken_nowhere(tmp_path):
                 "rank 0 ['accuracy', 'loss'], rank 1 ['acc', 'loss']"),
     ("array", "DistributedError: broadcast_array(the mean): the ranks' arrays differ in shape or "
               "dtype: rank 0 (3,) float32, rank 1 (4,) float32"),
+    ("sum", "DistributedError: the counts: the ranks' arrays differ in shape or dtype: "
+            "rank 0 (2,) int64, rank 1 (2,) float64"),
     ("config", "DistributedError: the ranks disagree on the configuration: rank 1 differs from "
                "rank 0 in batch_size (8 vs 16)"),
 ])
@@ -227,10 +229,16 @@ def _doors(world, model, opt, feed):
         (lambda: distributed.ShardedSampler(2, "0", 2), TypeError, "rank must be an integer, got '0'"),
         (lambda: distributed.World(world.MPI, "comm"), TypeError,
          "comm must be an MPI communicator .* got str 'comm'"),
+        (lambda: world.allreduce_(np.zeros((4, 4))[:, 0], "a column"), TypeError,
+         "a column: the buffer must be a writable C-contiguous NumPy array, got ndarray"),
+        (lambda: world.broadcast_([1.0], "a list"), TypeError,
+         "a list: the buffer must be a writable C-contiguous NumPy array, got list"),
+        (lambda: world.broadcast_(np.zeros(2), "counts", root=1), ValueError,
+         r"root must be a rank in \[0, 1\), got 1"),
     ]
 
 
-DOORS = 18
+DOORS = 21
 
 
 @pytest.mark.mpi

@@ -83,7 +83,7 @@ class _NcclReducer:
         uid = np.zeros(128, np.int64)  # ncclUniqueId: 128 bytes, as CuPy's tuple of ints
         if world.is_root:
             uid[:] = nccl.get_unique_id()
-        world.broadcast_(uid, "the NCCL unique id")
+        world._broadcast(uid, "the NCCL unique id")
         self.comm = nccl.NcclCommunicator(world.size, tuple(int(v) for v in uid), world.rank)
         self._types = {np.dtype(np.float16): nccl.NCCL_FLOAT16,
                        np.dtype(np.float32): nccl.NCCL_FLOAT32,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backends.host import to_numpy
 from ..checks import flag, real
-from ..errors import ArgumentTypeError, NumericsError
+from ..errors import ArgumentError, ArgumentTypeError, NumericsError
 from ..node import Parameter
 from .agreement import describe_parameters, parameter_differences
 from .sampler import shard_bounds
@@ -192,15 +192,38 @@ class World:
         self.wait([self.comm.Ibarrier()], what)
 
     def allreduce_(self, buf: np.ndarray, what: str, op: Any = None) -> np.ndarray:
-        """Sum (or ``op``) a host array across ranks, in place."""
+        """Sum (or ``op``) a host array across ranks, in place (every rank's shape and dtype
+        checked first: DistributedError naming each rank's otherwise)."""
+        self._same_buffers(buf, what)
+        return self._allreduce(buf, what, op)
+
+    def broadcast_(self, buf: np.ndarray, what: str, root: int = 0) -> np.ndarray:
+        """Overwrite a contiguous host array with rank ``root``'s, in place (shapes and dtypes
+        checked first, as for :meth:`allreduce_`)."""
+        if isinstance(root, bool) or not isinstance(root, numbers.Integral) \
+                or not 0 <= root < self.size:
+            raise ArgumentError(f"root must be a rank in [0, {self.size}), got {root!r}")
+        self._same_buffers(buf, what)
+        return self._broadcast(buf, what, int(root))
+
+    def _allreduce(self, buf: np.ndarray, what: str, op: Any = None) -> np.ndarray:
         op = self.MPI.SUM if op is None else op
         self.wait([self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=op)], what)
         return buf
 
-    def broadcast_(self, buf: np.ndarray, what: str, root: int = 0) -> np.ndarray:
-        """Overwrite a contiguous host array with rank ``root``'s, in place."""
+    def _broadcast(self, buf: np.ndarray, what: str, root: int = 0) -> np.ndarray:
         self.wait([self.comm.Ibcast(buf, root=root)], what)
         return buf
+
+    def _same_buffers(self, buf: Any, what: str) -> None:
+        """Refuse a buffer MPI cannot write in place, or one whose shape or dtype differ between ranks."""
+        if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
+            raise ArgumentTypeError(f"{what}: the buffer must be a writable C-contiguous NumPy "
+                                    f"array, got {type(buf).__name__}")
+        values = self.disagreement([list(buf.shape), str(buf.dtype)], f"checking {what}")
+        if values is not None:
+            sides = ", ".join(f"rank {r} {tuple(v[0])} {v[1]}" for r, v in enumerate(values))
+            raise DistributedError(f"{what}: the ranks' arrays differ in shape or dtype: {sides}")
 
     def allgather_text(self, text: str, what: str) -> list[str]:
         """Every rank's ``text``, in rank order (lengths, then the bytes; both with the deadline)."""
@@ -227,13 +250,7 @@ class World:
 
     def broadcast_array(self, x: Any, what: str = "an array") -> np.ndarray:
         """Rank 0's host copy of ``x`` (any backend's array; every rank's shape and dtype must agree)."""
-        host = np.ascontiguousarray(to_numpy(x)).copy()
-        values = self.disagreement([list(host.shape), str(host.dtype)], f"checking {what}")
-        if values is not None:
-            sides = ", ".join(f"rank {r} {tuple(v[0])} {v[1]}" for r, v in enumerate(values))
-            raise DistributedError(f"broadcast_array({what}): the ranks' arrays differ in shape "
-                                   f"or dtype: {sides}")
-        return self.broadcast_(host, what)
+        return self.broadcast_(np.ascontiguousarray(to_numpy(x)).copy(), f"broadcast_array({what})")
 
     def check_parameters(self, params: Union[Mapping[str, Parameter], Iterable[Parameter]],
                          what: str = "checking the parameters") -> list[Parameter]:
@@ -255,7 +272,7 @@ class World:
         params = self.check_parameters(params, "before the parameter broadcast")
         for dtype, group in _group_by_dtype(params).items():
             flat = np.concatenate([to_numpy(p.value).ravel() for p in group])
-            self.broadcast_(flat, f"the parameter broadcast ({len(group)} {dtype} arrays)")
+            self._broadcast(flat, f"the parameter broadcast ({len(group)} {dtype} arrays)")
             if not self.is_root:
                 _unpack(flat, group)
 
@@ -264,7 +281,7 @@ class World:
         params = [p for p in self.check_parameters(params, what) if np.dtype(p.dtype).kind == "f"]
         for dtype, group in _group_by_dtype(params).items():
             flat = np.concatenate([to_numpy(p.value).ravel() for p in group])
-            self.allreduce_(flat, what)
+            self._allreduce(flat, what)
             flat /= self.size
             _unpack(flat, group)
 
@@ -278,7 +295,7 @@ class World:
         nums = [_number(values[k], f"reduce_mean value {k!r}") for k in keys]
         keys, nums = self._agreed_names(keys, nums, weight)
         buf = np.array([v * weight for v in nums] + [weight], np.float64)
-        self.allreduce_(buf, f"reducing metrics {keys}")
+        self._allreduce(buf, f"reducing metrics {keys}")
         if buf[-1] <= 0:
             raise DistributedError(f"reduce_mean: the weights sum to {buf[-1]} over the ranks")
         return {k: float(buf[i] / buf[-1]) for i, k in enumerate(keys)}
@@ -313,7 +330,7 @@ class World:
     def any(self, flag: bool, what: str = "a vote") -> bool:
         """Whether ``flag`` is true on any rank."""
         buf = np.array([1 if flag else 0], np.int32)
-        return bool(self.allreduce_(buf, what, self.MPI.MAX)[0])
+        return bool(self._allreduce(buf, what, self.MPI.MAX)[0])
 
     def check_config(self, config: Mapping[str, Any]) -> None:
         """Raise DistributedError naming the ranks and keys that differ from rank 0's config."""
