@@ -309,3 +309,11 @@ def test_evaluate_of_a_failing_model_is_its_own_error(world, trained):
                for n in info.value.__notes__)
     with pytest.raises(distributed.DistributedError, match="the weights sum to 0"):
         world.evaluate(model, feed[model.images][:0], feed[model.labels][:0])
+
+
+def test_the_example_launch_helpers_name_a_wrong_argument():
+    from examples.mnist import launch as example_launch
+    with pytest.raises(TypeError, match="flag must be True, False or None, got str 'yes'"):
+        example_launch.from_flag("yes")
+    with pytest.raises(TypeError, match="world must be a graphnet.distributed.World, got NoneType"):
+        example_launch.failure_ends_all(None)

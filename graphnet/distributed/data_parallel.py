@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
+from ..backends.host import to_numpy
 from ..checks import flag, integer, positive_int
 from ..errors import ArgumentTypeError
 from ..node import Parameter
@@ -204,12 +205,13 @@ class DistributedOptimizer:
         self._reducer.finish(f"the gradient all-reduce (step {self.steps + 1})")
         self.comm_seconds += time.perf_counter() - t1
         self.compute_seconds += compute
-        if float(stats[FAILED]) > 0 or float(stats[NONFINITE]) > 0:
-            self._refuse_step(mine, failure, raised=float(stats[FAILED]) > 0)
-        total = float(stats[WEIGHT])
+        summed = to_numpy(stats)  # the one host read of the step
+        if summed[FAILED] > 0 or summed[NONFINITE] > 0:
+            self._refuse_step(mine, failure, raised=summed[FAILED] > 0)
+        total = float(summed[WEIGHT])
         if not total > 0:
             raise DistributedError("no rank had any samples in this global batch")
-        self.stop_agreed = bool(float(stats[STOP]) > 0)
+        self.stop_agreed = bool(summed[STOP] > 0)
         scale = 1.0 / total
         for buf in (*layout.buffers, stats):
             buf *= scale
@@ -219,7 +221,7 @@ class DistributedOptimizer:
         """Stop every rank at a step one of them could not take: each names the culprits, the
         failing rank re-raises its own error; no rank applies the step."""
         text = None if failure is not None else (
-            "non-finite cost or gradients" if float(mine[1]) else "")
+            "non-finite cost or gradients" if to_numpy(mine)[1] else "")
         self.world.fail_together(failure, f"step {self.steps + 1} (taken on no rank: the "
                                  "parameters are unchanged)", text,
                                  DistributedError if raised else NonFiniteGradientsError)
