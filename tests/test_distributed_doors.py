@@ -235,10 +235,13 @@ def _doors(world, model, opt, feed):
          "a list: the buffer must be a writable C-contiguous NumPy array, got list"),
         (lambda: world.broadcast_(np.zeros(2), "counts", root=1), ValueError,
          r"root must be a rank in \[0, 1\), got 1"),
+        (lambda: distributed.poll_until(True, 1.0), TypeError, "done must be a callable, got bool"),
+        (lambda: distributed.poll_until(lambda: True, "1"), TypeError,
+         "timeout must be a real number, got str '1'"),
     ]
 
 
-DOORS = 21
+DOORS = 23
 
 
 @pytest.mark.mpi

@@ -123,6 +123,9 @@ def poll_until(done: Callable[[], bool], timeout: float) -> bool:
     no sleep latency when the peers are there, no core stolen when they wait for it),
     then sleeps between polls, 50 us doubling to 1 ms.
     """
+    if not callable(done):
+        raise ArgumentTypeError(f"done must be a callable, got {type(done).__name__} {done!r}")
+    timeout = real(timeout, "timeout", low=0)
     start = time.monotonic()
     spin_until, deadline, pause = start + SPIN_SECONDS, start + timeout, 5e-5
     while not done():
