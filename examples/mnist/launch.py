@@ -14,6 +14,8 @@ def from_flag(flag: Optional[bool]) -> Optional[World]:
 
     Ranks other than 0 get their standard output silenced (errors still reach stderr).
     """
+    if flag is not None and not isinstance(flag, bool):
+        raise TypeError(f"flag must be True, False or None, got {type(flag).__name__} {flag!r}")
     if flag is False or (flag is None and not launched_by_mpi()):
         return None
     world = init()
@@ -27,6 +29,9 @@ class failure_ends_all:
     all ranks agree on), ends every rank at once instead of leaving them to time out."""
 
     def __init__(self, world: World) -> None:
+        if not isinstance(world, World):
+            raise TypeError(f"world must be a graphnet.distributed.World, got "
+                            f"{type(world).__name__} {world!r}")
         self.world = world
 
     def __enter__(self) -> "failure_ends_all":

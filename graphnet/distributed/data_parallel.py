@@ -5,49 +5,26 @@ from __future__ import annotations
 import inspect
 import time
 import weakref
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
+from ..backends.host import to_numpy
+from ..checks import flag, integer, positive_int
+from ..errors import ArgumentTypeError
 from ..node import Parameter
 from .sampler import ShardedSampler
-from .world import DistributedError, World, poll_until
+from .transport import _gpu_count, _MpiReducer, _nccl_available, _NcclReducer, choose_transport
+from .world import DistributedError, NonFiniteGradientsError, World
 
 BUCKET_BYTES = 25 << 20
 
 
-def choose_transport(backend_name: str, local_size: int, gpu_count: int,
-                     nccl_available: bool) -> tuple[str, str]:
-    """``("nccl" | "mpi", reason)``: NCCL only on CuPy with a GPU of its own for every local rank."""
-    if backend_name != "cupy":
-        return "mpi", f"{backend_name} arrays live on the host: MPI all-reduce"
-    if not nccl_available:
-        return "mpi", ("NCCL is not available to CuPy (pip install nvidia-nccl-cu12): "
-                       "MPI all-reduce through host copies")
-    if gpu_count < local_size:
-        return "mpi", (f"{local_size} ranks share {gpu_count} GPU(s) on this host: "
-                       "MPI all-reduce through host copies")
-    return "nccl", f"NCCL all-reduce on the GPUs ({local_size} rank(s) per host, one GPU each)"
-
-
-def _nccl_available() -> bool:
-    try:
-        from cupy.cuda import nccl
-    except Exception:
-        return False
-    return bool(getattr(nccl, "available", True))
-
-
-def _gpu_count() -> int:
-    try:
-        import cupy
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
-
-
 # --- gradient buckets and their all-reduce ----------------------------------------------
-STATS = 3  # a small extra buffer, reduced after the buckets: weighted cost, weight, stop vote
+# A small extra buffer, reduced after the buckets: weighted cost, weight, stop vote, ranks that
+# raised in this step, ranks whose cost or gradients are not finite.
+STATS = 5
+COST, WEIGHT, STOP, FAILED, NONFINITE = range(STATS)
 
 
 class _Buckets:
@@ -83,77 +60,14 @@ class _Buckets:
                 offset += n
             self.buffers.append(flat)
         self.stats = xp.zeros(STATS, dtype=plan[-1][0].dtype)
+        self.xp = xp
         self.keyed = False  # whether the graph's gradients() takes an rng_key
         self.hooked = False  # whether it takes on_final (reports each final gradient)
+        self.checked = False  # whether the ranks agreed on these parameters
 
 
 def _nbytes(params: Sequence[Parameter]) -> int:
     return sum(int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in params)
-
-
-class _MpiReducer:
-    """Sums buckets across ranks with non-blocking MPI all-reduces (host staging for CuPy)."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self._staging: dict[int, np.ndarray] = {}
-        self._pending: list[tuple[Any, np.ndarray, Any]] = []
-
-    def start(self, buf: Any) -> None:
-        """Begin summing ``buf`` in place; earlier ones are nudged on (MPI progresses in calls)."""
-        MPI = self.world.MPI
-        if self._pending:
-            MPI.Request.Testall([r for _, _, r in self._pending])
-        host = self._host(buf)
-        self._pending.append((buf, host, self.world.comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM)))
-
-    def finish(self, what: str) -> None:
-        """Complete every started sum, in order, each copied back as it completes."""
-        pending, self._pending = self._pending, []
-        for k, (buf, host, req) in enumerate(pending):
-            self.world.wait([req], f"{what} (buffer {k + 1} of {len(pending)})")
-            if host is not buf:
-                buf.set(host)
-
-    def _host(self, buf: Any) -> np.ndarray:
-        if isinstance(buf, np.ndarray):
-            return buf
-        host = self._staging.get(id(buf))
-        if host is None or host.shape != buf.shape:
-            host = self._staging[id(buf)] = np.empty(buf.shape, buf.dtype)
-        buf.get(out=host)
-        return host
-
-
-class _NcclReducer:
-    """Sums CuPy buckets across ranks with NCCL on the current stream (each rank its own GPU)."""
-
-    def __init__(self, world: World) -> None:
-        import cupy
-        from cupy.cuda import nccl
-        self.world, self.cupy, self.nccl = world, cupy, nccl
-        uid = np.zeros(128, np.int64)  # ncclUniqueId: 128 bytes, as CuPy's tuple of ints
-        if world.is_root:
-            uid[:] = nccl.get_unique_id()
-        world.broadcast_(uid, "the NCCL unique id")
-        self.comm = nccl.NcclCommunicator(world.size, tuple(int(v) for v in uid), world.rank)
-        self._types = {np.dtype(np.float16): nccl.NCCL_FLOAT16,
-                       np.dtype(np.float32): nccl.NCCL_FLOAT32,
-                       np.dtype(np.float64): nccl.NCCL_FLOAT64}
-
-    def start(self, buf: Any) -> None:
-        """Queue the sum of ``buf`` on the current stream, after the kernels that wrote it."""
-        stream = self.cupy.cuda.get_current_stream()
-        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[np.dtype(buf.dtype)],
-                            self.nccl.NCCL_SUM, stream.ptr)
-
-    def finish(self, what: str) -> None:
-        done = self.cupy.cuda.Event(disable_timing=True)
-        done.record(self.cupy.cuda.get_current_stream())
-        if not poll_until(lambda: done.done, self.world.timeout):
-            self.comm.abort()
-            self.world.abort(f"waited {self.world.timeout:g} s for {what} over NCCL: "
-                             "another rank died or hangs")
 
 
 class DistributedOptimizer:
@@ -171,12 +85,16 @@ class DistributedOptimizer:
                  overlap: bool = True) -> None:
         if isinstance(optimizer, DistributedOptimizer):
             raise ValueError("optimizer is already a DistributedOptimizer")
-        if not bucket_bytes > 0:
-            raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-        if not isinstance(overlap, bool):
-            raise ValueError(f"overlap must be True or False, got {overlap!r}")
-        self.optimizer, self.world = optimizer, world
-        self.bucket_bytes, self.overlap = int(bucket_bytes), overlap
+        params = getattr(optimizer, "params", None)
+        if not callable(getattr(optimizer, "minimize", None)) or not isinstance(params, list):
+            raise ArgumentTypeError(f"optimizer must be a graphnet optimizer (with params and "
+                                    f"minimize), got {type(optimizer).__name__} {optimizer!r}")
+        if not params:
+            raise ValueError("optimizer has no parameters to average")
+        self.world = _checked_world(world)
+        self.bucket_bytes, self.overlap = _checked_options(bucket_bytes, overlap)
+        world.check_parameters(params, "wrapping the optimizer in DistributedOptimizer")
+        self.optimizer = optimizer
         b = optimizer.params[0].backend
         nccl_ok = b.name == "cupy" and _nccl_available()
         # Every rank must take the same path: NCCL only if all ranks can.
@@ -223,9 +141,7 @@ class DistributedOptimizer:
         to ``graph.gradients`` where the engine takes one; give each rank its own (e.g.
         with the rank's first sample) so that dropout masks differ between ranks.
         """
-        weight = 1.0 if samples is None else float(samples)
-        if weight < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
+        weight = 1.0 if samples is None else float(integer(samples, "samples", minimum=0))
 
         def averaged(graph: Any, feed: Mapping[Any, Any], wrt: Sequence[Parameter],
                      key: Any) -> tuple[Any, Mapping[Parameter, Any]]:
@@ -238,12 +154,18 @@ class DistributedOptimizer:
         """(mean cost, mean gradients) of the global batch; the gradients are this wrapper's
         own buffers, which the update may use as scratch."""
         layout = self._layout(graph, wrt)
+        if not layout.checked:  # the first step on this graph: same gradients on every rank?
+            self.world.check_parameters(layout.params, "the parameters of the graph being trained")
+            layout.checked = True
         started = [False] * len(layout.buffers)
         waiting = list(layout.sizes)  # gradients each bucket still waits for
+        stats, xp = layout.stats, layout.xp
+        stats[...] = 0
 
         def start(k: int) -> None:
             if weight != 1.0:
                 layout.buffers[k] *= weight
+            stats[NONFINITE] += ~xp.isfinite(layout.buffers[k]).all()  # before the sum mixes ranks
             started[k] = True
             self._reducer.start(layout.buffers[k])
 
@@ -255,35 +177,54 @@ class DistributedOptimizer:
                 self.overlapped += 1
 
         t0 = time.perf_counter()
-        if weight > 0:
-            kw = {} if rng_key is None or not layout.keyed else {"rng_key": rng_key}
-            if self.overlap and layout.hooked:
-                kw["on_final"] = on_final
-            cost, _ = graph.gradients(feed, wrt=layout.params, return_cost=True,
-                                      into=layout.views, **kw)
-            layout.stats[0] = cost * weight
-        else:
-            for buf in layout.buffers:
-                buf[...] = 0
+        failure: Optional[BaseException] = None
+        try:
+            if weight > 0:
+                kw = {} if rng_key is None or not layout.keyed else {"rng_key": rng_key}
+                if self.overlap and layout.hooked:
+                    kw["on_final"] = on_final
+                cost, _ = graph.gradients(feed, wrt=layout.params, return_cost=True,
+                                          into=layout.views, **kw)
+                stats[COST] = cost * weight
+            stats[STOP] = 1.0 if self._stop_vote() else 0.0
+        except BaseException as exc:  # noqa: B036 - the other ranks must hear of it, not wait
+            failure, stats[FAILED], stats[COST] = exc, 1.0, 0.0
+        if weight == 0 or failure is not None:
+            for k, buf in enumerate(layout.buffers):
+                if not started[k]:
+                    buf[...] = 0
         compute = time.perf_counter() - t0
-        layout.stats[1] = weight
-        layout.stats[2] = 1.0 if self._stop_vote() else 0.0
+        stats[WEIGHT] = weight
+        stats[NONFINITE] += ~xp.isfinite(stats[COST])
         for k in range(len(layout.buffers)):
             if not started[k]:
                 start(k)
-        self._reducer.start(layout.stats)
+        mine = stats[FAILED:].copy()  # this rank's flags, before the sum
+        self._reducer.start(stats)
         t1 = time.perf_counter()
         self._reducer.finish(f"the gradient all-reduce (step {self.steps + 1})")
         self.comm_seconds += time.perf_counter() - t1
         self.compute_seconds += compute
-        total = float(layout.stats[1])
+        summed = to_numpy(stats)  # the one host read of the step
+        if summed[FAILED] > 0 or summed[NONFINITE] > 0:
+            self._refuse_step(mine, failure, raised=summed[FAILED] > 0)
+        total = float(summed[WEIGHT])
         if not total > 0:
             raise DistributedError("no rank had any samples in this global batch")
-        self.stop_agreed = bool(float(layout.stats[2]) > 0)
+        self.stop_agreed = bool(summed[STOP] > 0)
         scale = 1.0 / total
-        for buf in (*layout.buffers, layout.stats):
+        for buf in (*layout.buffers, stats):
             buf *= scale
-        return layout.stats[0].copy(), layout.views
+        return stats[COST].copy(), layout.views
+
+    def _refuse_step(self, mine: Any, failure: Optional[BaseException], raised: bool) -> NoReturn:
+        """Stop every rank at a step one of them could not take: each names the culprits, the
+        failing rank re-raises its own error; no rank applies the step."""
+        text = None if failure is not None else (
+            "non-finite cost or gradients" if to_numpy(mine)[1] else "")
+        self.world.fail_together(failure, f"step {self.steps + 1} (taken on no rank: the "
+                                 "parameters are unchanged)", text,
+                                 DistributedError if raised else NonFiniteGradientsError)
 
     def _stop_vote(self) -> bool:
         ask = self.stop_requested
@@ -293,6 +234,8 @@ class DistributedOptimizer:
         layout = self._layouts.get(graph)
         if layout is None:
             params = list(wrt) if wrt is not None else [p for p in self.params if p in graph]
+            if not params:
+                raise ValueError("graph uses none of the optimizer's parameters: nothing to train")
             layout = self._layouts[graph] = _Buckets(params, params[0].backend.xp, self.bucket_bytes)
             accepts = inspect.signature(graph.gradients).parameters
             layout.keyed, layout.hooked = "rng_key" in accepts, "on_final" in accepts
@@ -309,7 +252,8 @@ class DataParallel:
     Ctrl-C on any rank agreed on at the next step, and only rank 0 writing or showing progress."""
 
     def __init__(self, world: World, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True) -> None:
-        self.world, self.bucket_bytes, self.overlap = world, bucket_bytes, overlap
+        self.world = _checked_world(world)
+        self.bucket_bytes, self.overlap = _checked_options(bucket_bytes, overlap)
         self.writes = world.is_root
         self.optimizer: Optional[DistributedOptimizer] = None
 
@@ -321,8 +265,9 @@ class DataParallel:
         trainer.progress = trainer.progress and self.world.is_root
 
     def sampler(self, batch_size: int) -> ShardedSampler:
-        """This rank's rows of each global batch."""
-        return ShardedSampler(batch_size, self.world.rank, self.world.size)
+        """This rank's rows of each global batch (the ranks check, at the epoch's first batch,
+        that they split the same number of samples the same way)."""
+        return _AgreedSampler(batch_size, self.world)
 
     def step(self, optimizer: Any, graph: Any, feed: Mapping[Any, Any], rng_key: Any,
              samples: int, stop_requested: Callable[[], bool]) -> tuple[Any, bool]:
@@ -349,6 +294,39 @@ class DataParallel:
         how = f"; {opt.transport}: {opt.reason}" if opt is not None else ""
         return (f"data-parallel on {size} ranks: global batch {batch_size * size} "
                 f"= {batch_size} per rank x {size}{how}")
+
+
+class _AgreedSampler(ShardedSampler):
+    """A ShardedSampler whose first ``rows_at`` checks that every rank has the same epoch: a rank
+    with other data would take another number of steps and leave the rest waiting."""
+
+    def __init__(self, batch_size: int, world: World) -> None:
+        super().__init__(batch_size, world.rank, world.size)
+        self.world, self.agreed = world, False
+
+    def rows_at(self, permutation: Any, start: int) -> tuple[Any, int]:
+        if not self.agreed:
+            mine = {"samples": int(permutation.shape[0]), "batch_size": self.batch_size,
+                    "from sample": int(start)}
+            epochs = self.world.disagreement(mine, "comparing the ranks' epochs")
+            if epochs is not None:
+                sides = "; ".join(f"rank {r}: " + ", ".join(f"{k} {v}" for k, v in e.items())
+                                  for r, e in enumerate(epochs))
+                raise DistributedError(f"the ranks' epochs differ (each rank must be given the "
+                                       f"same training data and batch size): {sides}")
+            self.agreed = True
+        return super().rows_at(permutation, start)
+
+
+def _checked_world(world: Any) -> World:
+    if not isinstance(world, World):
+        raise ArgumentTypeError(f"world must be a graphnet.distributed.World (from "
+                                f"distributed.init()), got {type(world).__name__} {world!r}")
+    return world
+
+
+def _checked_options(bucket_bytes: Any, overlap: Any) -> tuple[int, bool]:
+    return positive_int(bucket_bytes, "bucket_bytes"), flag(overlap, "overlap")
 
 
 def attach(trainer: Any, world: World, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import positive_int
+from ..checks import integer, positive_int
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -11,6 +11,7 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
 
     Parts differ in length by at most one, the first ones taking the extra items.
     """
+    n, rank, size = integer(n, "n"), integer(rank, "rank"), integer(size, "size")
     if size <= 0 or not 0 <= rank < size:
         raise ValueError(f"rank must be in [0, size) with size > 0, got rank={rank}, size={size}")
     if n < 0:

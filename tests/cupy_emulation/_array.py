@@ -41,8 +41,14 @@ class ndarray:  # noqa: N801 - CuPy's name
     __array_priority__ = 100
 
     # --- conversions the way CuPy allows them ---------------------------------------
-    def get(self) -> np.ndarray:
-        return self._a.copy()
+    def get(self, stream: Any = None, order: str = "C", out: Any = None,
+            blocking: bool = True) -> np.ndarray:
+        if out is None:
+            return self._a.copy()
+        if not isinstance(out, np.ndarray) or out.shape != self._a.shape or out.dtype != self._a.dtype:
+            raise ValueError("out must be a numpy.ndarray of the same shape and dtype")
+        np.copyto(out, self._a)  # CuPy's get(out=...): a copy into the given host array
+        return out
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
