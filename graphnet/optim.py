@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
-from .errors import ArgumentError, ArgumentTypeError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, NumericsError, ShapeError
 from .hints import Array, Data
 from .io import CheckpointError
-from .kernels import Kernel, KernelTable, implementations, kernel
+from .kernels import Kernel, KernelTable, implementations
 from .node import Input, Node, Parameter
+from .optim_kernels import adam_update, sgd_update
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +43,38 @@ def _param_list(params: Any, who: str) -> list[Parameter]:
         seen.add(id(p))
         out.append(p)
     return out
+
+
+class NonFiniteCostError(NumericsError):
+    """A training step's cost was NaN or inf; the weights and optimizer state are unchanged."""
+
+    def __init__(self, message: str, cost: float = math.nan) -> None:
+        super().__init__(message)
+        self.cost = cost
+
+
+def non_finite_message(opt: "Optimizer", graph: Any, feed: Mapping[Any, Any], cost: float) -> str:
+    """Why a step was refused: the cost, the step, and the fed input holding NaN/inf if any."""
+    name = getattr(getattr(graph, "cost", None), "name", None)
+    culprit = next((f"input {getattr(node, 'name', node)!r} holds {bad}" for node, value in feed.items()
+                    for bad in [_non_finite(value)] if bad), None)
+    hint = culprit or ("lower the learning rate, or pass check_numerics=True to the graph to "
+                       "name the first node producing it")
+    return (f"the cost {name!r} is {cost} at step {opt.steps + 1} of {type(opt).__name__}; the "
+            f"weights and the optimizer's state are left unchanged: {hint}")
+
+
+def _non_finite(value: Any) -> str:
+    """'NaN or inf at position k' for a host floating array holding one, else ''."""
+    host = to_numpy(value) if hasattr(value, "dtype") else None
+    if host is None or host.dtype.kind != "f" or host.size == 0:
+        return ""
+    flat = host.reshape(-1)
+    bad = (flat != flat) | (abs(flat) == float("inf"))
+    if not bad.any():
+        return ""
+    k = int(bad.argmax())
+    return f"{flat[k]} at flat position {k}"
 
 
 _TABLES: dict[str, KernelTable] = {}  # backend name: its kernel table (graphnet.kernels)
@@ -103,6 +136,13 @@ class Optimizer:
 
         ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
 
+        A step whose cost is not finite (NaN or inf) never changes the weights or the
+        optimizer's slots: on the host (NumPy) it raises :class:`NonFiniteCostError`
+        (a ``gn.NumericsError``) before the update; on a device there is no host sync, the
+        update kernels skip every element on a device-side "cost is finite" flag, and the
+        returned cost reads as NaN or inf. Class indices fed as host arrays are checked
+        against the loss's class count when fed (``gn.FeedError`` naming input and position).
+
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
         to see them. ``gradients(graph, feed, wrt, rng_key) -> (cost, {parameter: gradient})``
@@ -111,14 +151,40 @@ class Optimizer:
         """
         wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
         if wrt is None:
-            wrt = self._wrt[graph] = tuple(p for p in self.params if p in graph)
+            wrt = self._wrt[graph] = self._params_in(graph)
         if gradients is not None:
             cost, grads = gradients(graph, feed, wrt, rng_key)
         else:
             cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True,
                                           into=self._buffers_for(wrt), rng_key=rng_key)
-        self.apply(grads, scratch=True)
+        self.apply(grads, scratch=True, finite=self._finite_flag(graph, feed, cost))
         return cost
+
+    def _params_in(self, graph: Graph) -> tuple[Parameter, ...]:
+        """This optimizer's parameters that ``graph`` reads; ArgumentError if there are none."""
+        if not callable(getattr(graph, "gradients", None)):
+            raise ArgumentTypeError(f"{type(self).__name__}.minimize takes a gn.Graph, got "
+                                    f"{type(graph).__name__}")
+        wrt = tuple(p for p in self.params if p in graph)
+        if not wrt:
+            mine = ", ".join(repr(p.name) for p in self.params[:8])
+            theirs = ", ".join(repr(p.name) for p in graph.parameters()[:8]) or "none"
+            raise ArgumentError(f"{type(self).__name__}.minimize: none of the optimizer's "
+                                f"{len(self.params)} parameters ({mine}) is in the graph of cost "
+                                f"{getattr(graph.cost, 'name', None)!r} (its parameters: "
+                                f"{theirs}); build the optimizer from graph.parameters()")
+        return wrt
+
+    def _finite_flag(self, graph: Graph, feed: Mapping[Input, Data], cost: Any) -> Any:
+        """None after checking a host cost (NonFiniteCostError if it is not finite), else the
+        device cost as a one-element view: the update kernels read whether it is finite."""
+        b = self.params[0].backend
+        if cost is None or (b.is_array(cost) and b.name != "numpy"):
+            return None if cost is None else cost.reshape(1)
+        value = float(cost)
+        if not math.isfinite(value):
+            raise NonFiniteCostError(non_finite_message(self, graph, feed, value), value)
+        return None
 
     def _buffers_for(self, wrt: Sequence[Parameter]) -> dict[Parameter, Any]:
         for p in wrt:
@@ -126,20 +192,23 @@ class Optimizer:
                 self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
         return self._grad_bufs
 
-    def apply(self, grads: Mapping[Parameter, Array], scratch: bool = False) -> None:
+    def apply(self, grads: Mapping[Parameter, Array], scratch: bool = False,
+              finite: Any = None) -> None:
         """Apply one update from ``{parameter: gradient}`` without :meth:`step`'s checks.
 
         For callers that computed the gradients themselves in the parameters' shapes and
-        backend; with ``scratch`` the update may overwrite the gradient arrays.
+        backend; with ``scratch`` the update may overwrite the gradient arrays. ``finite``:
+        a one-element device array; where it is not finite nothing is updated (device only).
         """
         self.steps += 1
         decays = self._decays
         for i, p in enumerate(self.params):
             g = grads.get(p)
             if g is not None:
-                self._update(i, p, g, decays[i], scratch)
+                self._update(i, p, g, decays[i], scratch, finite)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         raise NotImplementedError
 
     def _kernel(self, k: Kernel, p: Parameter) -> Callable[..., Any]:
@@ -197,10 +266,11 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.nesterov = momentum, nesterov
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
         self._kernel(sgd_update, p)(p.backend, p._value, g, v, self.lr, self.momentum,
-                                    self.nesterov, wd, scratch)
+                                    self.nesterov, wd, scratch, finite)
 
 
 class Adam(Optimizer):
@@ -217,120 +287,11 @@ class Adam(Optimizer):
         self.eps = real(eps, "Adam eps", 0.0, low_open=True)
         super().__init__(params, lr, weight_decay)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         self._kernel(adam_update, p)(p.backend, p._value, g, self._slot("m", i, p),
                                      self._slot("v", i, p), self.lr, self.beta1, self.beta2,
-                                     self.eps, self.steps, wd)
-
-
-# --- update kernels: the reference, then the NumPy and CUDA versions ------------------------
-@kernel
-def sgd_update(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-               nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
-    """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum.
-
-    With ``scratch`` the update may overwrite ``g`` (the caller's own buffer).
-    """
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    if v is None:
-        p -= lr * g
-        return
-    v *= momentum
-    v += g
-    if nesterov:
-        p -= lr * (g + momentum * v)
-    else:
-        p -= lr * v
-
-
-@sgd_update.override("numpy")
-def _sgd_update_numpy(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                      nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
-    # The reference's arithmetic in the same order, with no temporaries.
-    np = be.xp
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    tmp = g if scratch and not nesterov else be.scratch(p)
-    step = g
-    if v is not None:
-        v *= momentum
-        v += g
-        step = v
-        if nesterov:
-            np.multiply(v, momentum, out=tmp)
-            tmp += g
-            step = tmp
-    np.multiply(step, lr, out=tmp)
-    p -= tmp
-
-
-@sgd_update.override("cupy")
-def _sgd_update_cuda(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                     nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
-    decay = 1 - lr * weight_decay
-    if v is None:
-        be.elementwise("sgd", "T g, T lr, T decay", "T p",
-                       "p = p * decay - lr * g")(g, lr, decay, p)
-        return
-    body = ("v = momentum * v + g; "
-            + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
-    name = "sgd_nesterov" if nesterov else "sgd_momentum"
-    be.elementwise(name, "T g, T lr, T momentum, T decay", "T p, T v", body)(
-        g, lr, momentum, decay, p, v)
-
-
-@kernel
-def adam_update(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                beta2: float, eps: float, step: int, weight_decay: float) -> None:
-    """One Adam(W) step in place, with bias correction and decoupled weight decay."""
-    xp = be.xp
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * (g * g)
-    c1 = 1 - beta1 ** step
-    c2 = 1 - beta2 ** step
-    denom = xp.sqrt(v / c2)
-    denom += eps
-    p -= (lr / c1) * (m / denom)
-
-
-@adam_update.override("numpy")
-def _adam_update_numpy(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                       beta2: float, eps: float, step: int, weight_decay: float) -> None:
-    # The reference's arithmetic in the same order, through one scratch buffer.
-    np = be.xp
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    t = be.scratch(p)
-    m *= beta1
-    np.multiply(g, 1 - beta1, out=t)
-    m += t
-    v *= beta2
-    np.multiply(g, g, out=t)
-    t *= 1 - beta2
-    v += t
-    np.divide(v, 1 - beta2 ** step, out=t)
-    np.sqrt(t, out=t)
-    t += eps
-    np.divide(m, t, out=t)
-    t *= lr / (1 - beta1 ** step)
-    p -= t
-
-
-@adam_update.override("cupy")
-def _adam_update_cuda(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                      beta2: float, eps: float, step: int, weight_decay: float) -> None:
-    c1 = 1 - beta1 ** step
-    c2 = 1 - beta2 ** step
-    body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
-            "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
-    be.elementwise("adam", "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay",
-                   "T p, T m, T v", body)(
-        g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay, p, m, v)
+                                     self.eps, self.steps, wd, finite)
 
 
 class Schedule:

@@ -9,7 +9,7 @@ import numpy as np
 from ..checks import integer
 from ..errors import GraphError, ShapeError
 from ..kernels import kernel
-from ..node import Node, as_node
+from ..node import Input, Node, as_node
 from ..shapes import describe, sum_to
 
 
@@ -64,6 +64,10 @@ class SoftmaxCrossEntropy(Node):
         logits, labels = as_node(logits), as_node(labels)
         _check_labels(logits, labels)
         super().__init__((logits, labels), shape=(), dtype=logits.dtype)
+        classes = logits.shape[-1] if logits.shape else None
+        if isinstance(labels, Input) and classes is not None and labels.dtype is not None \
+                and labels.dtype.kind in "iu":
+            labels.limit_classes(classes, f"softmax_cross_entropy {self.name!r}")
 
     def forward(self, ctx, logits, labels):
         self._check_run_shapes(logits, labels)

@@ -25,7 +25,7 @@ from ..checks import positive_int
 from ..errors import ArgumentTypeError
 from ..hints import Array, Data, PathLike, RngKey
 from ..io import CheckpointError
-from ..optim import Optimizer, Schedule
+from ..optim import NonFiniteCostError, Optimizer, Schedule
 from . import checkpoint
 from .checkpoint import CHECKPOINT
 from .errors import DivergenceError, OutOfMemory, TrainingInterrupted, is_out_of_memory, root_cause
@@ -205,7 +205,10 @@ class Trainer:
             xb, yb = self._batch(X, Y, part)
             if self.augment is not None and part.shape[0]:
                 xb = self.augment(xb, rng_key=key) if self._keyed_augment else self.augment(xb)
-            losses[i], stop = self._step(xb, yb, key)
+            try:
+                losses[i], stop = self._step(xb, yb, key)
+            except NonFiniteCostError as exc:  # refused on the host before any update
+                raise self._diverged(s, exc.cost) from exc
             st.sample, st.batches_seen = s + counts[i], st.batches_seen + 1
             bar.update(counts[i])
             if (i + 1) % self.check_every == 0 or i + 1 == len(starts):
@@ -260,13 +263,16 @@ class Trainer:
         bad = ~xp.isfinite(losses[check_from:stop])
         if bool(bad.any()):
             first = check_from + int(bad.argmax())
-            s = starts[first]
-            where = (f"epoch {self.state.epoch + 1}, batch {s // self.batch_size + 1} "
-                     f"(samples {s}-{min(s + self.batch_size, self.state.n) - 1})")
-            kept = (f"; the last good checkpoint ({self._checkpoint_path()}) is untouched"
-                    if self.checkpoint_dir else "")
-            raise DivergenceError(f"training diverged: the loss became {float(losses[first])} at "
-                                  f"{where} (lr={self.optimizer.lr:g}); lower the learning rate{kept}")
+            raise self._diverged(starts[first], float(losses[first]))
+
+    def _diverged(self, s: int, loss: float) -> DivergenceError:
+        """The error for a loss of ``loss`` at the batch starting at sample ``s``."""
+        where = (f"epoch {self.state.epoch + 1}, batch {s // self.batch_size + 1} "
+                 f"(samples {s}-{min(s + self.batch_size, self.state.n) - 1})")
+        kept = (f"; the last good checkpoint ({self._checkpoint_path()}) is untouched"
+                if self.checkpoint_dir else "")
+        return DivergenceError(f"training diverged: the loss became {loss} at {where} "
+                               f"(lr={self.optimizer.lr:g}); lower the learning rate{kept}")
 
     def _finish_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array],
                       secs: float) -> None:
