@@ -149,7 +149,10 @@ class Optimizer:
         computes them instead (e.g. averaged over processes); the update may then overwrite
         the arrays it returns.
         """
-        wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
+        try:
+            wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
+        except TypeError:  # not weak-referenceable: not a Graph
+            wrt = None
         if wrt is None:
             wrt = self._wrt[graph] = self._params_in(graph)
         if gradients is not None:

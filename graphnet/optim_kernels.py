@@ -24,9 +24,10 @@ def _unless_not_finite(be: Any, finite: Any, arrays: list, update: Callable[[], 
         xp.copyto(a, s, where=keep)
 
 
-def _masked_body(body: str) -> str:
-    """A CUDA kernel body run only where the one-element ``finite`` (the cost) is finite."""
-    return f"if (isfinite((double)finite[0])) {{ {body}; }}"
+def _body(body: str, masked: bool) -> str:
+    """A CUDA kernel body; ``masked``: run only where the one-element ``finite`` (the cost)
+    is finite."""
+    return f"if (isfinite((double)finite[0])) {{ {body}; }}" if masked else body
 
 
 @kernel
@@ -85,20 +86,20 @@ def _sgd_update_cuda(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum
                      finite: Any = None) -> None:
     decay = 1 - lr * weight_decay
     masked = finite is not None
-    tail = (", raw C finite",) if masked else ("",)
-    extra = (finite,) if masked else ()
-    wrap = _masked_body if masked else (lambda body: body)
-    suffix = "_masked" if masked else ""
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
     if v is None:
-        be.elementwise("sgd" + suffix, "T g, T lr, T decay" + tail[0], "T p",
-                       wrap("p = p * decay - lr * g"))(g, lr, decay, *extra, p)
+        name = "sgd_masked" if masked else "sgd"
+        be.elementwise(name, "T g, T lr, T decay" + mask, "T p",
+                       _body("p = p * decay - lr * g", masked))(g, lr, decay, *extra, p)
         return
     body = ("v = momentum * v + g; "
-            + ("p = p * decay - lr * (g + momentum * v)" if nesterov
-               else "p = p * decay - lr * v"))
-    name = ("sgd_nesterov" if nesterov else "sgd_momentum") + suffix
-    be.elementwise(name, "T g, T lr, T momentum, T decay" + tail[0], "T p, T v", wrap(body))(
-        g, lr, momentum, decay, *extra, p, v)
+            + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
+    if nesterov:
+        name = "sgd_nesterov_masked" if masked else "sgd_nesterov"
+    else:
+        name = "sgd_momentum_masked" if masked else "sgd_momentum"
+    be.elementwise(name, "T g, T lr, T momentum, T decay" + mask, "T p, T v",
+                   _body(body, masked))(g, lr, momentum, decay, *extra, p, v)
 
 
 @kernel
@@ -160,8 +161,7 @@ def _adam_update_cuda(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1:
             "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
     params = "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay"
     args = (g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay)
-    if finite is None:
-        be.elementwise("adam", params, "T p, T m, T v", body)(*args, p, m, v)
-        return
-    be.elementwise("adam_masked", params + ", raw C finite", "T p, T m, T v",
-                   _masked_body(body))(*args, finite, p, m, v)
+    masked = finite is not None
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
+    be.elementwise("adam_masked" if masked else "adam", params + mask, "T p, T m, T v",
+                   _body(body, masked))(*args, *extra, p, m, v)
