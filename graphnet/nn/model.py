@@ -226,11 +226,10 @@ class Classifier:
                   features: bool) -> tuple[Array, Optional[Array]]:
         batch_size = positive_int(batch_size, "batch_size")
         x, single = self.check_images(images)
-        x = self._scale(x)
         xp = self.backend.xp
         probs, feats = [], []
-        for i in range(0, x.shape[0], batch_size):
-            out = self.eval_graph.run({self.images: x[i:i + batch_size]})
+        for i in range(0, x.shape[0], batch_size):  # scaled per batch: memory bounded by it
+            out = self.eval_graph.run({self.images: self._scale(x[i:i + batch_size])})
             probs.append(out[0])
             if features:
                 feats.append(out[1].reshape(out[1].shape[0], -1))
@@ -250,14 +249,15 @@ class Classifier:
         batch_size = positive_int(batch_size, "batch_size")
         b = self.backend
         xp = b.xp
-        if not prepared:
-            x = self.prepare(x)
+        x = self._as_backend_array(x, "x") if prepared else self.check_images(x)[0]
         if x.shape[0] == 0:
             raise ClassifierInputError("images: no images to evaluate")
         y = self.check_labels(y, int(x.shape[0]))
-        correct, loss_sum = xp.zeros((), dtype=xp.int64), xp.zeros((), dtype=x.dtype)
-        for i in range(0, x.shape[0], batch_size):
+        correct = xp.zeros((), dtype=xp.int64)
+        loss_sum = xp.zeros((), dtype=x.dtype if prepared else self.mean.dtype)
+        for i in range(0, x.shape[0], batch_size):  # scaled per batch: memory bounded by it
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb = xb if prepared else self._scale(xb)
             loss, probs = self._eval_batch(xb, yb)
             correct += (probs.argmax(axis=1) == yb).sum()
             loss_sum += loss * xb.shape[0]
