@@ -159,3 +159,109 @@ def test_minimize_refuses_what_is_not_a_graph(numpy_backend):
     _, params, *_ = models.mlp(dropout=0.0)
     with pytest.raises(gn.ArgumentTypeError, match="takes a gn.Graph, got dict"):
         models.sgd(params).minimize({}, {})
+
+
+# --- the Trainer's arguments -------------------------------------------------------------------
+def _trainer(**kw):
+    from graphnet.training import Trainer
+    from helpers import blobs, tiny_model
+    x, y = blobs(64)
+    model = tiny_model()
+    model.fit_preprocessing(x)
+    kw.setdefault("progress", False)
+    return Trainer(model, optim.SGD(model.parameters(), lr=0.1), **kw), x, y
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"eval_every": 0}, "eval_every must be an integer > 0, got 0"),
+    ({"eval_every": 1.5}, "eval_every must be an integer > 0, got 1.5"),
+    ({"eval_subset": -1}, "eval_subset must be an integer > 0, got -1"),
+    ({"eval_subset": float("nan")}, "eval_subset must be an integer > 0, got nan"),
+    ({"divergence_check_every": float("nan")}, "divergence_check_every must be an integer > 0"),
+    ({"divergence_check_every": "5"}, "divergence_check_every must be an integer > 0, got '5'"),
+    ({"progress": "yes"}, "progress must be True or False, got str 'yes'"),
+    ({"checkpoint_dir": 123}, "checkpoint_dir: expected a file path, got int 123"),
+    ({"checkpoint_dir": "a" * 300}, "checkpoint_dir: .* has a component of 300 bytes"),
+    ({"on_epoch_end": 5}, "on_epoch_end: expected a function or None, got int 5"),
+    ({"augment": "shift"}, "augment: expected a function or None, got str 'shift'"),
+    ({"schedule": "cosine"}, "schedule: expected a graphnet.optim.Schedule .* got str 'cosine'"),
+])
+def test_trainer_arguments_are_checked_when_given(numpy_backend, kw, message):
+    with pytest.raises(gn.GraphnetError, match=message):
+        _trainer(**kw)
+
+
+def test_trainer_refuses_what_is_not_an_optimizer(numpy_backend):
+    from graphnet.training import Trainer
+    from helpers import tiny_model
+    with pytest.raises(gn.ArgumentTypeError, match="optimizer: expected a graphnet.optim.Optimizer"
+                                                   ".*got str 'sgd'"):
+        Trainer(tiny_model(), "sgd")
+
+
+@pytest.mark.parametrize("which", ["x_train", "x_test"])
+def test_fit_refuses_no_images_before_any_step(numpy_backend, which):
+    trainer, x, y = _trainer()
+    before = _snapshot(trainer.model.parameters(), trainer.optimizer)
+    data = [x[:0], y[:0], x, y] if which == "x_train" else [x, y, x[:0], y[:0]]
+    with pytest.raises(gn.ArgumentError, match=rf"{which}: no images \(shape \(0, 784\)\)"):
+        trainer.fit(*data, epochs=1)
+    assert trainer.optimizer.steps == 0 and trainer.state.epoch == 0
+    _assert_same(before, _snapshot(trainer.model.parameters(), trainer.optimizer))
+
+
+def test_a_batch_size_above_the_data_allocates_only_the_data(numpy_backend):
+    trainer, x, y = _trainer(batch_size=10**12)
+    trainer.fit(x, y, epochs=1)
+    assert trainer._buffers[0].shape[0] == x.shape[0]
+
+
+def test_a_host_diverging_step_is_a_divergence_error_naming_the_batch(numpy_backend):
+    from graphnet.training import DivergenceError
+
+    def poison_second_batch(xb, calls=[0]):
+        calls[0] += 1
+        return xb * np.inf if calls[0] == 2 else xb
+    trainer, x, y = _trainer(batch_size=16, augment=poison_second_batch)
+    with pytest.raises(DivergenceError, match=r"loss became nan at epoch 1, batch 2 \(samples "
+                                              r"16-31\)") as info:
+        trainer.fit(x, y, epochs=1)
+    assert isinstance(info.value.__cause__, gn.NumericsError)
+    assert trainer.optimizer.steps == 1  # the poisoned step was refused before its update
+
+
+# --- Classifier inference: memory bounded by the batch -----------------------------------------
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "deep_features", "evaluate"])
+def test_inference_memory_is_bounded_by_the_batch(numpy_backend, method):
+    import tracemalloc
+    from helpers import tiny_model
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(20000, 784), dtype=np.uint8)   # 15.7 MB as uint8
+    labels = rng.integers(0, 10, size=20000)
+    model.fit_preprocessing(images[:100])
+    call = {"predict": lambda bs: model.predict(images, batch_size=bs),
+            "predict_proba": lambda bs: model.predict_proba(images, batch_size=bs),
+            "deep_features": lambda bs: model.deep_features(images, batch_size=bs),
+            "evaluate": lambda bs: model.evaluate(images, labels, batch_size=bs)}[method]
+    x = model.prepare(images)  # the whole input converted at once: the reference route
+    runs = [model.eval_graph.run({model.images: x[i:i + 256]}) for i in range(0, 20000, 256)]
+    probs = np.concatenate([gn.to_numpy(r[0]) for r in runs])
+    feats = np.concatenate([gn.to_numpy(r[1]).reshape(len(r[1]), -1) for r in runs])
+    want = {"predict": [probs.argmax(1)], "predict_proba": [probs],
+            "deep_features": [probs, feats],
+            "evaluate": model.evaluate(x, labels, batch_size=256, prepared=True)}[method]
+    del x, runs
+    call(256)
+    tracemalloc.start()
+    got = call(256)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    float_copy = images.size * 4  # what converting the whole input takes (62.7 MB)
+    outputs = 20000 * (10 + 16) * 4 * 3  # the results, their pieces and one concatenation
+    assert peak < outputs + 256 * 784 * 4 * 4 < float_copy, f"peak {peak / 1e6:.1f} MB"
+    if method == "evaluate":
+        assert got == want
+    else:
+        for a, b in zip(got if isinstance(got, tuple) else [got], want):
+            np.testing.assert_array_equal(gn.to_numpy(a), b)
