@@ -140,8 +140,9 @@ class Optimizer:
         optimizer's slots: on the host (NumPy) it raises :class:`NonFiniteCostError`
         (a ``gn.NumericsError``) before the update; on a device there is no host sync, the
         update kernels skip every element on a device-side "cost is finite" flag, and the
-        returned cost reads as NaN or inf (only the host-side ``steps`` count still counts it). Class indices fed as host arrays are checked
-        against the loss's class count when fed (``gn.FeedError`` naming input and position).
+        returned cost reads as NaN or inf (only the host-side ``steps`` count still counts
+        it). Class indices fed as host arrays are checked against the loss's class count
+        when fed (``gn.FeedError`` naming the input, the value and its position).
 
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
