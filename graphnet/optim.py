@@ -91,7 +91,7 @@ class Optimizer:
 
     def __init__(self, params: Sequence[Parameter], lr: float, weight_decay: float = 0.0) -> None:
         name = type(self).__name__
-        self.lr = real(lr, f"{name} lr", 0.0, low_open=True)
+        self.lr = lr
         self.weight_decay = real(weight_decay, f"{name} weight_decay", 0.0)
         self.params = [p for p in _param_list(params, name) if p.trainable]
         if not self.params:
@@ -101,6 +101,15 @@ class Optimizer:
         self._decays = [self.weight_decay if p.ndim and p.ndim >= 2 else 0.0 for p in self.params]
         self._grad_bufs: dict[Parameter, Any] = {}
         self._wrt: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next update (a finite number > 0; checked when set)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = real(value, f"{type(self).__name__} lr", 0.0, low_open=True)
 
     def step(self, grads: Mapping[Parameter, Array]) -> None:
         """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are).
@@ -342,10 +351,11 @@ class CosineLR(Schedule):
 
 def make_schedule(name: Optional[str], epochs: int, **kw: Any) -> Schedule:
     """``None``/``"constant"``, ``"step"`` or ``"cosine"``."""
+    real(epochs, "make_schedule epochs", 0.0, low_open=True)
     if name in (None, "constant", "none"):
         return Schedule()
     if name == "step":
-        return StepLR(kw.get("step_size", max(epochs // 3, 1)), kw.get("gamma", 0.1))
+        return StepLR(kw.get("step_size", max(int(epochs // 3), 1)), kw.get("gamma", 0.1))
     if name == "cosine":
         return CosineLR(epochs, kw.get("floor", 0.0), kw.get("warmup", 0.0))
     raise ArgumentError(f"unknown schedule {name!r}; choose constant, step or cosine")

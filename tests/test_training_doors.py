@@ -265,3 +265,34 @@ def test_inference_memory_is_bounded_by_the_batch(numpy_backend, method):
     else:
         for a, b in zip(got if isinstance(got, tuple) else [got], want):
             np.testing.assert_array_equal(gn.to_numpy(a), b)
+
+
+# --- found by the hostile sweep ----------------------------------------------------------------
+@pytest.mark.parametrize("value, error", [(float("nan"), "SGD lr must be finite, got nan"),
+                                          (-1, "SGD lr must be > 0, got -1"),
+                                          ("0.1", "SGD lr must be a real number, got str")])
+def test_setting_a_bad_learning_rate_is_refused(numpy_backend, value, error):
+    graph, params, x, labels = models.mlp(dropout=0.0)
+    opt = optim.SGD(params, lr=0.1)
+    with pytest.raises(gn.GraphnetError, match=error):
+        opt.lr = value
+    assert opt.lr == 0.1
+    before = _snapshot(params, opt)
+    opt.minimize(graph, models.feeds(x, labels, batch=4, steps=1)[0])
+    assert all(np.isfinite(a).all() for a in _snapshot(params, opt))
+    assert any((a != b).any() for a, b in zip(before, _snapshot(params, opt)))
+
+
+def test_schedules_take_a_fractional_or_refuse_a_bad_epoch_count():
+    """On --resume part-way through an epoch the remaining epochs are fractional."""
+    step = optim.make_schedule("step", 4.5)
+    assert step.step_size == 1 and step(1.0) == pytest.approx(0.1)
+    for bad in (-3, 0, float("nan")):
+        with pytest.raises(gn.ArgumentError, match="make_schedule epochs must be"):
+            optim.make_schedule("cosine", bad)
+
+
+def test_a_fractional_class_count_is_refused(numpy_backend):
+    from graphnet import nn
+    with pytest.raises(gn.ArgumentError, match="num_classes must be an integer > 0, got 1.5"):
+        nn.Classifier(nn.MLP([8, 10], 784, "tanh"), (784,), num_classes=1.5)

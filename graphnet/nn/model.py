@@ -312,7 +312,7 @@ def _declared_input_shape(network: Layer) -> Optional[tuple[int]]:
 def _num_classes(given: Optional[int], logits: Node) -> int:
     """``given``, else the size of the network's output axis."""
     if given is not None:
-        return int(given)
+        return positive_int(given, "Classifier num_classes")
     if logits.shape is None or logits.shape[-1] is None:
         raise ValueError("num_classes: the network's output size is not known before running "
                          "it; give num_classes")
