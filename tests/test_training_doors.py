@@ -296,3 +296,31 @@ def test_a_fractional_class_count_is_refused(numpy_backend):
     from graphnet import nn
     with pytest.raises(gn.ArgumentError, match="num_classes must be an integer > 0, got 1.5"):
         nn.Classifier(nn.MLP([8, 10], 784, "tanh"), (784,), num_classes=1.5)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("state", "epoch", 1.5, "epoch must be an integer, got float 1.5"),
+    ("state", "epoch", -5, "epoch must be >= 0, got -5"),
+    ("state", "loss_sum", float("nan"), "loss_sum must be finite, got nan"),
+    ("state", "batches_seen", "x", "batches_seen must be an integer"),
+    ("run", "base_lr", -1.0, "base_lr must be > 0, got -1"),
+    ("run", "schedule_from", float("inf"), "schedule_from must be finite"),
+])
+def test_a_checkpoints_position_and_settings_are_checked(numpy_backend, tmp_path, section, key,
+                                                         value, message):
+    """Saved numbers are never truncated or taken when NaN: 1.5 epochs is not 1."""
+    import json
+    from graphnet.io import CheckpointError
+    from graphnet.training import CHECKPOINT, checkpoint_position
+    trainer, x, y = _trainer(checkpoint_dir=tmp_path)
+    trainer.fit(x, y, epochs=1)
+    arrays = dict(np.load(tmp_path / CHECKPOINT))
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    meta[section][key] = value
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CheckpointError, match=message):
+        _trainer()[0].load_checkpoint(tmp_path / "bad.npz")
+    if section == "state":
+        with pytest.raises(CheckpointError, match=message):
+            checkpoint_position(tmp_path / "bad.npz")
