@@ -324,3 +324,10 @@ def test_a_checkpoints_position_and_settings_are_checked(numpy_backend, tmp_path
     if section == "state":
         with pytest.raises(CheckpointError, match=message):
             checkpoint_position(tmp_path / "bad.npz")
+
+
+def test_replan_refuses_what_is_not_a_schedule(numpy_backend):
+    trainer, _, _ = _trainer()
+    with pytest.raises(gn.ArgumentTypeError, match="schedule: expected a graphnet.optim.Schedule"):
+        trainer.replan(schedule="cosine")
+    assert trainer.schedule.config() == {"type": "constant"}

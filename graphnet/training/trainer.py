@@ -150,6 +150,7 @@ class Trainer:
         ``lr * schedule(epochs since here)``; a missing one keeps its current value.
         Every change is recorded in ``history.segments``.
         """
+        _check_parts(self.optimizer, schedule)
         notes, st = [], self.state
         where = f"epoch {st.epoch + 1}, sample {st.sample}" + (f" of {st.n}" if st.n else "")
         if batch_size is not None and batch_size != self.batch_size:
