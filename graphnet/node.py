@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -196,28 +196,21 @@ class Input(Node):
         if name is not None and not isinstance(name, str):
             raise ArgumentTypeError(f"Input name must be a string, got {name!r}")
         super().__init__((), name, _input_shape(name, shape), _input_dtype(name, dtype))
-        #: class indices fed here must lie in [0, classes) (set by a loss reading them)
-        self.classes: Optional[int] = None
-        self._class_reader = ""
-
-    def limit_classes(self, classes: int, reader: str) -> None:
-        """Class indices fed to this input must lie in ``[0, classes)``: ``reader`` (a loss
-        node) reads them. Checked on host arrays when fed, before any transfer."""
-        if self.classes is None or classes < self.classes:
-            self.classes, self._class_reader = classes, reader
+        #: reader's name -> its check of each host array fed here, before any transfer
+        #: (e.g. softmax_cross_entropy's: class indices in range)
+        self.host_checks: dict[str, Callable[[np.ndarray], None]] = {}
 
     def check_feed(self, b: Backend, value: Any) -> Any:
         """The fed value as an array of ``b`` with this input's dtype, or FeedError.
 
         Host (NumPy) arrays, lists and scalars are welcome on every backend and are
         copied to the device once here; arrays of another device library are refused.
-        Class indices fed as host arrays are checked against :attr:`classes` (device
-        arrays are not: that would wait for the device).
+        Host arrays pass :attr:`host_checks` (device arrays do not: that would wait).
         """
         if type(value) is not b.xp.ndarray:  # the fast path: already a plain backend array
             value = self._to_array(b, value)
-        elif self.classes is not None and type(value) is np.ndarray:  # the host backend
-            self._check_classes(value)
+        elif self.host_checks and type(value) is np.ndarray:  # the host backend
+            self._check_host(value)
         if value.dtype != self.dtype:
             value = self._convert(value)
             if not b.is_array(value):
@@ -250,19 +243,13 @@ class Input(Node):
         if host.dtype.kind not in "biuf":
             raise FeedError(f"input {self.name!r} needs numbers, got dtype {host.dtype}"
                             + (" (a ragged or mixed list?)" if host.dtype.kind == "O" else ""))
-        if self.classes is not None:
-            self._check_classes(host)
+        if self.host_checks:
+            self._check_host(host)
         return host if host.dtype != self.dtype else b.asarray(host)
 
-    def _check_classes(self, host: np.ndarray) -> None:
-        """FeedError naming the first class index of ``host`` outside [0, classes)."""
-        if host.dtype.kind not in "iu" or host.ndim != 1 or not host.size:
-            return
-        if host.min() >= 0 and host.max() < self.classes:
-            return
-        pos = int(np.flatnonzero((host < 0) | (host >= self.classes))[0])
-        raise FeedError(f"input {self.name!r}: class index {host[pos]} at position {pos} is "
-                        f"outside [0, {self.classes}) (the classes of {self._class_reader})")
+    def _check_host(self, host: np.ndarray) -> None:
+        for check in self.host_checks.values():
+            check(host)
 
     @functools.cached_property
     def _fixed(self) -> tuple:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
-from .errors import ArgumentError, ArgumentTypeError, NumericsError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, ShapeError
 from .hints import Array, Data
 from .io import CheckpointError
-from .kernels import Kernel, KernelTable, implementations
+from .kernels import Kernel, KernelTable, implementations, kernel
 from .node import Input, Node, Parameter
-from .optim_kernels import adam_update, sgd_update
+from .optim_checks import NonFiniteCostError, non_finite_message
+from .schedules import CosineLR, Schedule, StepLR, make_schedule  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,38 +44,6 @@ def _param_list(params: Any, who: str) -> list[Parameter]:
         seen.add(id(p))
         out.append(p)
     return out
-
-
-class NonFiniteCostError(NumericsError):
-    """A training step's cost was NaN or inf; the weights and optimizer state are unchanged."""
-
-    def __init__(self, message: str, cost: float = math.nan) -> None:
-        super().__init__(message)
-        self.cost = cost
-
-
-def non_finite_message(opt: "Optimizer", graph: Any, feed: Mapping[Any, Any], cost: float) -> str:
-    """Why a step was refused: the cost, the step, and the fed input holding NaN/inf if any."""
-    name = getattr(getattr(graph, "cost", None), "name", None)
-    culprit = next((f"input {getattr(node, 'name', node)!r} holds {bad}" for node, value in feed.items()
-                    for bad in [_non_finite(value)] if bad), None)
-    hint = culprit or ("lower the learning rate, or pass check_numerics=True to the graph to "
-                       "name the first node producing it")
-    return (f"the cost {name!r} is {cost} at step {opt.steps + 1} of {type(opt).__name__}; the "
-            f"weights and the optimizer's state are left unchanged: {hint}")
-
-
-def _non_finite(value: Any) -> str:
-    """'NaN or inf at position k' for a host floating array holding one, else ''."""
-    host = to_numpy(value) if hasattr(value, "dtype") else None
-    if host is None or host.dtype.kind != "f" or host.size == 0:
-        return ""
-    flat = host.reshape(-1)
-    bad = (flat != flat) | (abs(flat) == float("inf"))
-    if not bad.any():
-        return ""
-    k = int(bad.argmax())
-    return f"{flat[k]} at flat position {k}"
 
 
 _TABLES: dict[str, KernelTable] = {}  # backend name: its kernel table (graphnet.kernels)
@@ -191,9 +160,11 @@ class Optimizer:
     def _finite_flag(self, graph: Graph, feed: Mapping[Input, Data], cost: Any) -> Any:
         """None after checking a host cost (NonFiniteCostError if it is not finite), else the
         device cost as a one-element view: the update kernels read whether it is finite."""
+        if cost is None:
+            return None
         b = self.params[0].backend
-        if cost is None or (b.is_array(cost) and b.name != "numpy"):
-            return None if cost is None else cost.reshape(1)
+        if b.name != "numpy" and b.is_array(cost):
+            return cost.reshape(1)
         value = float(cost)
         if not math.isfinite(value):
             raise NonFiniteCostError(non_finite_message(self, graph, feed, value), value)
@@ -307,55 +278,160 @@ class Adam(Optimizer):
                                      self.eps, self.steps, wd, finite)
 
 
-class Schedule:
-    """Learning-rate multiplier as a function of progress in epochs (a float)."""
-
-    def __call__(self, epoch: float) -> float:
-        return 1.0
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "constant"}
-
-
-class StepLR(Schedule):
-    """Multiply by ``gamma`` every ``step_size`` epochs."""
-
-    def __init__(self, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = integer(step_size, "StepLR step_size", 1)
-        self.gamma = real(gamma, "StepLR gamma", 0.0, low_open=True)
-
-    def __call__(self, epoch: float) -> float:
-        return self.gamma ** int(epoch // self.step_size)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "step", "step_size": self.step_size, "gamma": self.gamma}
+# --- update kernels: the reference, then the NumPy and CUDA versions ------------------------
+# Each takes ``finite``: None, or a one-element device array (the step's cost); where it is not
+# finite the update leaves the parameter and the slots as they were, decided on the device.
+def _unless_not_finite(be: Any, finite: Any, arrays: list, update: Callable[[], None]) -> None:
+    """Run ``update`` (in place on ``arrays``), then put them back where ``finite`` is not finite."""
+    if finite is None:
+        update()
+        return
+    xp = be.xp
+    saved = [a.copy() for a in arrays if a is not None]
+    update()
+    keep = ~xp.isfinite(finite)
+    for a, s in zip([a for a in arrays if a is not None], saved):
+        xp.copyto(a, s, where=keep)
 
 
-class CosineLR(Schedule):
-    """Half a cosine from 1 down to ``floor`` over ``epochs``, after ``warmup`` linear epochs."""
-
-    def __init__(self, epochs: float, floor: float = 0.0, warmup: float = 0.0) -> None:
-        self.epochs = real(epochs, "CosineLR epochs", 0.0, low_open=True)
-        self.floor = real(floor, "CosineLR floor", 0.0, 1.0)
-        self.warmup = real(warmup, "CosineLR warmup", 0.0, self.epochs)
-
-    def __call__(self, epoch: float) -> float:
-        if epoch < self.warmup:
-            return (epoch + 1e-3) / self.warmup
-        t = min(max(epoch - self.warmup, 0.0) / max(self.epochs - self.warmup, 1e-9), 1.0)
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "cosine", "epochs": self.epochs, "floor": self.floor, "warmup": self.warmup}
+def _body(body: str, masked: bool) -> str:
+    """A CUDA kernel body; ``masked``: run only where the one-element ``finite`` (the cost)
+    is finite."""
+    return f"if (isfinite((double)finite[0])) {{ {body}; }}" if masked else body
 
 
-def make_schedule(name: Optional[str], epochs: int, **kw: Any) -> Schedule:
-    """``None``/``"constant"``, ``"step"`` or ``"cosine"``."""
-    real(epochs, "make_schedule epochs", 0.0, low_open=True)
-    if name in (None, "constant", "none"):
-        return Schedule()
-    if name == "step":
-        return StepLR(kw.get("step_size", max(int(epochs // 3), 1)), kw.get("gamma", 0.1))
-    if name == "cosine":
-        return CosineLR(epochs, kw.get("floor", 0.0), kw.get("warmup", 0.0))
-    raise ArgumentError(f"unknown schedule {name!r}; choose constant, step or cosine")
+@kernel
+def sgd_update(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               nesterov: bool, weight_decay: float, scratch: bool = False,
+               finite: Any = None) -> None:
+    """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum.
+
+    With ``scratch`` the update may overwrite ``g`` (the caller's own buffer).
+    """
+    def update() -> None:
+        nonlocal p
+        if weight_decay:
+            p *= 1 - lr * weight_decay
+        if v is None:
+            p -= lr * g
+            return
+        v[...] *= momentum
+        v[...] += g
+        if nesterov:
+            p -= lr * (g + momentum * v)
+        else:
+            p -= lr * v
+    _unless_not_finite(be, finite, [p, v], update)
+
+
+@sgd_update.override("numpy")
+def _sgd_update_numpy(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                      nesterov: bool, weight_decay: float, scratch: bool = False,
+                      finite: Any = None) -> None:
+    if finite is not None:  # the optimizer checks a host cost itself: this is for direct calls
+        _unless_not_finite(be, finite, [p, v], lambda: _sgd_update_numpy(
+            be, p, g, v, lr, momentum, nesterov, weight_decay, False))
+        return
+    # The reference's arithmetic in the same order, with no temporaries.
+    np = be.xp
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    tmp = g if scratch and not nesterov else be.scratch(p)
+    step = g
+    if v is not None:
+        v *= momentum
+        v += g
+        step = v
+        if nesterov:
+            np.multiply(v, momentum, out=tmp)
+            tmp += g
+            step = tmp
+    np.multiply(step, lr, out=tmp)
+    p -= tmp
+
+
+@sgd_update.override("cupy")
+def _sgd_update_cuda(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                     nesterov: bool, weight_decay: float, scratch: bool = False,
+                     finite: Any = None) -> None:
+    decay = 1 - lr * weight_decay
+    masked = finite is not None
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
+    if v is None:
+        name = "sgd_masked" if masked else "sgd"
+        be.elementwise(name, "T g, T lr, T decay" + mask, "T p",
+                       _body("p = p * decay - lr * g", masked))(g, lr, decay, *extra, p)
+        return
+    body = ("v = momentum * v + g; "
+            + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
+    if nesterov:
+        name = "sgd_nesterov_masked" if masked else "sgd_nesterov"
+    else:
+        name = "sgd_momentum_masked" if masked else "sgd_momentum"
+    be.elementwise(name, "T g, T lr, T momentum, T decay" + mask, "T p, T v",
+                   _body(body, masked))(g, lr, momentum, decay, *extra, p, v)
+
+
+@kernel
+def adam_update(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                beta2: float, eps: float, step: int, weight_decay: float,
+                finite: Any = None) -> None:
+    """One Adam(W) step in place, with bias correction and decoupled weight decay."""
+    def update() -> None:
+        xp = be.xp
+        if weight_decay:
+            p[...] *= 1 - lr * weight_decay
+        m[...] *= beta1
+        m[...] += (1 - beta1) * g
+        v[...] *= beta2
+        v[...] += (1 - beta2) * (g * g)
+        c1 = 1 - beta1 ** step
+        c2 = 1 - beta2 ** step
+        denom = xp.sqrt(v / c2)
+        denom += eps
+        p[...] -= (lr / c1) * (m / denom)
+    _unless_not_finite(be, finite, [p, m, v], update)
+
+
+@adam_update.override("numpy")
+def _adam_update_numpy(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                       beta2: float, eps: float, step: int, weight_decay: float,
+                       finite: Any = None) -> None:
+    if finite is not None:  # the optimizer checks a host cost itself: this is for direct calls
+        _unless_not_finite(be, finite, [p, m, v], lambda: _adam_update_numpy(
+            be, p, g, m, v, lr, beta1, beta2, eps, step, weight_decay))
+        return
+    # The reference's arithmetic in the same order, through one scratch buffer.
+    np = be.xp
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    t = be.scratch(p)
+    m *= beta1
+    np.multiply(g, 1 - beta1, out=t)
+    m += t
+    v *= beta2
+    np.multiply(g, g, out=t)
+    t *= 1 - beta2
+    v += t
+    np.divide(v, 1 - beta2 ** step, out=t)
+    np.sqrt(t, out=t)
+    t += eps
+    np.divide(m, t, out=t)
+    t *= lr / (1 - beta1 ** step)
+    p -= t
+
+
+@adam_update.override("cupy")
+def _adam_update_cuda(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
+                      beta2: float, eps: float, step: int, weight_decay: float,
+                      finite: Any = None) -> None:
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
+            "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
+    params = "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay"
+    args = (g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay)
+    masked = finite is not None
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
+    be.elementwise("adam_masked" if masked else "adam", params + mask, "T p, T m, T v",
+                   _body(body, masked))(*args, *extra, p, m, v)

@@ -56,7 +56,7 @@ def test_soft_targets_are_not_range_checked(numpy_backend):
     z = gn.Input("z", shape=(None, 3))
     t = gn.Input("t", shape=(None, 3))
     graph = gn.Graph(z, cost=gn.softmax_cross_entropy(z, t))
-    assert t.classes is None
+    assert t.host_checks == {}
     cost, _ = graph.gradients({z: np.zeros((2, 3)), t: np.full((2, 3), 1 / 3)}, wrt=[z],
                               return_cost=True)
     assert np.isfinite(gn.to_numpy(cost))
@@ -121,7 +121,7 @@ def test_cupy_masks_the_update_on_the_device(name):
 def test_update_kernels_skip_everything_on_a_non_finite_flag(backend, kernel_case):
     """Each implementation of the update kernels (reference, NumPy, CUDA) honours ``finite``."""
     from graphnet.kernels import implementations
-    from graphnet.optim_kernels import adam_update, sgd_update
+    from graphnet.optim import adam_update, sgd_update
     rng = np.random.default_rng(0)
     host = [np.abs(rng.standard_normal((3, 4))).astype(np.float32) for _ in range(4)]
     for impl in ("generic", "active"):
