@@ -331,3 +331,19 @@ def test_replan_refuses_what_is_not_a_schedule(numpy_backend):
     with pytest.raises(gn.ArgumentTypeError, match="schedule: expected a graphnet.optim.Schedule"):
         trainer.replan(schedule="cosine")
     assert trainer.schedule.config() == {"type": "constant"}
+
+
+def test_model_files_and_preprocessing_doors(numpy_backend, tmp_path):
+    from graphnet import nn
+    from graphnet.io import CheckpointError
+    model = nn.Classifier(nn.MLP([10], 784), (784,))
+    with pytest.raises(gn.ArgumentError, match="path: .* is a folder; give a file name"):
+        model.save(tmp_path)
+    with pytest.raises(gn.ArgumentError, match="has a component of 300 bytes"):
+        model.save(tmp_path / ("m" * 300))
+    with pytest.raises(CheckpointError, match="path: expected a file path, got int 5"):
+        nn.load(5)
+    mean = gn.to_numpy(model.mean.value).copy()
+    with pytest.raises(gn.FeedError, match=r"images: no images \(shape \(0, 784\)\) to learn"):
+        model.fit_preprocessing(np.zeros((0, 784), np.uint8))
+    np.testing.assert_array_equal(mean, gn.to_numpy(model.mean.value))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..backends.host import to_numpy
 from ..checks import fits_in_memory, positive_int, sizes
 from ..errors import ArgumentError, FeedError
 from ..graph import Graph
-from ..io import CheckpointError, atomic_write_npz, read_npz
+from ..io import CheckpointError, atomic_write_npz, check_path, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
 from ..hints import Array, Data, PathLike
@@ -200,9 +201,12 @@ class Classifier:
 
     def fit_preprocessing(self, images: Data) -> None:
         """Learn the per-pixel training mean (after scaling) from ``images``."""
-        saved = self.mean.value
-        self.mean.value = saved * 0
-        self.mean.value = self.prepare(images).mean(axis=0)
+        x = self.check_images(images)[0]
+        if x.shape[0] == 0:
+            raise ClassifierInputError(f"images: no images (shape {tuple(x.shape)}) to learn "
+                                       "the mean from")
+        self.mean.value = self.mean.value * 0
+        self.mean.value = self._scale(x).mean(axis=0)
 
     # --- inference ----------------------------------------------------------------------
     def predict(self, images: Data, batch_size: int = 4096) -> Array:
@@ -298,6 +302,9 @@ class Classifier:
 
     def save(self, path: PathLike) -> None:
         """Write the model (config and host copies of its arrays) to an ``.npz`` file."""
+        if check_path(path, "path").is_dir():
+            raise ArgumentError(f"path: {path} is a folder; give a file name, e.g. "
+                                f"{Path(path) / 'model.npz'}")
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
 
 
@@ -347,6 +354,10 @@ def model_from_config(cfg: dict[str, Any], source: str = "checkpoint") -> Classi
 
 def load(path: PathLike) -> Classifier:
     """Load a model saved by :meth:`Classifier.save` (or a training checkpoint) onto the active backend."""
+    try:
+        path = check_path(path, "path")
+    except ArgumentError as exc:  # callers expect a CheckpointError for any unusable file
+        raise CheckpointError(str(exc)) from None
     arrays, meta = read_npz(path)
     if "model" not in meta:
         raise CheckpointError(f"{path}: holds no model")
