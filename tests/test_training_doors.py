@@ -347,3 +347,18 @@ def test_model_files_and_preprocessing_doors(numpy_backend, tmp_path):
     with pytest.raises(gn.FeedError, match=r"images: no images \(shape \(0, 784\)\) to learn"):
         model.fit_preprocessing(np.zeros((0, 784), np.uint8))
     np.testing.assert_array_equal(mean, gn.to_numpy(model.mean.value))
+
+
+def test_numpy_names_the_label_the_loss_could_not_check_when_fed(numpy_backend):
+    """Logits of unknown width at build time: the feed cannot check the labels, the refused
+    step names the culprit (found by running the logits on the error path only)."""
+    x = gn.Input("x", shape=(None, None))
+    y = gn.Input("y", shape=(None,), dtype="int64")
+    w = gn.Parameter(np.ones(1), name="w")
+    graph = gn.Graph(x, cost=gn.softmax_cross_entropy(x * w, y))  # logits (None, None)
+    opt = optim.SGD([w], lr=0.1)
+    before = gn.to_numpy(w.value).copy()
+    with pytest.raises(gn.NumericsError, match=r"is nan at step 1 .*left unchanged: input 'y': "
+                                               r"class index 7 at position 1 is outside \[0, 3\)"):
+        opt.minimize(graph, {x: np.ones((2, 3)), y: np.array([0, 7])})
+    np.testing.assert_array_equal(before, gn.to_numpy(w.value))
