@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -196,15 +196,21 @@ class Input(Node):
         if name is not None and not isinstance(name, str):
             raise ArgumentTypeError(f"Input name must be a string, got {name!r}")
         super().__init__((), name, _input_shape(name, shape), _input_dtype(name, dtype))
+        #: reader's name -> its check of each host array fed here, before any transfer
+        #: (e.g. softmax_cross_entropy's: class indices in range)
+        self.host_checks: dict[str, Callable[[np.ndarray], None]] = {}
 
     def check_feed(self, b: Backend, value: Any) -> Any:
         """The fed value as an array of ``b`` with this input's dtype, or FeedError.
 
         Host (NumPy) arrays, lists and scalars are welcome on every backend and are
         copied to the device once here; arrays of another device library are refused.
+        Host arrays pass :attr:`host_checks` (device arrays do not: that would wait).
         """
         if type(value) is not b.xp.ndarray:  # the fast path: already a plain backend array
             value = self._to_array(b, value)
+        elif self.host_checks and type(value) is np.ndarray:  # the host backend
+            self._check_host(value)
         if value.dtype != self.dtype:
             value = self._convert(value)
             if not b.is_array(value):
@@ -237,7 +243,13 @@ class Input(Node):
         if host.dtype.kind not in "biuf":
             raise FeedError(f"input {self.name!r} needs numbers, got dtype {host.dtype}"
                             + (" (a ragged or mixed list?)" if host.dtype.kind == "O" else ""))
+        if self.host_checks:
+            self._check_host(host)
         return host if host.dtype != self.dtype else b.asarray(host)
+
+    def _check_host(self, host: np.ndarray) -> None:
+        for check in self.host_checks.values():
+            check(host)
 
     @functools.cached_property
     def _fixed(self) -> tuple:

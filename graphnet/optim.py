@@ -13,6 +13,8 @@ from .hints import Array, Data
 from .io import CheckpointError
 from .kernels import Kernel, KernelTable, implementations, kernel
 from .node import Input, Node, Parameter
+from .optim_checks import NonFiniteCostError, non_finite_message
+from .schedules import CosineLR, Schedule, StepLR, make_schedule  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,7 +60,7 @@ class Optimizer:
 
     def __init__(self, params: Sequence[Parameter], lr: float, weight_decay: float = 0.0) -> None:
         name = type(self).__name__
-        self.lr = real(lr, f"{name} lr", 0.0, low_open=True)
+        self.lr = lr
         self.weight_decay = real(weight_decay, f"{name} weight_decay", 0.0)
         self.params = [p for p in _param_list(params, name) if p.trainable]
         if not self.params:
@@ -68,6 +70,15 @@ class Optimizer:
         self._decays = [self.weight_decay if p.ndim and p.ndim >= 2 else 0.0 for p in self.params]
         self._grad_bufs: dict[Parameter, Any] = {}
         self._wrt: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next update (a finite number > 0; checked when set)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = real(value, f"{type(self).__name__} lr", 0.0, low_open=True)
 
     def step(self, grads: Mapping[Parameter, Array]) -> None:
         """Apply one update from ``{parameter: gradient}`` (the gradients are left as they are).
@@ -103,22 +114,61 @@ class Optimizer:
 
         ``rng_key`` keys the step's random ops (see :meth:`Graph.run`).
 
+        A step whose cost is not finite (NaN or inf) never changes the weights or the
+        optimizer's slots: on the host (NumPy) it raises :class:`NonFiniteCostError`
+        (a ``gn.NumericsError``) before the update; on a device there is no host sync, the
+        update kernels skip every element on a device-side "cost is finite" flag, and the
+        returned cost reads as NaN or inf (only the host-side ``steps`` count still counts
+        it). Class indices fed as host arrays are checked against the loss's class count
+        when fed (``gn.FeedError`` naming the input, the value and its position).
+
         The gradients go into arrays this optimizer keeps from step to step (no
         allocation per step) and never leave it; use ``graph.gradients`` + ``step``
         to see them. ``gradients(graph, feed, wrt, rng_key) -> (cost, {parameter: gradient})``
         computes them instead (e.g. averaged over processes); the update may then overwrite
         the arrays it returns.
         """
-        wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
+        try:
+            wrt = self._wrt.get(graph)  # by the graph itself: an id could be reused after it dies
+        except TypeError:  # not weak-referenceable: not a Graph
+            wrt = None
         if wrt is None:
-            wrt = self._wrt[graph] = tuple(p for p in self.params if p in graph)
+            wrt = self._wrt[graph] = self._params_in(graph)
         if gradients is not None:
             cost, grads = gradients(graph, feed, wrt, rng_key)
         else:
             cost, grads = graph.gradients(feed, wrt=wrt, return_cost=True,
                                           into=self._buffers_for(wrt), rng_key=rng_key)
-        self.apply(grads, scratch=True)
+        self.apply(grads, scratch=True, finite=self._finite_flag(graph, feed, cost))
         return cost
+
+    def _params_in(self, graph: Graph) -> tuple[Parameter, ...]:
+        """This optimizer's parameters that ``graph`` reads; ArgumentError if there are none."""
+        if not callable(getattr(graph, "gradients", None)):
+            raise ArgumentTypeError(f"{type(self).__name__}.minimize takes a gn.Graph, got "
+                                    f"{type(graph).__name__}")
+        wrt = tuple(p for p in self.params if p in graph)
+        if not wrt:
+            mine = ", ".join(repr(p.name) for p in self.params[:8])
+            theirs = ", ".join(repr(p.name) for p in graph.parameters()[:8]) or "none"
+            raise ArgumentError(f"{type(self).__name__}.minimize: none of the optimizer's "
+                                f"{len(self.params)} parameters ({mine}) is in the graph of cost "
+                                f"{getattr(graph.cost, 'name', None)!r} (its parameters: "
+                                f"{theirs}); build the optimizer from graph.parameters()")
+        return wrt
+
+    def _finite_flag(self, graph: Graph, feed: Mapping[Input, Data], cost: Any) -> Any:
+        """None after checking a host cost (NonFiniteCostError if it is not finite), else the
+        device cost as a one-element view: the update kernels read whether it is finite."""
+        if cost is None:
+            return None
+        b = self.params[0].backend
+        if b.name != "numpy" and b.is_array(cost):
+            return cost.reshape(1)
+        value = float(cost)
+        if not math.isfinite(value):
+            raise NonFiniteCostError(non_finite_message(self, graph, feed, value), value)
+        return None
 
     def _buffers_for(self, wrt: Sequence[Parameter]) -> dict[Parameter, Any]:
         for p in wrt:
@@ -126,20 +176,23 @@ class Optimizer:
                 self._grad_bufs[p] = p.backend.xp.empty_like(p.value)
         return self._grad_bufs
 
-    def apply(self, grads: Mapping[Parameter, Array], scratch: bool = False) -> None:
+    def apply(self, grads: Mapping[Parameter, Array], scratch: bool = False,
+              finite: Any = None) -> None:
         """Apply one update from ``{parameter: gradient}`` without :meth:`step`'s checks.
 
         For callers that computed the gradients themselves in the parameters' shapes and
-        backend; with ``scratch`` the update may overwrite the gradient arrays.
+        backend; with ``scratch`` the update may overwrite the gradient arrays. ``finite``:
+        a one-element device array; where it is not finite nothing is updated (device only).
         """
         self.steps += 1
         decays = self._decays
         for i, p in enumerate(self.params):
             g = grads.get(p)
             if g is not None:
-                self._update(i, p, g, decays[i], scratch)
+                self._update(i, p, g, decays[i], scratch, finite)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         raise NotImplementedError
 
     def _kernel(self, k: Kernel, p: Parameter) -> Callable[..., Any]:
@@ -197,10 +250,11 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.nesterov = momentum, nesterov
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         v = self._slot("velocity", i, p) if self.momentum else None
         self._kernel(sgd_update, p)(p.backend, p._value, g, v, self.lr, self.momentum,
-                                    self.nesterov, wd, scratch)
+                                    self.nesterov, wd, scratch, finite)
 
 
 class Adam(Optimizer):
@@ -217,36 +271,67 @@ class Adam(Optimizer):
         self.eps = real(eps, "Adam eps", 0.0, low_open=True)
         super().__init__(params, lr, weight_decay)
 
-    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool) -> None:
+    def _update(self, i: int, p: Parameter, g: Any, wd: float, scratch: bool,
+                finite: Any = None) -> None:
         self._kernel(adam_update, p)(p.backend, p._value, g, self._slot("m", i, p),
                                      self._slot("v", i, p), self.lr, self.beta1, self.beta2,
-                                     self.eps, self.steps, wd)
+                                     self.eps, self.steps, wd, finite)
 
 
 # --- update kernels: the reference, then the NumPy and CUDA versions ------------------------
+# Each takes ``finite``: None, or a one-element device array (the step's cost); where it is not
+# finite the update leaves the parameter and the slots as they were, decided on the device.
+def _unless_not_finite(be: Any, finite: Any, arrays: list, update: Callable[[], None]) -> None:
+    """Run ``update`` (in place on ``arrays``), then put them back where ``finite`` is not finite."""
+    if finite is None:
+        update()
+        return
+    xp = be.xp
+    saved = [a.copy() for a in arrays if a is not None]
+    update()
+    keep = ~xp.isfinite(finite)
+    for a, s in zip([a for a in arrays if a is not None], saved):
+        xp.copyto(a, s, where=keep)
+
+
+def _body(body: str, masked: bool) -> str:
+    """A CUDA kernel body; ``masked``: run only where the one-element ``finite`` (the cost)
+    is finite."""
+    return f"if (isfinite((double)finite[0])) {{ {body}; }}" if masked else body
+
+
 @kernel
 def sgd_update(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-               nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+               nesterov: bool, weight_decay: float, scratch: bool = False,
+               finite: Any = None) -> None:
     """One SGD step in place: decoupled weight decay, optional (Nesterov) momentum.
 
     With ``scratch`` the update may overwrite ``g`` (the caller's own buffer).
     """
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    if v is None:
-        p -= lr * g
-        return
-    v *= momentum
-    v += g
-    if nesterov:
-        p -= lr * (g + momentum * v)
-    else:
-        p -= lr * v
+    def update() -> None:
+        nonlocal p
+        if weight_decay:
+            p *= 1 - lr * weight_decay
+        if v is None:
+            p -= lr * g
+            return
+        v[...] *= momentum
+        v[...] += g
+        if nesterov:
+            p -= lr * (g + momentum * v)
+        else:
+            p -= lr * v
+    _unless_not_finite(be, finite, [p, v], update)
 
 
 @sgd_update.override("numpy")
 def _sgd_update_numpy(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                      nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+                      nesterov: bool, weight_decay: float, scratch: bool = False,
+                      finite: Any = None) -> None:
+    if finite is not None:  # the optimizer checks a host cost itself: this is for direct calls
+        _unless_not_finite(be, finite, [p, v], lambda: _sgd_update_numpy(
+            be, p, g, v, lr, momentum, nesterov, weight_decay, False))
+        return
     # The reference's arithmetic in the same order, with no temporaries.
     np = be.xp
     if weight_decay:
@@ -267,40 +352,55 @@ def _sgd_update_numpy(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentu
 
 @sgd_update.override("cupy")
 def _sgd_update_cuda(be: Any, p: Any, g: Any, v: Any | None, lr: float, momentum: float,
-                     nesterov: bool, weight_decay: float, scratch: bool = False) -> None:
+                     nesterov: bool, weight_decay: float, scratch: bool = False,
+                     finite: Any = None) -> None:
     decay = 1 - lr * weight_decay
+    masked = finite is not None
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
     if v is None:
-        be.elementwise("sgd", "T g, T lr, T decay", "T p",
-                       "p = p * decay - lr * g")(g, lr, decay, p)
+        name = "sgd_masked" if masked else "sgd"
+        be.elementwise(name, "T g, T lr, T decay" + mask, "T p",
+                       _body("p = p * decay - lr * g", masked))(g, lr, decay, *extra, p)
         return
     body = ("v = momentum * v + g; "
             + ("p = p * decay - lr * (g + momentum * v)" if nesterov else "p = p * decay - lr * v"))
-    name = "sgd_nesterov" if nesterov else "sgd_momentum"
-    be.elementwise(name, "T g, T lr, T momentum, T decay", "T p, T v", body)(
-        g, lr, momentum, decay, p, v)
+    if nesterov:
+        name = "sgd_nesterov_masked" if masked else "sgd_nesterov"
+    else:
+        name = "sgd_momentum_masked" if masked else "sgd_momentum"
+    be.elementwise(name, "T g, T lr, T momentum, T decay" + mask, "T p, T v",
+                   _body(body, masked))(g, lr, momentum, decay, *extra, p, v)
 
 
 @kernel
 def adam_update(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                beta2: float, eps: float, step: int, weight_decay: float) -> None:
+                beta2: float, eps: float, step: int, weight_decay: float,
+                finite: Any = None) -> None:
     """One Adam(W) step in place, with bias correction and decoupled weight decay."""
-    xp = be.xp
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * (g * g)
-    c1 = 1 - beta1 ** step
-    c2 = 1 - beta2 ** step
-    denom = xp.sqrt(v / c2)
-    denom += eps
-    p -= (lr / c1) * (m / denom)
+    def update() -> None:
+        xp = be.xp
+        if weight_decay:
+            p[...] *= 1 - lr * weight_decay
+        m[...] *= beta1
+        m[...] += (1 - beta1) * g
+        v[...] *= beta2
+        v[...] += (1 - beta2) * (g * g)
+        c1 = 1 - beta1 ** step
+        c2 = 1 - beta2 ** step
+        denom = xp.sqrt(v / c2)
+        denom += eps
+        p[...] -= (lr / c1) * (m / denom)
+    _unless_not_finite(be, finite, [p, m, v], update)
 
 
 @adam_update.override("numpy")
 def _adam_update_numpy(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                       beta2: float, eps: float, step: int, weight_decay: float) -> None:
+                       beta2: float, eps: float, step: int, weight_decay: float,
+                       finite: Any = None) -> None:
+    if finite is not None:  # the optimizer checks a host cost itself: this is for direct calls
+        _unless_not_finite(be, finite, [p, m, v], lambda: _adam_update_numpy(
+            be, p, g, m, v, lr, beta1, beta2, eps, step, weight_decay))
+        return
     # The reference's arithmetic in the same order, through one scratch buffer.
     np = be.xp
     if weight_decay:
@@ -323,64 +423,15 @@ def _adam_update_numpy(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1
 
 @adam_update.override("cupy")
 def _adam_update_cuda(be: Any, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float,
-                      beta2: float, eps: float, step: int, weight_decay: float) -> None:
+                      beta2: float, eps: float, step: int, weight_decay: float,
+                      finite: Any = None) -> None:
     c1 = 1 - beta1 ** step
     c2 = 1 - beta2 ** step
     body = ("m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g; "
             "p = p * decay - (lr / c1) * m / (sqrt(v / c2) + eps)")
-    be.elementwise("adam", "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay",
-                   "T p, T m, T v", body)(
-        g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay, p, m, v)
-
-
-class Schedule:
-    """Learning-rate multiplier as a function of progress in epochs (a float)."""
-
-    def __call__(self, epoch: float) -> float:
-        return 1.0
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "constant"}
-
-
-class StepLR(Schedule):
-    """Multiply by ``gamma`` every ``step_size`` epochs."""
-
-    def __init__(self, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = integer(step_size, "StepLR step_size", 1)
-        self.gamma = real(gamma, "StepLR gamma", 0.0, low_open=True)
-
-    def __call__(self, epoch: float) -> float:
-        return self.gamma ** int(epoch // self.step_size)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "step", "step_size": self.step_size, "gamma": self.gamma}
-
-
-class CosineLR(Schedule):
-    """Half a cosine from 1 down to ``floor`` over ``epochs``, after ``warmup`` linear epochs."""
-
-    def __init__(self, epochs: float, floor: float = 0.0, warmup: float = 0.0) -> None:
-        self.epochs = real(epochs, "CosineLR epochs", 0.0, low_open=True)
-        self.floor = real(floor, "CosineLR floor", 0.0, 1.0)
-        self.warmup = real(warmup, "CosineLR warmup", 0.0, self.epochs)
-
-    def __call__(self, epoch: float) -> float:
-        if epoch < self.warmup:
-            return (epoch + 1e-3) / self.warmup
-        t = min(max(epoch - self.warmup, 0.0) / max(self.epochs - self.warmup, 1e-9), 1.0)
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "cosine", "epochs": self.epochs, "floor": self.floor, "warmup": self.warmup}
-
-
-def make_schedule(name: Optional[str], epochs: int, **kw: Any) -> Schedule:
-    """``None``/``"constant"``, ``"step"`` or ``"cosine"``."""
-    if name in (None, "constant", "none"):
-        return Schedule()
-    if name == "step":
-        return StepLR(kw.get("step_size", max(epochs // 3, 1)), kw.get("gamma", 0.1))
-    if name == "cosine":
-        return CosineLR(epochs, kw.get("floor", 0.0), kw.get("warmup", 0.0))
-    raise ArgumentError(f"unknown schedule {name!r}; choose constant, step or cosine")
+    params = "T g, T lr, T b1, T b2, T eps, T c1, T c2, T decay"
+    args = (g, lr, beta1, beta2, eps, c1, c2, 1 - lr * weight_decay)
+    masked = finite is not None
+    extra, mask = ((finite,), ", raw C finite") if masked else ((), "")
+    be.elementwise("adam_masked" if masked else "adam", params + mask, "T p, T m, T v",
+                   _body(body, masked))(*args, *extra, p, m, v)

@@ -180,11 +180,17 @@ def test_numpy_adam_matches_the_reference_arithmetic(numpy_backend):
 
 
 def test_negative_labels_never_pick_another_class(numpy_backend):
-    """A negative label makes the cost NaN (tests/test_cupy_parity.py has the full rule)."""
+    """A negative label makes the cost NaN (tests/test_cupy_parity.py has the full rule);
+    fed from the host where the loss knows the class count, it is refused when fed."""
     graph, x, y, _ = _mlp_graph()
     feed = _feed(x, y, 4, 0)
     feed[y] = np.array([0, 1, -1, 2])
-    cost, _ = graph.gradients(feed, return_cost=True)
+    with pytest.raises(gn.FeedError, match=r"class index -1 at position 2"):
+        graph.gradients(feed, return_cost=True)
+    z = gn.Input("z", shape=(None, None))  # the class count unknown at build time
+    y2 = gn.Input("y2", shape=(None,), dtype="int64")
+    unchecked = gn.Graph(z, cost=gn.softmax_cross_entropy(z, y2))
+    cost, _ = unchecked.gradients({z: np.zeros((4, 3)), y2: feed[y]}, return_cost=True)
     assert np.isnan(gn.to_numpy(cost))
 
 

@@ -17,7 +17,7 @@ except ImportError:  # not POSIX: runs are not locked
 import graphnet as gn
 from graphnet import nn, optim
 from graphnet.datasets import mnist
-from graphnet.io import CheckpointError, atomic_write
+from graphnet.io import CheckpointError, atomic_write, read_json_file
 from graphnet.training import (CHECKPOINT, DivergenceError, OutOfMemory, Trainer,
                                TrainingInterrupted, checkpoint_position)
 
@@ -291,18 +291,36 @@ def _resume_position_problem(cfg: dict, out: Path) -> Optional[int]:
     if sample or epoch > cfg["epochs"]:
         return _usage(f"the run in {out} is already at epoch {epoch + (1 if sample else 0)}: "
                       f"--epochs must be at least {epoch + (1 if sample else 0)}")
-    if (out / "model.npz").exists() and (out / "metrics.json").exists():
+    broken = broken_outputs(out)
+    if not broken:
         print(f"{out}: the run is finished ({epoch} of {cfg['epochs']} epochs{_recorded(out)}); "
               f"nothing to do. To train on, resume with --epochs above {epoch}")
         return 0
-    print(f"{out}: training is complete; writing the final model and metrics")
+    print(f"{out}: training is complete, but {'; '.join(broken)}: writing the final model and "
+          "metrics again from the checkpoint")
     return None
+
+
+def broken_outputs(out: Path) -> list[str]:
+    """What is wrong with a finished run's model.npz and metrics.json (empty: both load)."""
+    problems = []
+    try:
+        nn.load(out / "model.npz")
+    except CheckpointError as exc:
+        problems.append(str(exc))
+    try:
+        metrics = read_json_file(out / "metrics.json", error=CheckpointError)
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("test_accuracy"), float):
+            problems.append(f"{out / 'metrics.json'}: holds no test_accuracy")
+    except CheckpointError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def _recorded(out: Path) -> str:
     try:
-        return f", test accuracy {json.loads((out / 'metrics.json').read_text())['test_accuracy']:.4f}"
-    except (OSError, ValueError, KeyError, TypeError):
+        return f", test accuracy {read_json_file(out / 'metrics.json')['test_accuracy']:.4f}"
+    except (CheckpointError, KeyError, TypeError, ValueError):
         return ""
 
 

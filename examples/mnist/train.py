@@ -15,12 +15,14 @@ Exit codes: 0 done, 1 training failed (diverged, out of memory, below --min-accu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
+
+from graphnet.errors import ArgumentError
+from graphnet.io import check_path, read_json_file
 
 if __package__:  # part of the package: python -m examples.mnist.train, or imported
     from .config import (CHANGEABLE_ON_RESUME, CHOICES, CURVE_EVERY, CURVE_IMAGES, DEFAULTS, FLAG_KEYS,
@@ -81,9 +83,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(default: on when started by mpiexec)")
     args = p.parse_args(argv)
     try:
+        for flag in ("out", "data", "resume"):  # before any of them is looked at
+            if getattr(args, flag) is not None:
+                check_path(getattr(args, flag), f"--{flag}")
         args.config, args.changes = resolve_config(args)
         problems = validate(args.config) + flags_that_do_not_apply(args) + path_problems(args)
-    except UsageError as exc:
+    except (UsageError, ArgumentError) as exc:
         problems = [str(exc)]
     if problems:
         p.error("; ".join(problems))
@@ -157,14 +162,9 @@ def read_saved_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not folder.is_dir():
         raise UsageError(f"--resume {folder}: no such folder")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"--resume {folder}: no config.json there (not a run folder?)")
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    saved = read_json_file(path, error=UsageError)
     if not isinstance(saved, dict):
         raise UsageError(f"{path}: expected a JSON object of settings, got {type(saved).__name__}")
     problems = validate(dict(DEFAULTS, **saved), name=lambda k: repr(k))
@@ -252,8 +252,12 @@ def flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
     return bad
 
 
+#: the files a run writes in its folder (common.RUN_FILES), checked before any work
+OUTPUT_FILES = ("checkpoint.npz", "model.npz", "metrics.json", "config.json")
+
+
 def path_problems(args: argparse.Namespace) -> list[str]:
-    """--out, --data and --resume paths that cannot work."""
+    """--out, --data and --resume paths that cannot work, and outputs that cannot be written."""
     bad, out = [], output_dir(args)
     if out.exists() and not out.is_dir():
         bad.append(f"--out {out} is a file, not a folder")
@@ -261,6 +265,9 @@ def path_problems(args: argparse.Namespace) -> list[str]:
         parent = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
         if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
             bad.append(f"--out {out}: cannot write in {parent}")
+        bad += [f"{out / name} is not a regular file (a folder?): the run would write it; "
+                "remove it or choose another --out" for name in OUTPUT_FILES
+                if (out / name).exists() and not (out / name).is_file()]
     if args.data and Path(args.data).exists() and not Path(args.data).is_dir():
         bad.append(f"--data {args.data} is a file; give the folder holding the MNIST IDX files")
     if args.resume and not (Path(args.resume) / "checkpoint.npz").is_file():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
-import json
 import math
 import sys
 import time
@@ -35,6 +34,8 @@ from typing import Any, Callable, Optional
 import graphnet as gn
 from graphnet import nn, viz
 from graphnet.datasets import mnist
+from graphnet.errors import ArgumentError
+from graphnet.io import CheckpointError, check_path, read_json_file
 
 N_FEATURES = 1000
 
@@ -175,11 +176,20 @@ def _write_all(model_path: Path, out: Path, data: Optional[str], n_features: int
 
 
 def read_metrics(path: Path) -> dict[str, Any]:
-    """metrics.json as a dict ({} when absent or unreadable)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """metrics.json as a dict: {} when absent; when unreadable or not an object, {} and a
+    warning on stderr saying why (the figures are still drawn, without the metrics)."""
+    if not path.exists():
         return {}
+    try:
+        metrics = read_json_file(path, error=CheckpointError)
+    except CheckpointError as exc:
+        print(f"warning: {exc}; the page shows no metrics", file=sys.stderr)
+        return {}
+    if not isinstance(metrics, dict):
+        print(f"warning: {path}: expected a JSON object, got {type(metrics).__name__}; the page "
+              "shows no metrics", file=sys.stderr)
+        return {}
+    return metrics
 
 
 def write_index(out: Path, model_path: Path, model: Any, metrics: dict[str, Any],
@@ -263,6 +273,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-weight-decay", action="store_true",
                    help="skip the weight-decay comparison (which trains two small models)")
     args = p.parse_args(argv)
+    try:
+        for flag in ("model", "out", "data"):
+            if getattr(args, flag) is not None:
+                check_path(getattr(args, flag), f"--{flag}")
+    except ArgumentError as exc:
+        p.error(str(exc))
+    if args.features < 1:
+        p.error(f"--features must be >= 1, got {args.features}")
     model_path = Path(args.model)
     if model_path.is_dir():
         model_path = model_path / "model.npz"
@@ -275,9 +293,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (gn.BackendUnavailableError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    index = write_all(model_path, args.out or model_path.parent, args.data,
-                      n_features=args.features, gif=not args.no_gif,
-                      weight_decay=not args.no_weight_decay)
+    try:
+        index = write_all(model_path, args.out or model_path.parent, args.data,
+                          n_features=args.features, gif=not args.no_gif,
+                          weight_decay=not args.no_weight_decay)
+    except (CheckpointError, mnist.MNISTError, OSError) as exc:  # the model, data or --out
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"open {index}")
     return 0
 

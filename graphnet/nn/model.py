@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..backends.host import to_numpy
 from ..checks import fits_in_memory, positive_int, sizes
 from ..errors import ArgumentError, FeedError
 from ..graph import Graph
-from ..io import CheckpointError, atomic_write_npz, read_npz
+from ..io import CheckpointError, atomic_write_npz, check_path, read_npz
 from ..node import Input, Node, Parameter
 from ..ops import softmax, softmax_cross_entropy
 from ..hints import Array, Data, PathLike
@@ -200,9 +201,12 @@ class Classifier:
 
     def fit_preprocessing(self, images: Data) -> None:
         """Learn the per-pixel training mean (after scaling) from ``images``."""
-        saved = self.mean.value
-        self.mean.value = saved * 0
-        self.mean.value = self.prepare(images).mean(axis=0)
+        x = self.check_images(images)[0]
+        if x.shape[0] == 0:
+            raise ClassifierInputError(f"images: no images (shape {tuple(x.shape)}) to learn "
+                                       "the mean from")
+        self.mean.value = self.mean.value * 0
+        self.mean.value = self._scale(x).mean(axis=0)
 
     # --- inference ----------------------------------------------------------------------
     def predict(self, images: Data, batch_size: int = 4096) -> Array:
@@ -226,11 +230,10 @@ class Classifier:
                   features: bool) -> tuple[Array, Optional[Array]]:
         batch_size = positive_int(batch_size, "batch_size")
         x, single = self.check_images(images)
-        x = self._scale(x)
         xp = self.backend.xp
         probs, feats = [], []
-        for i in range(0, x.shape[0], batch_size):
-            out = self.eval_graph.run({self.images: x[i:i + batch_size]})
+        for i in range(0, x.shape[0], batch_size):  # scaled per batch: memory bounded by it
+            out = self.eval_graph.run({self.images: self._scale(x[i:i + batch_size])})
             probs.append(out[0])
             if features:
                 feats.append(out[1].reshape(out[1].shape[0], -1))
@@ -250,14 +253,15 @@ class Classifier:
         batch_size = positive_int(batch_size, "batch_size")
         b = self.backend
         xp = b.xp
-        if not prepared:
-            x = self.prepare(x)
+        x = self._as_backend_array(x, "x") if prepared else self.check_images(x)[0]
         if x.shape[0] == 0:
             raise ClassifierInputError("images: no images to evaluate")
         y = self.check_labels(y, int(x.shape[0]))
-        correct, loss_sum = xp.zeros((), dtype=xp.int64), xp.zeros((), dtype=x.dtype)
-        for i in range(0, x.shape[0], batch_size):
+        correct = xp.zeros((), dtype=xp.int64)
+        loss_sum = xp.zeros((), dtype=x.dtype if prepared else self.mean.dtype)
+        for i in range(0, x.shape[0], batch_size):  # scaled per batch: memory bounded by it
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb = xb if prepared else self._scale(xb)
             loss, probs = self._eval_batch(xb, yb)
             correct += (probs.argmax(axis=1) == yb).sum()
             loss_sum += loss * xb.shape[0]
@@ -298,6 +302,9 @@ class Classifier:
 
     def save(self, path: PathLike) -> None:
         """Write the model (config and host copies of its arrays) to an ``.npz`` file."""
+        if check_path(path, "path").is_dir():
+            raise ArgumentError(f"path: {path} is a folder; give a file name, e.g. "
+                                f"{Path(path) / 'model.npz'}")
         atomic_write_npz(path, self.host_arrays(), {"kind": "model", "model": self.config()})
 
 
@@ -312,7 +319,7 @@ def _declared_input_shape(network: Layer) -> Optional[tuple[int]]:
 def _num_classes(given: Optional[int], logits: Node) -> int:
     """``given``, else the size of the network's output axis."""
     if given is not None:
-        return int(given)
+        return positive_int(given, "Classifier num_classes")
     if logits.shape is None or logits.shape[-1] is None:
         raise ValueError("num_classes: the network's output size is not known before running "
                          "it; give num_classes")
@@ -347,6 +354,10 @@ def model_from_config(cfg: dict[str, Any], source: str = "checkpoint") -> Classi
 
 def load(path: PathLike) -> Classifier:
     """Load a model saved by :meth:`Classifier.save` (or a training checkpoint) onto the active backend."""
+    try:
+        path = check_path(path, "path")
+    except ArgumentError as exc:  # callers expect a CheckpointError for any unusable file
+        raise CheckpointError(str(exc)) from None
     arrays, meta = read_npz(path)
     if "model" not in meta:
         raise CheckpointError(f"{path}: holds no model")

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..checks import integer
-from ..errors import GraphError, ShapeError
+from ..errors import FeedError, GraphError, ShapeError
 from ..kernels import kernel
-from ..node import Node, as_node
+from ..node import Input, Node, as_node
 from ..shapes import describe, sum_to
 
 
@@ -64,6 +64,11 @@ class SoftmaxCrossEntropy(Node):
         logits, labels = as_node(logits), as_node(labels)
         _check_labels(logits, labels)
         super().__init__((logits, labels), shape=(), dtype=logits.dtype)
+        classes = logits.shape[-1] if logits.shape else None
+        if isinstance(labels, Input) and classes is not None and labels.dtype is not None \
+                and labels.dtype.kind in "iu":
+            labels.host_checks[self.name] = functools.partial(
+                check_fed_labels, classes=classes, name=labels.name, reader=self.name)
 
     def forward(self, ctx, logits, labels):
         self._check_run_shapes(logits, labels)
@@ -226,6 +231,18 @@ def check_class_labels(labels: Any, classes: int, name: str = "labels") -> None:
     if lo < 0 or hi >= classes:
         bad = lo if lo < 0 else hi
         raise FeedError(f"{name} must be class indices in [0, {classes}), got {bad}")
+
+
+def check_fed_labels(host: np.ndarray, classes: int, name: str, reader: str) -> None:
+    """FeedError naming the first class index of the host vector ``host`` (fed to input
+    ``name``, read by the loss ``reader``) outside ``[0, classes)``: no device involved."""
+    if host.dtype.kind not in "iu" or host.ndim != 1 or not host.size:
+        return
+    if host.min() >= 0 and host.max() < classes:
+        return
+    pos = int(np.flatnonzero((host < 0) | (host >= classes))[0])
+    raise FeedError(f"input {name!r}: class index {host[pos]} at position {pos} is outside "
+                    f"[0, {classes}) (the classes of softmax_cross_entropy {reader!r})")
 
 
 def _check_labels(logits: Node, labels: Node) -> None:

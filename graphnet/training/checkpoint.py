@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..checks import positive_int
+from ..checks import integer, positive_int, real
 from ..io import CheckpointError, atomic_write_npz, read_npz
 from ..hints import PathLike
 from ..optim import CosineLR, Schedule, StepLR
@@ -73,20 +73,26 @@ def _restore(trainer: "Trainer", meta: dict[str, Any], path: PathLike) -> None:
     run, s = meta["run"], meta["state"]
     trainer.seed = checked_seed(run.get("seed", trainer.seed))
     trainer.batch_size = positive_int(run.get("batch_size", trainer.batch_size), "batch_size")
-    trainer.base_lr = float(run["base_lr"])
+    trainer.base_lr = real(run["base_lr"], "base_lr", 0.0, low_open=True)
     if trainer.schedule.config() != run["schedule"]:
         trainer.schedule = schedule_from_config(run["schedule"], path)
-    trainer.schedule_from = float(run["schedule_from"])
-    state = TrainState(int(s["epoch"]), int(s["sample"]), int(s["n"]),
-                       float(s["loss_sum"]), int(s["batches_seen"]))
-    if not 0 <= state.sample <= state.n or state.epoch < 0:
-        raise ValueError(f"position epoch {state.epoch}, sample {state.sample} of {state.n}")
-    trainer.state = state
+    trainer.schedule_from = real(run["schedule_from"], "schedule_from", 0.0)
+    trainer.state = _state(s)
     rng = meta.get("rng")
     backend = trainer.model.backend
     if rng and not trainer.keyed_step and rng["backend"] == backend.name:
         backend.set_rng_state(rng["device"])
     trainer.history = History.from_dict(meta["history"])
+
+
+def _state(s: dict[str, Any]) -> TrainState:
+    """The saved position, checked: whole numbers in range, a finite loss sum (ValueError)."""
+    state = TrainState(integer(s["epoch"], "epoch", 0), integer(s["sample"], "sample", 0),
+                       integer(s["n"], "n", 0), real(s["loss_sum"], "loss_sum"),
+                       integer(s["batches_seen"], "batches_seen", 0))
+    if state.sample > state.n:
+        raise ValueError(f"position epoch {state.epoch}, sample {state.sample} of {state.n}")
+    return state
 
 
 def schedule_from_config(cfg: object, source: PathLike = "checkpoint") -> Schedule:
@@ -141,8 +147,8 @@ def checkpoint_position(path: PathLike) -> tuple[int, int, int]:
         raise CheckpointError(f"{path}: is a saved model, not a training checkpoint")
     meta = _current_format(meta, path)
     try:
-        s = meta["state"]
-        return int(s["epoch"]), int(s["sample"]), int(s["n"])
+        st = _state(meta["state"])
+        return st.epoch, st.sample, st.n
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
 

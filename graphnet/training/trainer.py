@@ -21,11 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..backends.host import to_numpy
-from ..checks import positive_int
-from ..errors import ArgumentTypeError
+from ..checks import flag, positive_int
+from ..errors import ArgumentError, ArgumentTypeError
 from ..hints import Array, Data, PathLike, RngKey
-from ..io import CheckpointError
-from ..optim import Optimizer, Schedule
+from ..io import CheckpointError, check_path
+from ..optim import NonFiniteCostError, Optimizer, Schedule
 from . import checkpoint
 from .checkpoint import CHECKPOINT
 from .errors import DivergenceError, OutOfMemory, TrainingInterrupted, is_out_of_memory, root_cause
@@ -64,18 +64,20 @@ class Trainer:
             raise TypeError(f"model: expected a TrainableModel (a loss graph, its inputs, prepare, "
                             f"evaluate, ... like nn.Classifier), got {type(model).__name__}, "
                             f"which lacks {', '.join(missing)}")
+        _check_parts(optimizer, schedule, on_epoch_end=on_epoch_end, augment=augment)
         self.model, self.optimizer = model, optimizer
         self.batch_size = positive_int(batch_size, "batch_size")
         self.schedule = schedule or Schedule()
         self.base_lr = optimizer.lr
         self.schedule_from = 0.0
         self.seed = checked_seed(default_seed() if seed is None else seed)
-        self.eval_every = eval_every
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.progress = progress
-        self.eval_subset = eval_subset
+        self.eval_every = None if eval_every is None else positive_int(eval_every, "eval_every")
+        self.checkpoint_dir = (None if checkpoint_dir is None
+                               else check_path(checkpoint_dir, "checkpoint_dir"))
+        self.progress = flag(progress, "progress")
+        self.eval_subset = positive_int(eval_subset, "eval_subset")
         self.curve_subset = positive_int(curve_subset, "curve_subset")
-        self.check_every = max(int(divergence_check_every), 1)
+        self.check_every = positive_int(divergence_check_every, "divergence_check_every")
         self.on_epoch_end = on_epoch_end
         self.augment = augment
         self.history = History()
@@ -114,6 +116,10 @@ class Trainer:
         Xt = None if x_test is None else m.prepare(x_test)
         Yt = None if y_test is None else m.prepare_targets(y_test, Xt.shape[0], "y_test")
         n = X.shape[0]
+        for name, data in (("x_train", X), ("x_test", Xt)):
+            if data is not None and data.shape[0] == 0:
+                raise ArgumentError(f"{name}: no images (shape {tuple(data.shape)}): there is "
+                                    "nothing to train on or evaluate")
         if st.sample and st.n != n:
             raise CheckpointError(f"the run stopped part-way through an epoch of {st.n} training "
                                   f"images, but is resumed on {n}: was the checkpoint written "
@@ -144,6 +150,7 @@ class Trainer:
         ``lr * schedule(epochs since here)``; a missing one keeps its current value.
         Every change is recorded in ``history.segments``.
         """
+        _check_parts(self.optimizer, schedule)
         notes, st = [], self.state
         where = f"epoch {st.epoch + 1}, sample {st.sample}" + (f" of {st.n}" if st.n else "")
         if batch_size is not None and batch_size != self.batch_size:
@@ -205,7 +212,10 @@ class Trainer:
             xb, yb = self._batch(X, Y, part)
             if self.augment is not None and part.shape[0]:
                 xb = self.augment(xb, rng_key=key) if self._keyed_augment else self.augment(xb)
-            losses[i], stop = self._step(xb, yb, key)
+            try:
+                losses[i], stop = self._step(xb, yb, key)
+            except NonFiniteCostError as exc:  # refused on the host before any update
+                raise self._diverged(s, exc.cost) from exc
             st.sample, st.batches_seen = s + counts[i], st.batches_seen + 1
             bar.update(counts[i])
             if (i + 1) % self.check_every == 0 or i + 1 == len(starts):
@@ -235,7 +245,7 @@ class Trainer:
         buf = self._buffers
         if buf is None or buf[0].shape[1:] != X.shape[1:] or buf[0].shape[0] < m \
                 or buf[0].dtype != X.dtype or buf[1].dtype != Y.dtype:
-            size = max(m, self.batch_size)
+            size = max(m, min(self.batch_size, self.state.n or m))  # never above the data
             buf = self._buffers = (b.xp.empty((size,) + X.shape[1:], X.dtype),
                                    b.xp.empty((size,) + Y.shape[1:], Y.dtype))
         xb, yb = buf[0][:m], buf[1][:m]
@@ -260,13 +270,16 @@ class Trainer:
         bad = ~xp.isfinite(losses[check_from:stop])
         if bool(bad.any()):
             first = check_from + int(bad.argmax())
-            s = starts[first]
-            where = (f"epoch {self.state.epoch + 1}, batch {s // self.batch_size + 1} "
-                     f"(samples {s}-{min(s + self.batch_size, self.state.n) - 1})")
-            kept = (f"; the last good checkpoint ({self._checkpoint_path()}) is untouched"
-                    if self.checkpoint_dir else "")
-            raise DivergenceError(f"training diverged: the loss became {float(losses[first])} at "
-                                  f"{where} (lr={self.optimizer.lr:g}); lower the learning rate{kept}")
+            raise self._diverged(starts[first], float(losses[first]))
+
+    def _diverged(self, s: int, loss: float) -> DivergenceError:
+        """The error for a loss of ``loss`` at the batch starting at sample ``s``."""
+        where = (f"epoch {self.state.epoch + 1}, batch {s // self.batch_size + 1} "
+                 f"(samples {s}-{min(s + self.batch_size, self.state.n) - 1})")
+        kept = (f"; the last good checkpoint ({self._checkpoint_path()}) is untouched"
+                if self.checkpoint_dir else "")
+        return DivergenceError(f"training diverged: the loss became {loss} at {where} "
+                               f"(lr={self.optimizer.lr:g}); lower the learning rate{kept}")
 
     def _finish_epoch(self, X: Array, Y: Array, Xt: Optional[Array], Yt: Optional[Array],
                       secs: float) -> None:
@@ -344,6 +357,22 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _check_parts(optimizer: Any, schedule: Any, **hooks: Any) -> None:
+    """TypeError naming the first of the Trainer's parts that is not what it must be."""
+    if not isinstance(optimizer, Optimizer):
+        raise ArgumentTypeError(f"optimizer: expected a graphnet.optim.Optimizer (e.g. "
+                                f"optim.SGD(model.parameters(), lr=0.1)), got "
+                                f"{type(optimizer).__name__} {optimizer!r:.60}")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise ArgumentTypeError(f"schedule: expected a graphnet.optim.Schedule (e.g. "
+                                f"optim.make_schedule('cosine', epochs)) or None, got "
+                                f"{type(schedule).__name__} {schedule!r:.60}")
+    for name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise ArgumentTypeError(f"{name}: expected a function or None, got "
+                                    f"{type(hook).__name__} {hook!r:.60}")
 
 
 def _checked_strategy(strategy: Any) -> Strategy:

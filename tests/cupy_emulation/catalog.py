@@ -176,7 +176,8 @@ def _train_a_little(gn: Any) -> None:
                 optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True),
                 optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)):
         for _ in range(2):
-            opt.minimize(model.train_graph, feed)
+            opt.minimize(model.train_graph, feed)  # the update masked on the cost
+        opt.step(model.train_graph.gradients(feed))  # the plain update
     model.eval_graph.run(feed)
 
 
