@@ -90,6 +90,23 @@ def _tolerate_import_failure_in_forced_fail() -> None:
     mm.run_forced_fail_test = forced_fail
 
 
+def _mutate_only(files: list[str]) -> None:
+    """Rewrite only ``files`` in mutmut's copy; every other module is copied as it is.
+
+    Saves generating the whole package's mutants, and keeps tests that read the source
+    (module lengths, imports) meeting the real modules, not mutmut's rewritten ones.
+    Files outside the configured ``source_paths`` (``examples/...``) join them.
+    """
+    from mutmut.configuration import config
+    cfg = config()
+    cfg.only_mutate = [Path(f).as_posix() for f in files]
+    for f in files:
+        top = Path(Path(f).parts[0])
+        if not any(Path(f).is_relative_to(p) for p in cfg.source_paths):
+            cfg.source_paths.append(top)
+            cfg.resolved_mutated_source_paths.append(Path.cwd().resolve() / "mutants" / top)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", help="source files to mutate (default: all of graphnet/)")
@@ -106,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             print(f"no {PACKAGE}/ file changed since {args.since}: nothing to mutate")
             return 0
+    if files:
+        _mutate_only(files)
     _tolerate_import_failure_in_forced_fail()
     from mutmut.__main__ import cli
     cli_args = ["run", "--max-children", str(args.jobs)] + mutant_globs(files)
