@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.scores:
         print(scores())
         return 0
+    for f in args.files:
+        if not (f.endswith(".py") and Path(f).is_file()) or Path(f).is_absolute() or ".." in Path(f).parts:
+            ap.error(f"files: {f!r} is not a Python file under this checkout (a relative path "
+                     "such as graphnet/checks.py)")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     files = list(args.files)
     if args.since:
         files += changed_files(args.since)
