@@ -28,17 +28,6 @@ def changed_files(revision: str) -> list[str]:
     return [f for f in out.split() if f.endswith(".py") and Path(f).exists()]
 
 
-def mutant_globs(files: list[str]) -> list[str]:
-    """mutmut's mutant-name patterns for files: ``graphnet/ops/conv.py`` -> ``graphnet.ops.conv.*``."""
-    globs = []
-    for f in files:
-        parts = list(Path(f).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        globs.append(".".join(parts) + ".*")
-    return globs
-
-
 def _verdict(code: int | None) -> str:
     """mutmut's exit code for one mutant, as a word."""
     if code is None:
@@ -107,6 +96,23 @@ def _mutate_only(files: list[str]) -> None:
             cfg.resolved_mutated_source_paths.append(Path.cwd().resolve() / "mutants" / top)
 
 
+def _fresh_chunk_pool_after_fork() -> None:
+    """Give each forked mutant process its own chunk-worker threads.
+
+    mutmut forks every mutant's test run from a process that has already run the suite, so
+    ``graphnet.parallel``'s thread pool exists there; a fork keeps the pool object but not
+    its threads, and the first chunked kernel in the child waits on them for ever (every
+    mutant reached by a convolution test ended as a timeout).
+    """
+    import os
+
+    def forget_pool() -> None:
+        parallel = sys.modules.get(f"{PACKAGE}.parallel")
+        if parallel is not None:
+            parallel._pool = None
+    os.register_at_fork(after_in_child=forget_pool)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", help="source files to mutate (default: all of graphnet/)")
@@ -132,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     if files:
         _mutate_only(files)
     _tolerate_import_failure_in_forced_fail()
+    _fresh_chunk_pool_after_fork()
     from mutmut.__main__ import cli
-    cli_args = ["run", "--max-children", str(args.jobs)] + mutant_globs(files)
+    # no mutant names: mutmut then keeps the verdicts it has (an interrupted run resumes);
+    # only_mutate already limits the run to the chosen files
+    cli_args = ["run", "--max-children", str(args.jobs)]
     return cli.main(cli_args, standalone_mode=False) or 0
 
 
