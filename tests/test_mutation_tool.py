@@ -48,3 +48,39 @@ def test_bad_arguments_are_refused_by_name(monkeypatch, capsys, argv, named):
         mutation.main(argv)
     assert info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+FORK_SCRIPT = """
+import os, signal, sys, time
+import graphnet as gn
+from graphnet import parallel
+from tools import mutation
+be = gn.get_backend("numpy")
+parallel.set_workers(parallel.GROUPS)
+if parallel.workers(be, parallel.GROUPS) < 2:
+    print("no chunk workers here"); sys.exit(0)
+# every worker thread of the pool started (each chunk busy while the next is handed out)
+parallel.for_each_chunk(be, parallel.GROUPS, lambda scratch, c: time.sleep(0.2), lambda: None)
+mutation._fresh_chunk_pool_after_fork()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a child waiting on the parent's threads ends here
+    parallel.for_each_chunk(be, parallel.GROUPS, lambda scratch, c: None, lambda: None)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_mutant_run_can_use_the_chunk_workers():
+    """mutmut forks each mutant's tests from a process whose chunk pool already exists."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    if "no chunk workers here" in res.stdout:
+        pytest.skip("graphnet.parallel runs one worker here (no controllable BLAS)")
+    assert "child exit 0" in res.stdout, res.stdout + res.stderr[-2000:]
