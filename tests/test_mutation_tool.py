@@ -84,3 +84,34 @@ def test_a_forked_mutant_run_can_use_the_chunk_workers():
     if "no chunk workers here" in res.stdout:
         pytest.skip("graphnet.parallel runs one worker here (no controllable BLAS)")
     assert "child exit 0" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+OPENMP_SCRIPT = """
+import os, signal
+os.environ.pop("OMP_NUM_THREADS", None)
+from tools import mutation
+mutation._fresh_chunk_pool_after_fork()
+import torch
+a, b = torch.zeros(4_000_000), torch.ones(4_000_000)
+a.copy_(b)  # an OpenMP parallel region in the parent, when it has a team
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)
+    a.copy_(b)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_mutant_run_can_use_pytorch_after_the_parent_did():
+    """test_gpu_check runs PyTorch in mutmut's process; GNU OpenMP hangs in a forked child."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", OPENMP_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "child exit 0" in res.stdout, res.stdout + res.stderr[-2000:]

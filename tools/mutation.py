@@ -97,7 +97,7 @@ def _mutate_only(files: list[str]) -> None:
 
 
 def _fresh_chunk_pool_after_fork() -> None:
-    """Give each forked mutant process its own chunk-worker threads.
+    """Give each forked mutant process its own chunk-worker threads (and no OpenMP team).
 
     mutmut forks every mutant's test run from a process that has already run the suite, so
     ``graphnet.parallel``'s thread pool exists there; a fork keeps the pool object but not
@@ -105,6 +105,11 @@ def _fresh_chunk_pool_after_fork() -> None:
     mutant reached by a convolution test ended as a timeout).
     """
     import os
+
+    # GNU OpenMP (PyTorch's, used by a test that runs PyTorch beside graphnet) is not
+    # fork-safe either: a child of a process that ran a parallel region hangs at its next
+    # one. With one OpenMP thread no team is started (read when PyTorch loads, below).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     def forget_pool() -> None:
         parallel = sys.modules.get(f"{PACKAGE}.parallel")
