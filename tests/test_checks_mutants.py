@@ -1,0 +1,53 @@
+"""graphnet.checks directly: the cases its mutation run (docs/testing.md) showed untested.
+
+Every door's argument check goes through these helpers, so a message that names the wrong
+argument, or a check that lets a wrong type through, reaches every public function.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from graphnet import checks
+from graphnet.errors import ArgumentError, ArgumentTypeError
+
+
+def refused(error: type, message: str):
+    """pytest.raises for ``error`` whose text starts with ``message`` exactly."""
+    return pytest.raises(error, match="^" + re.escape(message))
+
+
+# --- int_pair: both elements checked, each under its own name, against the minimum ----------
+def test_int_pair_names_the_second_element_and_applies_the_minimum_to_it():
+    with refused(ArgumentError, "kernel_size[1] must be >= 1, got 0"):
+        checks.int_pair((3, 0), "kernel_size")
+    with refused(ArgumentTypeError, "stride[1] must be an integer, got float 1.5"):
+        checks.int_pair((2, 1.5), "stride")
+    with refused(ArgumentError, "padding[1] must be >= 0, got -1"):
+        checks.int_pair([0, -1], "padding", minimum=0)
+    assert checks.int_pair((2, 3), "kernel_size") == (2, 3)
+
+
+# --- axes: the default name, and each element's message ----------------------------------------
+def test_axes_names_the_argument_axis_by_default():
+    with refused(ArgumentTypeError, "axis must be an integer, got float 1.5"):
+        checks.axes(1.5)
+    with refused(ArgumentTypeError, "axis must be an integer, got 'x'"):
+        checks.axes((0, "x"))
+
+
+def test_axes_names_the_given_argument_for_each_element():
+    with refused(ArgumentTypeError, "dims must be an integer, got float 1.5"):
+        checks.axes((0, 1.5), "dims")
+    with refused(ArgumentError, "dims repeats an axis: (1, 1)"):
+        checks.axes((1, 1), "dims")
+    assert checks.axes([0, -1], "dims") == (0, -1)
+
+
+# --- sizes: only a sequence of integers ------------------------------------------------------
+@pytest.mark.parametrize("value, shown", [(5, "int 5"), ({3, 4}, "set {3, 4}"),
+                                          ("34", "str '34'"), (b"34", "bytes b'34'")])
+def test_sizes_refuses_what_is_not_a_sequence_of_integers_as_a_whole(value, shown):
+    with refused(ArgumentTypeError, f"layers must be a list of integers, got {shown}"):
+        checks.sizes(value, "layers")
