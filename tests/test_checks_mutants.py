@@ -51,3 +51,31 @@ def test_axes_names_the_given_argument_for_each_element():
 def test_sizes_refuses_what_is_not_a_sequence_of_integers_as_a_whole(value, shown):
     with refused(ArgumentTypeError, f"layers must be a list of integers, got {shown}"):
         checks.sizes(value, "layers")
+
+
+def test_sizes_applies_the_minimum_to_every_element_under_its_index():
+    with refused(ArgumentError, "layers[1] must be >= 1, got 0"):
+        checks.sizes([3, 0], "layers")
+    with refused(ArgumentError, "shape[2] must be >= 0, got -1"):
+        checks.sizes((4, 0, -1), "shape", minimum=0)
+    assert checks.sizes((4, 0), "shape", minimum=0) == [4, 0]
+
+
+# --- memory: unknown size, and the limit itself ------------------------------------------------
+@pytest.mark.parametrize("failure", [ValueError, OSError, AttributeError])
+def test_host_memory_is_zero_where_the_system_cannot_say(monkeypatch, failure):
+    def sysconf(name):
+        raise failure(name)
+    monkeypatch.setattr(checks.os, "sysconf", sysconf)
+    assert checks.host_memory_bytes() == 0
+
+
+def test_an_array_of_exactly_the_machine_memory_is_allowed_and_one_byte_more_is_not(monkeypatch):
+    monkeypatch.setattr(checks, "host_memory_bytes", lambda: 120)
+    checks.fits_in_memory((3, 5), 8, "x")  # 120 bytes
+    checks.fits_in_memory((), 120, "x")  # a scalar: one element
+    with refused(ArgumentError, "x of shape (11, 11) would need 121 bytes, more than this "
+                                "machine's memory (120 bytes)"):
+        checks.fits_in_memory((11, 11), 1, "x")
+    monkeypatch.setattr(checks, "host_memory_bytes", lambda: 0)  # unknown: nothing refused
+    checks.fits_in_memory((10**6, 10**6), 8, "x")
