@@ -74,8 +74,10 @@ def test_an_array_of_exactly_the_machine_memory_is_allowed_and_one_byte_more_is_
     monkeypatch.setattr(checks, "host_memory_bytes", lambda: 120)
     checks.fits_in_memory((3, 5), 8, "x")  # 120 bytes
     checks.fits_in_memory((), 120, "x")  # a scalar: one element
-    with refused(ArgumentError, "x of shape (11, 11) would need 121 bytes, more than this "
+    with refused(ArgumentError, "x of shape (4, 4) would need 128 bytes, more than this "
                                 "machine's memory (120 bytes)"):
+        checks.fits_in_memory((4, 4), 8, "x")
+    with refused(ArgumentError, "x of shape (11, 11) would need 121 bytes"):
         checks.fits_in_memory((11, 11), 1, "x")
     monkeypatch.setattr(checks, "host_memory_bytes", lambda: 0)  # unknown: nothing refused
     checks.fits_in_memory((10**6, 10**6), 8, "x")
