@@ -81,3 +81,38 @@ def test_an_array_of_exactly_the_machine_memory_is_allowed_and_one_byte_more_is_
         checks.fits_in_memory((11, 11), 1, "x")
     monkeypatch.setattr(checks, "host_memory_bytes", lambda: 0)  # unknown: nothing refused
     checks.fits_in_memory((10**6, 10**6), 8, "x")
+
+
+# --- real: closed ends by default, each message form -------------------------------------------
+def test_real_includes_both_ends_unless_told_otherwise():
+    assert checks.real(1, "p", low=0.0, high=1.0) == 1.0
+    assert checks.real(0, "p", low=0.0, high=1.0) == 0.0
+    with refused(ArgumentError, "p must be in [0, 1), got 1"):
+        checks.real(1.0, "p", low=0.0, high=1.0, high_open=True)
+    with refused(ArgumentError, "p must be in (0, 1], got 0"):
+        checks.real(0.0, "p", low=0.0, high=1.0, low_open=True)
+
+
+@pytest.mark.parametrize("kwargs, value, message", [
+    (dict(low=0.0, high=1.0), 2.0, "p must be in [0, 1], got 2"),
+    (dict(high=1.0), 2.0, "p must be <= 1, got 2"),
+    (dict(high=1.0, high_open=True), 1.0, "p must be < 1, got 1"),
+    (dict(low=0.0), -1.0, "p must be >= 0, got -1"),
+    (dict(low=0.0, low_open=True), 0.0, "p must be > 0, got 0"),
+])
+def test_real_says_which_range_was_expected(kwargs, value, message):
+    with refused(ArgumentError, message):
+        checks.real(value, "p", **kwargs)
+
+
+def test_real_names_the_type_it_refuses():
+    with refused(ArgumentTypeError, "lr must be a real number, got str '0.1'"):
+        checks.real("0.1", "lr")
+    with refused(ArgumentTypeError, "lr must be a real number, got bool True"):
+        checks.real(True, "lr")
+
+
+def test_choice_lists_the_options_in_its_message():
+    with refused(ArgumentError, "mode must be one of 'a', 'b', got 'x'"):
+        checks.choice("x", "mode", ["a", "b"])
+    assert checks.choice("b", "mode", ("a", "b")) == "b"
