@@ -116,3 +116,12 @@ def test_choice_lists_the_options_in_its_message():
     with refused(ArgumentError, "mode must be one of 'a', 'b', got 'x'"):
         checks.choice("x", "mode", ["a", "b"])
     assert checks.choice("b", "mode", ("a", "b")) == "b"
+
+
+def test_flag_takes_numpy_bools_as_python_bools():
+    import numpy as np
+    for value in (np.bool_(True), np.bool_(False), True, False):
+        got = checks.flag(value, "shuffle")
+        assert type(got) is bool and got == bool(value)
+    with refused(ArgumentTypeError, "shuffle must be True or False, got int 1"):
+        checks.flag(1, "shuffle")

@@ -19,7 +19,7 @@ REPLAYED = (0, 33, 36, 24, -24)  # survived, no tests, wall-clock timeout, CPU-t
 
 def mutant_diff(name: str) -> tuple[str, str]:
     """(old, new) source text of one mutant, dedented as mutmut shows it."""
-    diff = subprocess.run(["mutmut", "show", name], capture_output=True, text=True).stdout
+    diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True).stdout
     body = [l for l in diff.splitlines()
             if l[:1] in (" ", "-", "+") and not l.startswith(("---", "+++"))]
     return ("\n".join(l[1:] for l in body if l[:1] in " -"),
