@@ -115,3 +115,14 @@ def test_a_forked_mutant_run_can_use_pytorch_after_the_parent_did():
                          env=env, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "child exit 0" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+def test_a_plain_copy_left_by_an_earlier_run_is_replaced_by_mutants(tmp_path):
+    """mutmut keeps a copy newer than its source as that file's mutants: none would run."""
+    (tmp_path / "graphnet").mkdir()
+    plain, mutated = tmp_path / "graphnet" / "io.py", tmp_path / "graphnet" / "checks.py"
+    plain.write_text("def f():\n    return 1\n")
+    mutated.write_text("mutants_x_f__mutmut: MutantDict = {}\n")
+    mutation._forget_plain_copies(["graphnet/io.py", "graphnet/checks.py", "graphnet/new.py"],
+                                  root=tmp_path)
+    assert not plain.exists() and mutated.exists()

@@ -96,6 +96,18 @@ def _mutate_only(files: list[str]) -> None:
             cfg.resolved_mutated_source_paths.append(Path.cwd().resolve() / "mutants" / top)
 
 
+def _forget_plain_copies(files: list[str], root: Path = Path("mutants")) -> None:
+    """Delete mutmut's unmutated copy of each chosen file, so that its mutants are made.
+
+    A file left out of an earlier run is copied into ``mutants/`` as it is; being newer
+    than its source, mutmut would take that copy for its mutants and test none.
+    """
+    for f in files:
+        copy = root / f
+        if copy.is_file() and "MutantDict" not in copy.read_text(encoding="utf-8"):
+            copy.unlink()
+
+
 def _fresh_chunk_pool_after_fork() -> None:
     """Give each forked mutant process its own chunk-worker threads (and no OpenMP team).
 
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if files:
         _mutate_only(files)
+        _forget_plain_copies(files)
     _tolerate_import_failure_in_forced_fail()
     _fresh_chunk_pool_after_fork()
     from mutmut.__main__ import cli
