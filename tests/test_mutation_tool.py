@@ -123,6 +123,11 @@ def test_a_plain_copy_left_by_an_earlier_run_is_replaced_by_mutants(tmp_path):
     plain, mutated = tmp_path / "graphnet" / "io.py", tmp_path / "graphnet" / "checks.py"
     plain.write_text("def f():\n    return 1\n")
     mutated.write_text("mutants_x_f__mutmut: MutantDict = {}\n")
+    stats = tmp_path / "mutmut-stats.json"
+    stats.write_text("{}")
+    mutation._forget_plain_copies(["graphnet/checks.py", "graphnet/new.py"], root=tmp_path)
+    assert plain.exists() and mutated.exists() and stats.exists()
     mutation._forget_plain_copies(["graphnet/io.py", "graphnet/checks.py", "graphnet/new.py"],
                                   root=tmp_path)
     assert not plain.exists() and mutated.exists()
+    assert not stats.exists()  # io.py was never traced: the suite is traced again

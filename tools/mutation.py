@@ -100,12 +100,16 @@ def _forget_plain_copies(files: list[str], root: Path = Path("mutants")) -> None
     """Delete mutmut's unmutated copy of each chosen file, so that its mutants are made.
 
     A file left out of an earlier run is copied into ``mutants/`` as it is; being newer
-    than its source, mutmut would take that copy for its mutants and test none.
+    than its source, mutmut would take that copy for its mutants and test none. Its
+    functions were not traced either, so the recorded tests per function go too (mutmut
+    then traces the suite again).
     """
-    for f in files:
-        copy = root / f
-        if copy.is_file() and "MutantDict" not in copy.read_text(encoding="utf-8"):
-            copy.unlink()
+    plain = [root / f for f in files if (root / f).is_file()
+             and "MutantDict" not in (root / f).read_text(encoding="utf-8")]
+    for copy in plain:
+        copy.unlink()
+    if plain:
+        (root / "mutmut-stats.json").unlink(missing_ok=True)
 
 
 def _fresh_chunk_pool_after_fork() -> None:
