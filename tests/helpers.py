@@ -5,9 +5,16 @@ import os
 import signal
 
 import numpy as np
+import pytest
 
 import graphnet as gn
 from graphnet import nn
+from graphnet.datasets import mnist
+
+# Real-MNIST tests that take seconds run in the fast suite, but never download there.
+needs_cached_mnist = pytest.mark.skipif(
+    any(mnist._find(mnist.default_root(), n) is None for n in mnist.FILES),
+    reason="MNIST is not in the cache (run mnist.load() once)")
 
 
 def blobs(n: int = 512, pixels: int = 784, classes: int = 10, seed: int = 0):

@@ -16,7 +16,7 @@ import graphnet as gn
 from graphnet import nn, optim
 from graphnet.training import CHECKPOINT, Trainer
 
-from helpers import blobs
+from helpers import blobs, needs_cached_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mnist"
@@ -217,7 +217,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 # --- real runs (MNIST) -------------------------------------------------------------------
-@pytest.mark.slow
+@needs_cached_mnist  # seconds: in the fast suite
 def test_seed_10_preset_reproduces_reference_and_writes_outputs(tmp_path):
     res = run("--preset", "seed-10", "--out", str(tmp_path), "--min-accuracy", "91%",
               timeout=600)
@@ -233,7 +233,7 @@ def test_seed_10_preset_reproduces_reference_and_writes_outputs(tmp_path):
     assert "it/s" not in res.stderr and "img/s" not in res.stderr  # no progress bar off a terminal
 
 
-@pytest.mark.slow
+@needs_cached_mnist  # seconds: in the fast suite
 def test_min_accuracy_fails_the_run_when_missed(tmp_path):
     res = run("--preset", "seed-10", "--out", str(tmp_path), "--no-progress",
               "--min-accuracy", "99", timeout=600)

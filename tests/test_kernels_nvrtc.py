@@ -85,3 +85,19 @@ def test_a_broken_kernel_body_fails_to_compile(broken):
     catalog.compile_with_nvrtc(catalog.cuda_source(good), "sm_90")  # the unbroken one compiles
     with pytest.raises(CompileException, match="error"):
         catalog.compile_with_nvrtc(catalog.cuda_source(bad), "sm_90")
+
+
+def test_under_mutmut_the_scan_reads_the_unmutated_package(tmp_path):
+    """mutmut runs the tests from its rewritten copy in ``mutants/``; the kernel names are
+    read from the package that copy was made from, not from the mutated variants."""
+    kernel = 'def f(cp):\n    return cp.ElementwiseKernel("T x", "T y", "y = x", {!r})\n'
+    (tmp_path / "graphnet").mkdir()
+    (tmp_path / "graphnet" / "k.py").write_text(kernel.format("graphnet_copy"))
+    (tmp_path / "mutants" / "graphnet").mkdir(parents=True)
+    (tmp_path / "mutants" / "graphnet" / "k.py").write_text(
+        kernel.format("graphnet_copy") + kernel.replace("def f", "def f__mutmut_1")
+        .format("XXgraphnet_copyXX"))
+    assert catalog.package_source(tmp_path / "mutants") == tmp_path / "graphnet"
+    assert catalog.package_source(tmp_path) == tmp_path / "graphnet"
+    names, unreadable = catalog.declared_kernel_names(catalog.package_source(tmp_path / "mutants"))
+    assert (names, unreadable) == ({"graphnet_copy"}, [])

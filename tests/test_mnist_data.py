@@ -17,6 +17,8 @@ import pytest
 
 from graphnet.datasets import mnist
 
+from helpers import needs_cached_mnist
+
 NAMES = list(mnist.FILES)
 RNG = np.random.default_rng(0)
 
@@ -332,7 +334,7 @@ def test_restricted_unpickler_allows_arrays():
 
 
 # ----------------------------------------------------------------------------- real data
-@pytest.mark.slow
+@needs_cached_mnist  # a fraction of a second from the cache: in the fast suite
 def test_real_mnist():
     x, y, xt, yt = mnist.load()
     assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)

@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet.datasets import mnist
+
+from helpers import needs_cached_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "mnist" / "train.py"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(any(mnist._find(mnist.default_root(), n) is None for n in mnist.FILES),
-                       reason="MNIST is not in the cache (run mnist.load() once)"),
-]
+pytestmark = needs_cached_mnist  # slow: every test but the seconds-long check-numerics one
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -45,6 +42,7 @@ def arrays(path: Path) -> dict:
         return {k: f[k] for k in f.files}
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run_instead_of_restarting(tmp_path):
     first = run("--preset", "seed-10", "--epochs", "1", "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -76,6 +74,7 @@ def test_check_numerics_names_the_first_bad_node(tmp_path):
     assert re.search(r"node '[^']+' .*non-finite", checked.stderr), checked.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_plots_draws_every_figure(tmp_path):
     from PIL import Image
     res = run("--preset", "seed-10", "--epochs", "1", "--plots", "--out", str(tmp_path))
@@ -89,6 +88,7 @@ def test_plots_draws_every_figure(tmp_path):
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, f"{name} is (nearly) blank"
 
 
+@pytest.mark.slow
 def test_exit_status_of_each_outcome(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -105,6 +105,7 @@ def test_exit_status_of_each_outcome(tmp_path):
     assert met.returncode == 0, met.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_readme_mnist_block_runs_as_written(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)

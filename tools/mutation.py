@@ -28,17 +28,6 @@ def changed_files(revision: str) -> list[str]:
     return [f for f in out.split() if f.endswith(".py") and Path(f).exists()]
 
 
-def mutant_globs(files: list[str]) -> list[str]:
-    """mutmut's mutant-name patterns for files: ``graphnet/ops/conv.py`` -> ``graphnet.ops.conv.*``."""
-    globs = []
-    for f in files:
-        parts = list(Path(f).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        globs.append(".".join(parts) + ".*")
-    return globs
-
-
 def _verdict(code: int | None) -> str:
     """mutmut's exit code for one mutant, as a word."""
     if code is None:
@@ -90,6 +79,61 @@ def _tolerate_import_failure_in_forced_fail() -> None:
     mm.run_forced_fail_test = forced_fail
 
 
+def _mutate_only(files: list[str]) -> None:
+    """Rewrite only ``files`` in mutmut's copy; every other module is copied as it is.
+
+    Saves generating the whole package's mutants, and keeps tests that read the source
+    (module lengths, imports) meeting the real modules, not mutmut's rewritten ones.
+    Files outside the configured ``source_paths`` (``examples/...``) join them.
+    """
+    from mutmut.configuration import config
+    cfg = config()
+    cfg.only_mutate = [Path(f).as_posix() for f in files]
+    for f in files:
+        top = Path(Path(f).parts[0])
+        if not any(Path(f).is_relative_to(p) for p in cfg.source_paths):
+            cfg.source_paths.append(top)
+            cfg.resolved_mutated_source_paths.append(Path.cwd().resolve() / "mutants" / top)
+
+
+def _forget_plain_copies(files: list[str], root: Path = Path("mutants")) -> None:
+    """Delete mutmut's unmutated copy of each chosen file, so that its mutants are made.
+
+    A file left out of an earlier run is copied into ``mutants/`` as it is; being newer
+    than its source, mutmut would take that copy for its mutants and test none. Its
+    functions were not traced either, so the recorded tests per function go too (mutmut
+    then traces the suite again).
+    """
+    plain = [root / f for f in files if (root / f).is_file()
+             and "MutantDict" not in (root / f).read_text(encoding="utf-8")]
+    for copy in plain:
+        copy.unlink()
+    if plain:
+        (root / "mutmut-stats.json").unlink(missing_ok=True)
+
+
+def _fresh_chunk_pool_after_fork() -> None:
+    """Give each forked mutant process its own chunk-worker threads (and no OpenMP team).
+
+    mutmut forks every mutant's test run from a process that has already run the suite, so
+    ``graphnet.parallel``'s thread pool exists there; a fork keeps the pool object but not
+    its threads, and the first chunked kernel in the child waits on them for ever (every
+    mutant reached by a convolution test ended as a timeout).
+    """
+    import os
+
+    # GNU OpenMP (PyTorch's, used by a test that runs PyTorch beside graphnet) is not
+    # fork-safe either: a child of a process that ran a parallel region hangs at its next
+    # one. With one OpenMP thread no team is started (read when PyTorch loads, below).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    def forget_pool() -> None:
+        parallel = sys.modules.get(f"{PACKAGE}.parallel")
+        if parallel is not None:
+            parallel._pool = None
+    os.register_at_fork(after_in_child=forget_pool)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", help="source files to mutate (default: all of graphnet/)")
@@ -100,15 +144,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.scores:
         print(scores())
         return 0
+    for f in args.files:
+        if not (f.endswith(".py") and Path(f).is_file()) or Path(f).is_absolute() or ".." in Path(f).parts:
+            ap.error(f"files: {f!r} is not a Python file under this checkout (a relative path "
+                     "such as graphnet/checks.py)")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     files = list(args.files)
     if args.since:
         files += changed_files(args.since)
         if not files:
             print(f"no {PACKAGE}/ file changed since {args.since}: nothing to mutate")
             return 0
+    if files:
+        _mutate_only(files)
+        _forget_plain_copies(files)
     _tolerate_import_failure_in_forced_fail()
+    _fresh_chunk_pool_after_fork()
     from mutmut.__main__ import cli
-    cli_args = ["run", "--max-children", str(args.jobs)] + mutant_globs(files)
+    # no mutant names: mutmut then keeps the verdicts it has (an interrupted run resumes);
+    # only_mutate already limits the run to the chosen files
+    cli_args = ["run", "--max-children", str(args.jobs)]
     return cli.main(cli_args, standalone_mode=False) or 0
 
 

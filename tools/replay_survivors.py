@@ -2,7 +2,7 @@
 
     python -m tools.replay_survivors graphnet/optim.py tests/test_promises_optim.py [pytest args]
 
-Each surviving (or untested) mutant of the file is written into the working tree in turn,
+Each surviving, untested or timed-out mutant of the file is written into the working tree in turn,
 the given tests run, and the file restored; prints ``name, killed|SURVIVES, the change``.
 mutmut itself would first re-trace the whole suite because tests were added; this takes
 seconds per mutant. Leaves the file as it was, even when interrupted.
@@ -14,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPLAYED = (0, 33, 36, 24, -24)  # survived, no tests, wall-clock timeout, CPU-time limit (SIGXCPU)
+
 
 def mutant_diff(name: str) -> tuple[str, str]:
     """(old, new) source text of one mutant, dedented as mutmut shows it."""
-    diff = subprocess.run(["mutmut", "show", name], capture_output=True, text=True).stdout
+    diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True).stdout
     body = [l for l in diff.splitlines()
             if l[:1] in (" ", "-", "+") and not l.startswith(("---", "+++"))]
     return ("\n".join(l[1:] for l in body if l[:1] in " -"),
@@ -38,7 +40,7 @@ def main(argv: list[str]) -> int:
     src, pytest_args = argv[0], argv[1:]
     meta = json.loads(Path("mutants", src + ".meta").read_text())["exit_code_by_key"]
     original = Path(src).read_text()
-    for name in sorted(k for k, v in meta.items() if v in (0, 33)):
+    for name in sorted(k for k, v in meta.items() if v in REPLAYED):
         old, new = mutant_diff(name)
         mutated = apply(original, old, new)
         if mutated is None:

@@ -20,7 +20,20 @@ from typing import Any
 import numpy as np
 
 CONSTRUCTORS = {"ElementwiseKernel": 3, "RawKernel": 1, "ReductionKernel": 7, "RawModule": None}
-GRAPHNET = Path(__file__).resolve().parents[2] / "graphnet"
+
+
+def package_source(checkout: Path = Path(__file__).resolve().parents[2]) -> Path:
+    """graphnet's own source files, also when mutmut runs the tests from its ``mutants/`` copy.
+
+    mutmut rewrites the copy (each function beside its mutated variants, whose kernel names
+    are mutated too), so the scan reads the unmutated package the copy was made from.
+    """
+    if checkout.name == "mutants" and (checkout.parent / "graphnet").is_dir():
+        return checkout.parent / "graphnet"
+    return checkout / "graphnet"
+
+
+GRAPHNET = package_source()
 
 
 # --- what the source declares ------------------------------------------------------------
