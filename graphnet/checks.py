@@ -50,7 +50,8 @@ def real(value: Any, name: str, low: Optional[float] = None, high: Optional[floa
 
 def flag(value: Any, name: str) -> bool:
     """``value`` as a bool (True/False or a NumPy bool only)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or (type(value).__module__ == "numpy"
+                                   and type(value).__name__ in ("bool", "bool_")):
         return bool(value)
     raise ArgumentTypeError(f"{name} must be True or False, got {_type_name(value)} {value!r}")
 

@@ -118,10 +118,9 @@ def test_choice_lists_the_options_in_its_message():
     assert checks.choice("b", "mode", ("a", "b")) == "b"
 
 
-@pytest.mark.xfail(strict=True, reason="graphnet bug, found by the mutation run: flag() looks "
-                   "for the type name 'bool_', but NumPy 2 names its bool type 'bool', so "
-                   "NumPy bools are refused although the docstring accepts them")
 def test_flag_takes_numpy_bools_as_python_bools():
+    """Found by the mutation run: flag() looked for the type name 'bool_', which NumPy 2
+    calls 'bool', so NumPy bools were refused although the docstring accepts them."""
     import numpy as np
     for value in (np.bool_(True), np.bool_(False), True, False):
         got = checks.flag(value, "shuffle")

@@ -61,7 +61,6 @@ if parallel.workers(be, parallel.GROUPS) < 2:
     print("no chunk workers here"); sys.exit(0)
 # every worker thread of the pool started (each chunk busy while the next is handed out)
 parallel.for_each_chunk(be, parallel.GROUPS, lambda scratch, c: time.sleep(0.2), lambda: None)
-mutation._fresh_chunk_pool_after_fork()
 pid = os.fork()
 if pid == 0:
     signal.alarm(30)  # a child waiting on the parent's threads ends here
@@ -72,8 +71,9 @@ print("child exit", os.waitstatus_to_exitcode(status))
 """
 
 
-def test_a_forked_mutant_run_can_use_the_chunk_workers():
-    """mutmut forks each mutant's tests from a process whose chunk pool already exists."""
+def test_a_forked_process_can_use_the_chunk_workers():
+    """A process forked after the chunk pool started (mutmut forks each mutant's tests so;
+    so may a user's multiprocessing) runs chunked kernels on a pool of its own."""
     import os
     import subprocess
     import sys

@@ -113,12 +113,10 @@ def _forget_plain_copies(files: list[str], root: Path = Path("mutants")) -> None
 
 
 def _fresh_chunk_pool_after_fork() -> None:
-    """Give each forked mutant process its own chunk-worker threads (and no OpenMP team).
+    """No OpenMP team in forked mutant processes.
 
-    mutmut forks every mutant's test run from a process that has already run the suite, so
-    ``graphnet.parallel``'s thread pool exists there; a fork keeps the pool object but not
-    its threads, and the first chunked kernel in the child waits on them for ever (every
-    mutant reached by a convolution test ended as a timeout).
+    (mutmut forks every mutant's test run from a process that has already run the suite.
+    graphnet's own chunk pool restarts in a forked child by itself: ``ops/conv/threads.py``.)
     """
     import os
 
@@ -126,12 +124,6 @@ def _fresh_chunk_pool_after_fork() -> None:
     # fork-safe either: a child of a process that ran a parallel region hangs at its next
     # one. With one OpenMP thread no team is started (read when PyTorch loads, below).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-    def forget_pool() -> None:
-        parallel = sys.modules.get(f"{PACKAGE}.parallel")
-        if parallel is not None:
-            parallel._pool = None
-    os.register_at_fork(after_in_child=forget_pool)
 
 
 def main(argv: list[str] | None = None) -> int:

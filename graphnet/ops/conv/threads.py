@@ -26,6 +26,7 @@ gained nothing measurable).
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -182,6 +183,17 @@ def _limit_blas(blas: Any, enter: bool) -> None:
             _limited -= 1
             if _limited == 0:
                 blas.set_num_threads(_blas_threads)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child inherits the pool object but none of its threads (nor a usable lock):
+    # its first chunked kernel would wait for ever. It starts a pool of its own instead.
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _executor() -> ThreadPoolExecutor:
