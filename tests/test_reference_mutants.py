@@ -133,6 +133,7 @@ def test_forward_gives_values_of_the_plan_only_and_the_position_as_ctx_key(backe
     assert other.keys == []
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_check_numerics_checks_fed_leaves_and_each_step(backend):
     x = gn.Input("x", shape=(2,))
     g = gn.Graph(Rec(x, name="a"), check_numerics=True, plan="reference")
