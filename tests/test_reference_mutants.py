@@ -424,3 +424,13 @@ def test_grad_or_zero_follows_the_nodes_value_where_its_shape_is_not_declared(ba
     w.shape = None  # only the value knows the shape
     zeros = ref.grad_or_zero(w, [], [None] * len(ref.order))
     assert_close(zeros, np.zeros(3, dtype=np.float32), check_dtype="float32")
+
+
+def test_a_cycle_below_the_root_is_refused(backend):
+    x = gn.Input("x", shape=(2,))
+    a = Rec(x, name="a")
+    b = Rec(a, name="b")
+    top = Rec(b, name="top")
+    a.inputs = (b,)
+    with pytest.raises(gn.GraphError, match=r"^the graph has a cycle through <Rec 'b' \(2,\)>$"):
+        topological_order([top])
