@@ -5,7 +5,6 @@ import math
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from .backends import backend
 from .backends.host import to_numpy
 from .checks import flag, integer, real
 from .errors import ArgumentError, ArgumentTypeError, ShapeError
@@ -227,14 +226,13 @@ class Optimizer:
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"optimizer state is malformed: {exc}") from None
         self.lr, self.steps = lr, steps
-        b = backend()
         for s in self.slots:
             for i, p in enumerate(self.params):
                 v = arrays.get(f"{s}.{i}")
                 if v is not None and tuple(v.shape) != p.shape:
                     raise CheckpointError(f"optimizer slot {s}.{i} has shape {tuple(v.shape)}, "
                                      f"parameter {p.name!r} has {p.shape}")
-                self.state[s][i] = None if v is None else b.asarray(v).astype(p.dtype)
+                self.state[s][i] = None if v is None else p.backend.asarray(v).astype(p.dtype)
 
 
 class SGD(Optimizer):

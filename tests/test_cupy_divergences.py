@@ -209,3 +209,16 @@ def test_the_overhead_benchmark_compares_device_gradients_with_host_ones(backend
     assert gradient_agreement(graph, feed, host_grads) == 0.0
     host_grads[0] = host_grads[0] + 0.25
     assert gradient_agreement(graph, feed, host_grads) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_optimizer_state_loads_onto_its_parameters_backend_whichever_is_active(backend):
+    from graphnet import optim
+    p = gn.Parameter(backend.asarray(np.ones((2, 3), np.float32)), name="w")
+    opt = optim.Adam([p], lr=0.1)
+    opt.step({p: backend.asarray(np.full((2, 3), 0.5, np.float32))})
+    arrays, meta = opt.host_state()
+    fresh = optim.Adam([p], lr=0.1)
+    with gn.use_backend("numpy"):
+        fresh.load_host_state(arrays, meta)
+    assert all(backend.is_array(v) for vs in fresh.state.values() for v in vs if v is not None)
+    assert_close(fresh.state["m"][0], opt.state["m"][0], rtol=0, atol=0, what="Adam m")
