@@ -162,7 +162,8 @@ class Sequential(Layer):
     def __init__(self, *args: Union[Layer, dict[str, Any], Iterable[Union[Layer, dict[str, Any]]]],
                  layers: Optional[Iterable[Union[Layer, dict[str, Any]]]] = None) -> None:
         """``Sequential(a, b, c)``, ``Sequential([a, b, c])`` or ``Sequential(layers=[...])``;
-        a saved layer config (a dict) stands for its layer."""
+        a saved layer config (a dict) stands for its layer. A layer given again is the same
+        layer (its parameters tied, listed once); its config is ``{"same_as": index}``."""
         if layers is not None:
             if args:
                 raise ArgumentTypeError("Sequential takes layers as arguments or as layers=[...], "
@@ -173,9 +174,10 @@ class Sequential(Layer):
                 raise ArgumentTypeError(f"Sequential takes layers or a list of layers, got "
                                         f"{type(args[0]).__name__} {args[0]!r:.60}")
             args = tuple(args[0])
-        self.layers = []
+        self.layers: list[Layer] = []
         for k, l in enumerate(args):
-            layer = from_config(l) if isinstance(l, dict) else l
+            layer = (self._same_as(l, k) if isinstance(l, dict) and "same_as" in l
+                     else from_config(l) if isinstance(l, dict) else l)
             if not isinstance(layer, Layer):
                 raise ArgumentTypeError(f"Sequential layer {k}: expected a Layer (e.g. nn.Linear, "
                                         f"nn.ReLU()) or a list of them, got {type(l).__name__} "
@@ -199,15 +201,36 @@ class Sequential(Layer):
             raise ValueError("the network has a single parametrised layer: no hidden features")
         return self.taps[last - 1]
 
-    def named_parameters(self) -> dict[str, Parameter]:
-        out = {}
+    def _same_as(self, cfg: dict[str, Any], k: int) -> Layer:
+        """The earlier layer a saved ``{"same_as": j}`` (a layer used again) stands for."""
+        j = cfg["same_as"]
+        if set(cfg) != {"same_as"} or not isinstance(j, int) or isinstance(j, bool) \
+                or not 0 <= j < k:
+            raise ValueError(f"Sequential layer {k}: {{'same_as': j}} must name an earlier "
+                             f"layer (an int in [0, {k})) and nothing else, got {cfg!r:.80}")
+        return self.layers[j]
+
+    def _first_uses(self) -> dict[int, int]:
+        """``{id(layer): index of its first use}``: a layer used again is one layer."""
+        first: dict[int, int] = {}
         for i, layer in enumerate(self.layers):
-            for name, p in layer.named_parameters().items():
-                out[f"{i}.{name}"] = p
+            first.setdefault(id(layer), i)
+        return first
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Every array, named by the index of the layer's first use (a layer used again,
+        tying its parameters, is listed once)."""
+        out, first = {}, self._first_uses()
+        for i, layer in enumerate(self.layers):
+            if first[id(layer)] == i:
+                for name, p in layer.named_parameters().items():
+                    out[f"{i}.{name}"] = p
         return out
 
     def config(self) -> dict[str, Any]:
-        return {"layers": [{"type": type(l).__name__, **l.config()} for l in self.layers]}
+        first = self._first_uses()
+        return {"layers": [{"type": type(l).__name__, **l.config()} if first[id(l)] == i
+                           else {"same_as": first[id(l)]} for i, l in enumerate(self.layers)]}
 
     def __len__(self) -> int:
         return len(self.layers)
