@@ -22,6 +22,8 @@ BOX = 20            #: the ink's bounding box is scaled to fit BOX x BOX
 CENTRE = 14.0       #: where the centre of mass lands (row and column; MNIST's test mean is 14.0)
 MIN_CONTRAST = 24   #: grey levels the ink must stand out from the background by
 INK_FRACTION = 0.1  #: pixels fainter than this share of the strongest ink count as background
+FIT_SIDE = 64       #: the background is fitted on a grid of at most FIT_SIDE x FIT_SIDE pixels
+FIT_ROUNDS = 6      #: fits of the background, each leaving out the ink the last one found
 MAX_SIDE = 1024     #: larger pictures are first shrunk to this (keeps big photos cheap)
 MAX_FILE_BYTES = 64 << 20      #: a picture file may have at most this many bytes
 MAX_FILE_PIXELS = 50_000_000   #: ... and at most this many pixels (a 48 Mpx photo fits)
@@ -84,12 +86,40 @@ def grey_levels(img: Image.Image, name: str = "image") -> np.ndarray:
 
 def light_on_dark(grey: np.ndarray) -> np.ndarray:
     """Ink as light levels on a background near 0: inverted when the background is light
-    (judged by the median of the border pixels), then the background level subtracted."""
+    (judged by the median of the border pixels), then the background subtracted, pixel by
+    pixel (:func:`background_levels`), so uneven lighting is not taken for ink. Dark ink on
+    light paper is also divided by the paper's light (relative to its mean), so ink in the
+    shade weighs as much as ink in the light."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = float(np.median(border))
-    if background > 127.5:
-        return np.clip(background - grey, 0, None)
-    return np.clip(grey - background, 0, None)
+    if float(np.median(border)) <= 127.5:
+        return np.clip(grey - background_levels(grey), 0, None)
+    paper = np.clip(-background_levels(-grey), 1.0, None)
+    return np.clip(paper - grey, 0, None) * (float(paper.mean()) / paper)
+
+
+def background_levels(levels: np.ndarray) -> np.ndarray:
+    """The background under ``levels`` (ink the higher ones): a quadratic surface (a flat
+    sheet, a lighting gradient, a vignette) fitted to the pixels that are not ink."""
+    h, w = levels.shape
+    step = max(1, max(h, w) // FIT_SIDE)  # fitted on a grid of at most FIT_SIDE^2 pixels
+    y, x = _unit_coords(h, step)[:, None], _unit_coords(w, step)[None, :]
+    basis = np.stack(np.broadcast_arrays(1.0, x, y, x * x, x * y, y * y), axis=-1).reshape(-1, 6)
+    sample = levels[::step, ::step].ravel()
+    keep = np.ones(sample.shape, dtype=bool)
+    for _ in range(FIT_ROUNDS):
+        coef = np.linalg.lstsq(basis[keep], sample[keep], rcond=None)[0]
+        ink = sample - basis @ coef >= MIN_CONTRAST / 2  # stands out: left out of the next fit
+        if np.array_equal(~ink, keep) or ink.all():
+            break
+        keep = ~ink
+    y, x = _unit_coords(h)[:, None], _unit_coords(w)[None, :]
+    c0, cx, cy, cxx, cxy, cyy = coef
+    return c0 + cy * y + cyy * y * y + x * (cx + cxx * x + cxy * y)
+
+
+def _unit_coords(n: int, step: int = 1) -> np.ndarray:
+    """Every ``step``-th of ``n`` pixel positions, scaled to [-1, 1]."""
+    return np.arange(0, n, step) * (2.0 / max(n - 1, 1)) - 1.0
 
 
 def to_mnist(grey: Any, name: str = "image") -> np.ndarray:

@@ -44,11 +44,15 @@ def show_paths(show: Optional[str], files: list[str]) -> dict[str, Path]:
         return {files[0]: target}
     if target.exists() and not target.is_dir():
         raise digits.SetupError(f"--show {show}: is not a folder; name a folder or a .png")
-    out, used = {}, set()
+    out: dict[str, Path] = {}
+    used: set[str] = set()
     for i, f in enumerate(files):
-        name = f"{Path(f).stem}-28x28.png"
-        if name in used:
-            name = f"{Path(f).stem}-{i + 1}-28x28.png"
+        if f in out:  # the same file again: the same image, shown once
+            continue
+        name, k = f"{Path(f).stem}-28x28.png", i
+        while name in used:  # a later file may be named like an earlier one made unique
+            k += 1
+            name = f"{Path(f).stem}-{k}-28x28.png"
         used.add(name)
         out[f] = target / name
     return out
