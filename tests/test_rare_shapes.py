@@ -260,7 +260,7 @@ def test_conv_batches_that_leave_a_short_last_chunk(backend, batch, images_per_c
     xv, wv, bv = rng.normal(size=(batch, 2, 9, 8)), 0.5 * rng.normal(size=(3, 2, 3, 3)), \
         rng.normal(size=3)
     g = rng.normal(size=(batch, 3, 7, 6))
-    per_image = 2 * 3 * 3 * 7 * 6 * 8  # float64 im2col columns of one image
+    per_image = 2 * 3 * 3 * 7 * 8 * 8  # float64 im2col columns of one image (rows 8 wide)
     with gn.default_dtype("float64"):
         x, w, b = gn.Input("x", shape=(None, 2, 9, 8)), gn.Input("w", shape=(3, 2, 3, 3)), \
             gn.Input("b", shape=(3,))
