@@ -186,6 +186,29 @@ def test_one_rank_data_parallel_steps_a_shared_parameter_like_the_plain_optimize
     assert runs[0] == runs[1]
 
 
+
+@pytest.mark.mpi
+@needs_mpi
+def test_one_rank_data_parallel_trains_a_layer_used_twice_like_one_process():
+    """The Trainer's DataParallel strategy on a one-rank world, 25 samples in batches of 8
+    (the last one short), against the single-process default (to float32 rounding)."""
+    world = distributed.init(require_launcher=False)
+    x, y = blobs(25, seed=5)
+    results = []
+    with gn.use_backend("numpy"):
+        for strategy in (None, distributed.DataParallel(world)):
+            model = _tied_classifier()
+            model.fit_preprocessing(x)
+            t = Trainer(model, optim.Adam(model.parameters(), lr=0.01), batch_size=8,
+                        progress=False, seed=0, strategy=strategy)
+            t.fit(x, y, epochs=2)
+            assert model.network[2] is model.network[4]
+            results.append((t.history.train_loss, model.host_arrays()))
+    (loss0, p0), (loss1, p1) = results
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    for k in p0:
+        assert_close(p1[k], p0[k], rtol=1e-5, atol=1e-6, what=k)
+
 # --- shards that do not divide evenly ---------------------------------------------------------
 SHARDS = [(7, 2, 3), (103, 8, 2), (10, 4, 3), (5, 8, 2), (3, 1, 5), (1, 2, 4), (13, 3, 1),
           (0, 2, 3)]
