@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Optional
 
 from ...checks import integer
 from ...errors import ShapeError
+from . import winograd
 from .kernels import col2im, conv_row_width, im2col
 from .threads import GROUPS, on_workers, workers
 
@@ -101,6 +102,12 @@ class ConvGeometry(NamedTuple):
     block: int  # the most images in a block
     stride: tuple
     padding: tuple
+    algorithm: str = "im2col"  # or "winograd" (see winograd.choose)
+
+    @property
+    def rows(self) -> int:
+        """Output rows the product computes per image: OH, or 2 * tiles for Winograd."""
+        return self.hp - 2 if self.algorithm == "winograd" else self.oh
 
 
 def geometry(be: Any, x: Any, w: Any, stride: tuple, padding: tuple) -> ConvGeometry:
@@ -113,16 +120,22 @@ def geometry(be: Any, x: Any, w: Any, stride: tuple, padding: tuple) -> ConvGeom
         raise ShapeError(f"conv2d: input {tuple(x.shape)} does not fit weight {tuple(w.shape)} "
                          f"(stride {tuple(stride)}, padding {tuple(padding)})")
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    wp = wd + 2 * pw
-    q = conv_row_width(stride, wp, ow)
-    hp = oh + kh if tuple(stride) == (1, 1) else h + 2 * ph  # full width: one spare row
     k = c * kh * kw
-    chunks = chunks_of(n, k * oh * q * x.dtype.itemsize, be)
+    algorithm = winograd.choose(be, x, w, stride)
+    if algorithm == "winograd":  # whole 4x4 patches (stride 2): maybe one spare row/column
+        th, tw = winograd.tiles(oh, ow)
+        hp, wp, q = 2 * th + 2, 2 * tw + 2, 2 * tw
+        chunks = chunks_of(n, winograd.chunk_bytes(c, co, oh, ow, x.dtype.itemsize), be)
+    else:
+        wp = wd + 2 * pw
+        q = conv_row_width(stride, wp, ow)
+        hp = oh + kh if tuple(stride) == (1, 1) else h + 2 * ph  # full width: one spare row
+        chunks = chunks_of(n, k * oh * q * x.dtype.itemsize, be)
     blocks = blocks_of(chunks)
     return ConvGeometry(n, c, co, kh, kw, oh, ow, hp, wp, q, k, chunks,
                         chunks[0][1] - chunks[0][0], blocks,
                         max(chunks[c1 - 1][1] - chunks[c0][0] for c0, c1 in blocks),
-                        tuple(stride), tuple(padding))
+                        tuple(stride), tuple(padding), algorithm)
 
 
 class Epilogue:
@@ -166,11 +179,11 @@ class Epilogue:
 class _Scratch:
     """One worker's buffers for a chunk at a time (None where a pass needs none)."""
 
-    __slots__ = ("images", "cols", "y", "g", "gw", "dcols", "dimages", "extra")
+    __slots__ = ("images", "cols", "y", "g", "gw", "dcols", "dimages", "extra", "wino")
 
     def __init__(self, images: Any, cols: Any, extra: Any = None, **buffers: Any) -> None:
         self.images, self.cols, self.extra = images, cols, extra
-        for name in ("y", "g", "gw", "dcols", "dimages"):
+        for name in ("y", "g", "gw", "dcols", "dimages", "wino"):
             setattr(self, name, buffers.get(name))
 
 
@@ -187,9 +200,10 @@ def _images(xp: Any, x: Any, geo: ConvGeometry, s: _Scratch, n0: int, n1: int) -
 
 def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> None:
     """Convolve ``x`` with ``w`` block by block, each block's product to ``epilogue``."""
-    xp = ctx.xp
-    w2 = w.reshape(geo.co, geo.k)
-    per_image = geo.oh * geo.q
+    xp, wino = ctx.xp, geo.algorithm == "winograd"
+    dtype = xp.result_type(x.dtype, w.dtype)
+    w2 = winograd.weights(xp, w, dtype) if wino else w.reshape(geo.co, geo.k)
+    per_image = geo.rows * geo.q
 
     def product(s: _Scratch, b: int) -> tuple:
         """Block ``b``'s product (C_out, m, OH, Q), each chunk's into its columns."""
@@ -197,20 +211,28 @@ def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> 
         start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
         y = s.y[:geo.co * (stop - start) * per_image].reshape(geo.co, -1)
         for n0, n1 in geo.chunks[c0:c1]:
-            cols = ctx.kernels[im2col](ctx.b, _images(xp, x, geo, s, n0, n1), (geo.kh, geo.kw),
-                                       geo.stride, (geo.oh, geo.ow), out=s.cols)
+            images = _images(xp, x, geo, s, n0, n1)
+            if wino:  # the transforms called from here: the call chain stays short
+                v = winograd.input_transform(xp, images, s.wino)
+                mm = xp.matmul(w2, v, out=s.wino.m[:16 * geo.co * v.shape[2]].reshape(
+                    16, geo.co, v.shape[2]))
+                winograd.output_transform(xp, mm, y.reshape(geo.co, stop - start, geo.rows, geo.q)
+                                          [:, n0 - start:n1 - start], s.wino)
+                continue
+            cols = ctx.kernels[im2col](ctx.b, images, (geo.kh, geo.kw), geo.stride,
+                                       (geo.oh, geo.ow), out=s.cols)
             xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
-        return y.reshape(geo.co, stop - start, geo.oh, geo.q), start, stop
+        return y.reshape(geo.co, stop - start, geo.rows, geo.q)[:, :, :geo.oh], start, stop
 
     def work(s: _Scratch, b: int) -> None:
         epilogue.forward_block(ctx, *product(s, b), s.extra)
 
     def scratch() -> _Scratch:
         return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
-                        xp.empty((geo.step * geo.k * per_image,), dtype=x.dtype),
+                        None if wino else xp.empty((geo.step * geo.k * per_image,), x.dtype),
                         epilogue.scratch(xp, geo),
-                        y=xp.empty((geo.co * geo.block * per_image,),
-                                   dtype=xp.result_type(x.dtype, w.dtype)))
+                        y=xp.empty((geo.co * geo.block * per_image,), dtype=dtype),
+                        wino=_wino_buffers(xp, geo, dtype, False) if wino else None)
     n = workers(ctx.b, len(geo.blocks))
     if n > 1:
         on_workers(n, len(geo.blocks), work, scratch)
@@ -224,11 +246,12 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
     """The gradients ``(gx, gw[, gb])`` of conv2d's inputs ``xs``, chunk by chunk, each
     chunk's upstream gradient written by ``epilogue`` (of dtype ``gdtype``)."""
     xp, be, x, w = ctx.xp, ctx.b, xs[0], xs[1]
-    co, k, per_chunk = geo.co, geo.k, geo.oh * geo.q
+    co, k, per_chunk, wino = geo.co, geo.k, geo.rows * geo.q, geo.algorithm == "winograd"
     need_x = ctx.needs is None or ctx.needs[0]
-    w2t = w.reshape(co, k).T
     gwdtype, gx_dtype = xp.result_type(w.dtype, gdtype), xp.result_type(x.dtype, gdtype)
-    gw_acc = xp.zeros((min(GROUPS, len(geo.chunks)), co, k), dtype=gwdtype)
+    w2t = winograd.weights(xp, w, gwdtype) if wino else w.reshape(co, k).T
+    gw_acc = xp.zeros((min(GROUPS, len(geo.chunks)),) + ((16, co, geo.c) if wino else (co, k)),
+                      dtype=gwdtype)
     gb_acc = xp.zeros((len(gw_acc), co), dtype=gdtype) if _has_bias(xs) else None
     gx = ctx.grad_out(0, gx_dtype) if need_x else None  # fully written below
     if gx is None and need_x:
@@ -239,52 +262,78 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         """Chunk ``c``'s share of the gradients, from its upstream gradient ``g4``."""
         n0, n1 = geo.chunks[c]
         m = n1 - n0
-        cols = ctx.kernels[im2col](be, _images(xp, x, geo, s, n0, n1), (geo.kh, geo.kw),
-                                   geo.stride, (geo.oh, geo.ow), out=s.cols)
+        images = _images(xp, x, geo, s, n0, n1)
         g2 = g4.reshape(co, m * per_chunk)
-        xp.matmul(cols, g2.T, out=s.gw)  # gw.T: about 20% faster than g2 @ cols.T here
-        gw_acc[c % GROUPS] += s.gw.T
         if gb_acc is not None:
             gb_acc[c % GROUPS] += g2.sum(axis=1)
-        if not need_x:  # e.g. the first layer: nobody needs d loss / d images
-            return
-        dcols = s.dcols[:k * m * per_chunk].reshape(k, m * per_chunk)
-        xp.matmul(w2t, g2, out=dcols)
         full = m == geo.step
-        dimages = s.dimages if full else xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx.dtype)
-        dimages[...] = 0
-        ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), geo.stride, (geo.oh, geo.ow))
-        gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+        dimages = s.dimages if full or not need_x else \
+            xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx_dtype)
+        if wino:  # dM = A dY A^T; dU += dM @ V^T; dV = U^T @ dM; dd = B dV B^T, added up
+            v = winograd.input_transform(xp, images, s.wino)
+            dm = winograd.output_adjoint(xp, g4, s.wino)
+            gw_acc[c % GROUPS] += xp.matmul(dm, v.transpose(0, 2, 1), out=s.wino.du)
+            if need_x:
+                dv = xp.matmul(w2t.transpose(0, 2, 1), dm, out=v)  # V is no longer needed
+                winograd.input_adjoint(xp, dv, dimages, s.wino)
+        else:
+            cols = ctx.kernels[im2col](be, images, (geo.kh, geo.kw), geo.stride,
+                                       (geo.oh, geo.ow), out=s.cols)
+            xp.matmul(cols, g2.T, out=s.gw)  # gw.T: about 20% faster than g2 @ cols.T here
+            gw_acc[c % GROUPS] += s.gw.T
+            if need_x:
+                dcols = s.dcols[:k * m * per_chunk].reshape(k, m * per_chunk)
+                xp.matmul(w2t, g2, out=dcols)
+                dimages[...] = 0
+                ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), geo.stride,
+                                    (geo.oh, geo.ow))
+        if need_x:  # not e.g. the first layer: nobody needs d loss / d images
+            gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
     def work(s: _Scratch, c: int) -> None:
-        n0, n1 = geo.chunks[c]
-        g4 = s.g[:co * (n1 - n0) * per_chunk].reshape(co, n1 - n0, geo.oh, geo.q)
-        epilogue.backward_chunk(ctx, g4, n0, n1, s.extra)
-        chunk_grads(s, c, g4)
+        chunk_grads(s, c, _upstream(ctx, s, geo, epilogue, c))
 
     def scratch() -> _Scratch:
         step = geo.step
         dx = {} if not need_x else {
-            "dcols": xp.empty((k * step * per_chunk,), dtype=gx_dtype),
+            "dcols": None if wino else xp.empty((k * step * per_chunk,), dtype=gx_dtype),
             "dimages": xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)}
         return _Scratch(xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
-                        xp.empty((step * k * per_chunk,), dtype=x.dtype),
+                        None if wino else xp.empty((step * k * per_chunk,), dtype=x.dtype),
                         epilogue.scratch(xp, geo),
                         g=xp.empty((co * step * per_chunk,), dtype=gdtype),
-                        gw=xp.empty((k, co), dtype=gwdtype), **dx)
+                        gw=None if wino else xp.empty((k, co), dtype=gwdtype),
+                        wino=_wino_buffers(xp, geo, gwdtype, True) if wino else None, **dx)
     n = workers(be, len(geo.chunks))
     if n > 1:
         on_workers(n, len(geo.chunks), work, scratch)
     else:
         s = scratch()
-        for c, (n0, n1) in enumerate(geo.chunks):  # work() written out, as in forward
-            g4 = s.g[:co * (n1 - n0) * per_chunk].reshape(co, n1 - n0, geo.oh, geo.q)
-            epilogue.backward_chunk(ctx, g4, n0, n1, s.extra)
-            chunk_grads(s, c, g4)
-    grads = (gx if need_x else None, _sum_groups(gw_acc).reshape(w.shape))
+        for c in range(len(geo.chunks)):  # work() written out, as in forward
+            chunk_grads(s, c, _upstream(ctx, s, geo, epilogue, c))
+    gw = _sum_groups(gw_acc)
+    grads = (gx if need_x else None,
+             winograd.weight_grad(xp, gw, w.shape) if wino else gw.reshape(w.shape))
     if len(xs) == 3:
         grads += (_sum_groups(gb_acc) if gb_acc is not None else None,)
     return grads
+
+
+def _upstream(ctx: Any, s: _Scratch, geo: ConvGeometry, epilogue: Epilogue, c: int) -> Any:
+    """Chunk ``c``'s upstream gradient (C_out, m, rows, Q) in ``s.g``, from ``epilogue``;
+    the rows past OH (Winograd's spare row) zero."""
+    n0, n1 = geo.chunks[c]
+    g4 = s.g[:geo.co * (n1 - n0) * geo.rows * geo.q].reshape(geo.co, n1 - n0, geo.rows, geo.q)
+    epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], n0, n1, s.extra)
+    if geo.rows > geo.oh:
+        g4[:, :, geo.oh:] = 0
+    return g4
+
+
+def _wino_buffers(xp: Any, geo: ConvGeometry, dtype: Any, backward: bool) -> Any:
+    """One worker's :class:`.winograd.Buffers` for this call's chunks."""
+    th, tw = (geo.hp - 2) // 2, (geo.wp - 2) // 2
+    return winograd.Buffers(xp, geo.c, geo.co, geo.step, th, tw, dtype, backward)
 
 
 def _has_bias(xs: tuple) -> bool:
