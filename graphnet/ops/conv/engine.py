@@ -291,7 +291,9 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
             gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
     def work(s: _Scratch, c: int) -> None:
-        chunk_grads(s, c, _upstream(ctx, s, geo, epilogue, c))
+        g4 = _upstream(s, geo, c)
+        epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], *geo.chunks[c], s.extra)
+        chunk_grads(s, c, g4)
 
     def scratch() -> _Scratch:
         step = geo.step
@@ -310,7 +312,9 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
     else:
         s = scratch()
         for c in range(len(geo.chunks)):  # work() written out, as in forward
-            chunk_grads(s, c, _upstream(ctx, s, geo, epilogue, c))
+            g4 = _upstream(s, geo, c)
+            epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], *geo.chunks[c], s.extra)
+            chunk_grads(s, c, g4)
     gw = _sum_groups(gw_acc)
     grads = (gx if need_x else None,
              winograd.weight_grad(xp, gw, w.shape) if wino else gw.reshape(w.shape))
@@ -319,12 +323,11 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
     return grads
 
 
-def _upstream(ctx: Any, s: _Scratch, geo: ConvGeometry, epilogue: Epilogue, c: int) -> Any:
-    """Chunk ``c``'s upstream gradient (C_out, m, rows, Q) in ``s.g``, from ``epilogue``;
-    the rows past OH (Winograd's spare row) zero."""
+def _upstream(s: _Scratch, geo: ConvGeometry, c: int) -> Any:
+    """Chunk ``c``'s upstream gradient buffer (C_out, m, rows, Q) in ``s.g``, its rows past
+    OH (Winograd's spare row) zero: the epilogue writes the first OH."""
     n0, n1 = geo.chunks[c]
     g4 = s.g[:geo.co * (n1 - n0) * geo.rows * geo.q].reshape(geo.co, n1 - n0, geo.rows, geo.q)
-    epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], n0, n1, s.extra)
     if geo.rows > geo.oh:
         g4[:, :, geo.oh:] = 0
     return g4

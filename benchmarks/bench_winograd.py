@@ -1,0 +1,104 @@
+"""Benchmark: conv2d by im2col vs Winograd F(2x2, 3x3) on the NumPy backend.
+
+    python benchmarks/bench_winograd.py conv     # the cnn preset's conv2 (+ max-pool), fwd + bwd
+    python benchmarks/bench_winograd.py step     # a whole training step of bench_cnn's network
+    python benchmarks/bench_winograd.py channels # conv fwd + bwd for a few C_in (auto's threshold)
+
+BLAS runs one thread (set before NumPy loads). Each round times both algorithms in turn
+(the order alternating), ``REPEAT`` calls each; per algorithm it prints the median over
+rounds of the CPU time per call (``time.process_time``) with one worker, and of the wall
+time per call with two workers. Synthetic data (timings do not depend on the values).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import graphnet as gn  # noqa: E402
+from graphnet import ops  # noqa: E402
+from graphnet.ops.conv import set_algorithm, set_workers  # noqa: E402
+
+ROUNDS, REPEAT, BATCH = 7, 5, 128
+
+
+def conv_step(c: int = 32, co: int = 64, hw: int = 26, pool: bool = True) -> Callable[[], Any]:
+    """One forward + backward of conv (C_in ``c`` -> ``co``, 3x3) [+ max-pool 2] at batch 128."""
+    rng = np.random.default_rng(0)
+    x = gn.Input("x", shape=(None, c, hw, hw))
+    w = gn.Parameter(0.1 * rng.standard_normal((co, c, 3, 3)).astype(np.float32))
+    b = gn.Parameter(np.zeros(co, np.float32))
+    z = ops.conv2d(x, w, b)
+    z = ops.max_pool2d(z, 2) if pool else gn.relu(z)
+    up = gn.Input("up", shape=(None,) + tuple(z.shape[1:]))
+    graph = gn.Graph(z, cost=gn.sum(z * up))
+    feed = {x: rng.standard_normal((BATCH, c, hw, hw)).astype(np.float32),
+            up: rng.standard_normal((BATCH,) + tuple(z.shape[1:])).astype(np.float32)}
+    return lambda: graph.gradients(feed, wrt=[x, w, b])
+
+
+def train_step() -> Callable[[], Any]:
+    """One ``Adam.minimize`` of bench_cnn's graphnet network on a synthetic batch."""
+    from benchmarks.bench_cnn import GraphnetCNN
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((BATCH * 4, 1, 28, 28)).astype(np.float32)
+    Y = rng.integers(0, 10, BATCH * 4).astype(np.int64)
+    net = GraphnetCNN(X, Y, seed=0)
+    turn = itertools.count()
+
+    def step() -> None:
+        i = next(turn) % 4
+        net.run_steps(i, i + 1)
+    return step
+
+
+def measure(name: str, call: Callable[[], Any], algos: tuple = ("im2col", "auto")) -> dict:
+    """Median ms per call over the rounds: CPU time (1 worker) and wall time (2 workers)."""
+    times: dict = {(a, k): [] for a in algos for k in ("cpu1", "wall2")}
+    for r in range(ROUNDS + 1):
+        for algo in (algos if r % 2 else algos[::-1]):
+            set_algorithm(algo)
+            for kind, workers in (("cpu1", 1), ("wall2", 2)):
+                set_workers(workers)
+                call()  # the first call of a setting builds its buffers
+                clock = time.process_time if kind == "cpu1" else time.perf_counter
+                t = clock()
+                for _ in range(REPEAT):
+                    call()
+                if r:  # round 0 warms up
+                    times[(algo, kind)].append(1000 * (clock() - t) / REPEAT)
+    set_algorithm("auto")
+    set_workers(None)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{name}: " + ", ".join(f"{a} {k} {out[(a, k)]:.1f} ms" for a, k in out), flush=True)
+    return out
+
+
+def main(argv: list) -> None:
+    what = argv[0] if argv else "conv"
+    print(os.popen("uptime").read().strip(), flush=True)
+    if what == "conv":
+        measure("conv2 32->64 26x26 + max-pool, fwd+bwd", conv_step())
+    elif what == "step":
+        measure("training step (bench_cnn network)", train_step())
+    elif what == "channels":
+        for c in (4, 8, 16):
+            measure(f"conv {c}->64 26x26 + relu, fwd+bwd", conv_step(c, 64, 26, pool=False),
+                    ("im2col", "winograd"))
+    else:
+        raise SystemExit(f"unknown benchmark {what!r}: conv, step or channels")
+    print(os.popen("uptime").read().strip(), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
