@@ -167,6 +167,19 @@ class Epilogue:
         """Write images ``n0:n1``'s upstream gradient into all of ``g4`` (C_out, m, OH, Q)."""
         self.fill(g4, self.g[n0:n1])
 
+    def forward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
+                      extra: Any) -> None:
+        """Images ``n0:n1``'s Winograd product (no bias) into the output; this one passes it
+        to :meth:`forward_block` as rows."""
+        self.forward_block(ctx, tiles.interleaved(), n0, n1, extra)
+
+    def backward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
+                       extra: Any) -> Any:
+        """Write images ``n0:n1``'s upstream gradient into all of ``tiles.planes`` and return
+        None, or return the rows for :meth:`backward_chunk` to write (this one: the engine
+        then splits them into the planes)."""
+        return tiles.rows[:, :, :tiles.oh]
+
     @staticmethod
     def fill(g4: Any, g: Any) -> None:
         """``g4`` from the NCHW ``g``: channel-major, the junk columns zero."""
@@ -200,46 +213,51 @@ def _images(xp: Any, x: Any, geo: ConvGeometry, s: _Scratch, n0: int, n1: int) -
 
 def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> None:
     """Convolve ``x`` with ``w`` block by block, each block's product to ``epilogue``."""
-    xp, wino = ctx.xp, geo.algorithm == "winograd"
+    xp, wino, co = ctx.xp, geo.algorithm == "winograd", geo.co
     dtype = xp.result_type(x.dtype, w.dtype)
-    w2 = winograd.weights(xp, w, dtype) if wino else w.reshape(geo.co, geo.k)
+    w2 = winograd.weights(xp, w, dtype) if wino else w.reshape(co, geo.k)
     per_image = geo.rows * geo.q
+    flat = (geo.hp - 2) // 2 * (geo.wp // 2)  # Winograd's tiles per image (full width)
+    step = epilogue.forward_tiles if wino else epilogue.forward_block
 
     def product(s: _Scratch, b: int) -> tuple:
-        """Block ``b``'s product (C_out, m, OH, Q), each chunk's into its columns."""
+        """Block ``b``'s product, each chunk's into its columns: (C_out, m, OH, Q), or Tiles."""
         c0, c1 = geo.blocks[b]
         start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
-        y = s.y[:geo.co * (stop - start) * per_image].reshape(geo.co, -1)
+        y = s.y[:co * (stop - start) * per_image].reshape(co, -1)
+        planes = winograd.view(s.wino.planes, 2, 2, co, stop - start, flat) if wino else None
         for n0, n1 in geo.chunks[c0:c1]:
-            images = _images(xp, x, geo, s, n0, n1)
             if wino:  # the transforms called from here: the call chain stays short
-                v = winograd.input_transform(xp, images, s.wino)
-                mm = xp.matmul(w2, v, out=s.wino.m[:16 * geo.co * v.shape[2]].reshape(
-                    16, geo.co, v.shape[2]))
-                winograd.output_transform(xp, mm, y.reshape(geo.co, stop - start, geo.rows, geo.q)
-                                          [:, n0 - start:n1 - start], s.wino)
+                v = winograd.input_transform(
+                    xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino), s.wino)
+                mm = xp.matmul(w2, v, out=winograd.view(s.wino.m, 16, co, v.shape[2]))
+                winograd.output_transform(xp, mm, planes[:, :, :, n0 - start:n1 - start], s.wino)
                 continue
-            cols = ctx.kernels[im2col](ctx.b, images, (geo.kh, geo.kw), geo.stride,
-                                       (geo.oh, geo.ow), out=s.cols)
+            cols = ctx.kernels[im2col](ctx.b, _images(xp, x, geo, s, n0, n1), (geo.kh, geo.kw),
+                                       geo.stride, (geo.oh, geo.ow), out=s.cols)
             xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
-        return y.reshape(geo.co, stop - start, geo.rows, geo.q)[:, :, :geo.oh], start, stop
+        y4 = y.reshape(co, stop - start, geo.rows, geo.q)
+        if wino:
+            return winograd.Tiles(planes.reshape(2, 2, co, stop - start, flat // (geo.wp // 2),
+                                                 geo.wp // 2), y4, geo.oh, geo.ow), start, stop
+        return y4, start, stop
 
     def work(s: _Scratch, b: int) -> None:
-        epilogue.forward_block(ctx, *product(s, b), s.extra)
+        step(ctx, *product(s, b), s.extra)
 
     def scratch() -> _Scratch:
-        return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
+        return _Scratch(None if wino else xp.zeros((geo.c, geo.step, geo.hp, geo.wp), x.dtype),
                         None if wino else xp.empty((geo.step * geo.k * per_image,), x.dtype),
                         epilogue.scratch(xp, geo),
-                        y=xp.empty((geo.co * geo.block * per_image,), dtype=dtype),
-                        wino=_wino_buffers(xp, geo, dtype, False) if wino else None)
+                        y=xp.empty((co * geo.block * per_image,), dtype=dtype),
+                        wino=_wino_buffers(xp, geo, dtype, geo.block, False) if wino else None)
     n = workers(ctx.b, len(geo.blocks))
     if n > 1:
         on_workers(n, len(geo.blocks), work, scratch)
     else:  # work() written out: the call chain below the op stays at most 5 frames
         s = scratch()
         for b in range(len(geo.blocks)):
-            epilogue.forward_block(ctx, *product(s, b), s.extra)
+            step(ctx, *product(s, b), s.extra)
 
 
 def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype: Any) -> tuple:
@@ -249,7 +267,7 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
     co, k, per_chunk, wino = geo.co, geo.k, geo.rows * geo.q, geo.algorithm == "winograd"
     need_x = ctx.needs is None or ctx.needs[0]
     gwdtype, gx_dtype = xp.result_type(w.dtype, gdtype), xp.result_type(x.dtype, gdtype)
-    w2t = winograd.weights(xp, w, gwdtype) if wino else w.reshape(co, k).T
+    w2t = winograd.weights(xp, w, gwdtype).transpose(0, 2, 1) if wino else w.reshape(co, k).T
     gw_acc = xp.zeros((min(GROUPS, len(geo.chunks)),) + ((16, co, geo.c) if wino else (co, k)),
                       dtype=gwdtype)
     gb_acc = xp.zeros((len(gw_acc), co), dtype=gdtype) if _has_bias(xs) else None
@@ -258,63 +276,77 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         gx = xp.empty(x.shape, dtype=gx_dtype)
     (ph, pw), (h, wd) = geo.padding, x.shape[2:]
 
+    def wino_grads(s: _Scratch, c: int, g: winograd.Tiles) -> None:
+        """Chunk ``c``'s share: dM = A dY A^T; dU += dM @ V^T; dV = U^T @ dM; dd = B dV B^T."""
+        n0, n1 = geo.chunks[c]
+        if gb_acc is not None:
+            gb_acc[c % GROUPS] += g.planes.sum(axis=(0, 1, 3, 4, 5))
+        images = winograd.load(xp, x, n0, n1, geo.padding, s.wino)
+        v = winograd.input_transform(xp, images, s.wino)
+        dm = winograd.output_adjoint(xp, g.planes, s.wino)
+        gw_acc[c % GROUPS] += xp.matmul(dm, v.transpose(0, 2, 1), out=s.wino.du)
+        if need_x:  # V is no longer needed: dV goes in its place
+            dv = xp.matmul(w2t, dm, out=v)
+            winograd.store(xp, winograd.input_adjoint(xp, dv, s.wino, images.shape), gx, n0,
+                           geo.padding)
+
     def chunk_grads(s: _Scratch, c: int, g4: Any) -> None:
         """Chunk ``c``'s share of the gradients, from its upstream gradient ``g4``."""
         n0, n1 = geo.chunks[c]
         m = n1 - n0
-        images = _images(xp, x, geo, s, n0, n1)
+        cols = ctx.kernels[im2col](be, _images(xp, x, geo, s, n0, n1), (geo.kh, geo.kw),
+                                   geo.stride, (geo.oh, geo.ow), out=s.cols)
         g2 = g4.reshape(co, m * per_chunk)
+        xp.matmul(cols, g2.T, out=s.gw)  # gw.T: about 20% faster than g2 @ cols.T here
+        gw_acc[c % GROUPS] += s.gw.T
         if gb_acc is not None:
             gb_acc[c % GROUPS] += g2.sum(axis=1)
+        if not need_x:  # e.g. the first layer: nobody needs d loss / d images
+            return
+        dcols = s.dcols[:k * m * per_chunk].reshape(k, m * per_chunk)
+        xp.matmul(w2t, g2, out=dcols)
         full = m == geo.step
-        dimages = s.dimages if full or not need_x else \
-            xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx_dtype)
-        if wino:  # dM = A dY A^T; dU += dM @ V^T; dV = U^T @ dM; dd = B dV B^T, added up
-            v = winograd.input_transform(xp, images, s.wino)
-            dm = winograd.output_adjoint(xp, g4, s.wino)
-            gw_acc[c % GROUPS] += xp.matmul(dm, v.transpose(0, 2, 1), out=s.wino.du)
-            if need_x:
-                dv = xp.matmul(w2t.transpose(0, 2, 1), dm, out=v)  # V is no longer needed
-                winograd.input_adjoint(xp, dv, dimages, s.wino)
-        else:
-            cols = ctx.kernels[im2col](be, images, (geo.kh, geo.kw), geo.stride,
-                                       (geo.oh, geo.ow), out=s.cols)
-            xp.matmul(cols, g2.T, out=s.gw)  # gw.T: about 20% faster than g2 @ cols.T here
-            gw_acc[c % GROUPS] += s.gw.T
-            if need_x:
-                dcols = s.dcols[:k * m * per_chunk].reshape(k, m * per_chunk)
-                xp.matmul(w2t, g2, out=dcols)
-                dimages[...] = 0
-                ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), geo.stride,
-                                    (geo.oh, geo.ow))
-        if need_x:  # not e.g. the first layer: nobody needs d loss / d images
-            gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+        dimages = s.dimages if full else xp.empty((geo.c, m, geo.hp, geo.wp), dtype=gx.dtype)
+        dimages[...] = 0
+        ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), geo.stride, (geo.oh, geo.ow))
+        gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+
+    grads_of = wino_grads if wino else chunk_grads
 
     def work(s: _Scratch, c: int) -> None:
-        g4 = _upstream(s, geo, c)
-        epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], *geo.chunks[c], s.extra)
-        chunk_grads(s, c, g4)
+        g = _upstream(s, geo, c)
+        rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
+        if rows is not None:  # the epilogue writes rows (Winograd: then split into planes)
+            epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
+            _ = wino and g.split()
+        grads_of(s, c, g)
 
     def scratch() -> _Scratch:
-        step = geo.step
+        size = geo.step
+        if wino:
+            return _Scratch(None, None, epilogue.scratch(xp, geo),
+                            g=xp.empty((co * size * per_chunk,), dtype=gdtype),
+                            wino=_wino_buffers(xp, geo, gwdtype, size, True, need_x))
         dx = {} if not need_x else {
-            "dcols": None if wino else xp.empty((k * step * per_chunk,), dtype=gx_dtype),
-            "dimages": xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)}
-        return _Scratch(xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
-                        None if wino else xp.empty((step * k * per_chunk,), dtype=x.dtype),
+            "dcols": xp.empty((k * size * per_chunk,), dtype=gx_dtype),
+            "dimages": xp.empty((geo.c, size, geo.hp, geo.wp), dtype=gx_dtype)}
+        return _Scratch(xp.zeros((geo.c, size, geo.hp, geo.wp), dtype=x.dtype),
+                        xp.empty((size * k * per_chunk,), dtype=x.dtype),
                         epilogue.scratch(xp, geo),
-                        g=xp.empty((co * step * per_chunk,), dtype=gdtype),
-                        gw=None if wino else xp.empty((k, co), dtype=gwdtype),
-                        wino=_wino_buffers(xp, geo, gwdtype, True) if wino else None, **dx)
+                        g=xp.empty((co * size * per_chunk,), dtype=gdtype),
+                        gw=xp.empty((k, co), dtype=gwdtype), **dx)
     n = workers(be, len(geo.chunks))
     if n > 1:
         on_workers(n, len(geo.chunks), work, scratch)
     else:
         s = scratch()
         for c in range(len(geo.chunks)):  # work() written out, as in forward
-            g4 = _upstream(s, geo, c)
-            epilogue.backward_chunk(ctx, g4[:, :, :geo.oh], *geo.chunks[c], s.extra)
-            chunk_grads(s, c, g4)
+            g = _upstream(s, geo, c)
+            rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
+            if rows is not None:
+                epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
+                _ = wino and g.split()
+            grads_of(s, c, g)
     gw = _sum_groups(gw_acc)
     grads = (gx if need_x else None,
              winograd.weight_grad(xp, gw, w.shape) if wino else gw.reshape(w.shape))
@@ -324,19 +356,21 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
 
 
 def _upstream(s: _Scratch, geo: ConvGeometry, c: int) -> Any:
-    """Chunk ``c``'s upstream gradient buffer (C_out, m, rows, Q) in ``s.g``, its rows past
-    OH (Winograd's spare row) zero: the epilogue writes the first OH."""
-    n0, n1 = geo.chunks[c]
-    g4 = s.g[:geo.co * (n1 - n0) * geo.rows * geo.q].reshape(geo.co, n1 - n0, geo.rows, geo.q)
-    if geo.rows > geo.oh:
-        g4[:, :, geo.oh:] = 0
-    return g4
+    """Buffers for chunk ``c``'s upstream gradient: (C_out, m, OH, Q), or Winograd's Tiles."""
+    m = geo.chunks[c][1] - geo.chunks[c][0]
+    g4 = s.g[:geo.co * m * geo.rows * geo.q].reshape(geo.co, m, geo.rows, geo.q)
+    if geo.algorithm != "winograd":
+        return g4
+    th, wq = (geo.hp - 2) // 2, geo.wp // 2
+    return winograd.Tiles(winograd.view(s.wino.planes, 2, 2, geo.co, m, th, wq), g4,
+                          geo.oh, geo.ow)
 
 
-def _wino_buffers(xp: Any, geo: ConvGeometry, dtype: Any, backward: bool) -> Any:
+def _wino_buffers(xp: Any, geo: ConvGeometry, dtype: Any, block: int, backward: bool,
+                  need_x: bool = False) -> Any:
     """One worker's :class:`.winograd.Buffers` for this call's chunks."""
-    th, tw = (geo.hp - 2) // 2, (geo.wp - 2) // 2
-    return winograd.Buffers(xp, geo.c, geo.co, geo.step, th, tw, dtype, backward)
+    sizes = (geo.c, geo.co, (geo.hp - 2) // 2, (geo.wp - 2) // 2)
+    return winograd.Buffers(xp, sizes, geo.step, block, dtype, backward, need_x)
 
 
 def _has_bias(xs: tuple) -> bool:

@@ -118,6 +118,39 @@ class _Pooled(Epilogue):
             ctx.kernels[first_max_index](ctx.b, d, mx, self.first[:, n0:n1])
         self.out[n0:n1] = mx.transpose(1, 0, 2, 3)
 
+    def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
+        """2x2 windows are Winograd's tiles: window offset (i, j) is parity plane (i, j)."""
+        if self.size != (2, 2):
+            return super().forward_tiles(ctx, tiles, n0, n1, extra)
+        xp, ph, pw, m = ctx.xp, self.ph, self.pw, n1 - n0
+        planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
+        if self.bias is not None:
+            xp.add(planes, self.bias, out=planes)
+        d = planes[:, :, :, :ph, :pw]
+        mx = extra[1][:self.step * m].reshape(d.shape[1:])
+        xp.maximum(d[0], d[1], out=mx)
+        for p in range(2, 4):
+            xp.maximum(mx, d[p], out=mx)
+        if self.first is not None:
+            ctx.kernels[first_max_index](ctx.b, d, mx, self.first[:, n0:n1])
+        self.out[n0:n1] = mx.transpose(1, 0, 2, 3)
+
+    def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
+        """Each 2x2 window's gradient straight into Winograd's parity planes."""
+        if self.size != (2, 2):
+            return super().backward_tiles(ctx, tiles, n0, n1, extra)
+        ph, pw, m = self.ph, self.pw, n1 - n0
+        keep = ctx.kernels[keep_where]
+        planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
+        gp = extra[:self.step * m].reshape(planes.shape[1], m, ph, pw)
+        gp[...] = self.g[n0:n1].transpose(1, 0, 2, 3)
+        idx = self.first[:, n0:n1]
+        for p in range(4):
+            keep(ctx.b, idx == p, gp, out=planes[p, :, :, :ph, :pw])
+        planes[:, :, :, ph:] = 0  # leftover rows (odd OH)
+        planes[:, :, :, :ph, pw:] = 0  # leftover and junk columns
+        return None
+
     def backward_chunk(self, ctx: Any, g4: Any, n0: int, n1: int, extra: Any) -> None:
         (sh, sw), ph, pw, m = self.size, self.ph, self.pw, n1 - n0
         keep = ctx.kernels[keep_where]

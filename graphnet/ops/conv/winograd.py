@@ -15,13 +15,20 @@ domain per chunk group, turned into the weight gradient once, ``gw = G^T dU G``)
 ``dV = U^T @ dM`` and ``dd = B dV B^T``, the overlapping patches (stride 2) added back
 into the padded images.
 
-Layouts, per chunk of ``m`` images with ``th x tw`` tiles each: padded images (C, m,
-2th + 2, 2tw + 2); ``V`` (4, 4, C, m, th, tw), ``M`` (4, 4, C_out, m, th, tw); the output
-rows (C_out, m, 2th, 2tw). All through the backend's ``xp``, so CuPy runs it as well.
+Layout. Strided (every second element) passes over rows of ``tw`` (12 for the MNIST
+network) cost NumPy more than the products save, so the padded images are split by the
+parity of their rows and columns, ``P[k0, l0, c, n, T, S] = padded[n, c, 2T + k0, 2S + l0]``
+(2, 2, C, m, th + 1, tw + 1); the patch offset ``k = 2 k1 + k0`` is then a shift by whole
+rows ``k1`` and by ``l1`` elements of each image's flattened (T, S) plane. Every pass runs
+over such "full-width" planes of ``L = th * (tw + 1)`` tiles, as im2col's full-width rows:
+tile column ``tw`` is junk, dropped in forward, given zero gradient in backward. The output
+comes as parity planes too (:class:`Tiles`), ``y[.., 2t + i, 2s + j] = planes[i, j, .., t, s]``,
+which the fused 2x2 max-pool reads directly. All through the backend's ``xp``, so CuPy
+runs it as well.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import ArgumentError
 
@@ -68,7 +75,7 @@ def tiles(oh: int, ow: int) -> tuple:
 def chunk_bytes(c: int, co: int, oh: int, ow: int, itemsize: int) -> int:
     """One image's V and M (the largest buffers) in bytes: what sizes the chunks."""
     th, tw = tiles(oh, ow)
-    return 16 * (c + co) * th * tw * itemsize
+    return 16 * (c + co) * th * (tw + 1) * itemsize
 
 
 def weights(xp: Any, w: Any, dtype: Any) -> Any:
@@ -84,124 +91,178 @@ def weight_grad(xp: Any, du: Any, shape: tuple) -> Any:
     return xp.einsum("ai,abkc,bj->kcij", g, du.reshape(4, 4, shape[0], shape[1]), g)
 
 
+class Tiles(NamedTuple):
+    """A block's output (forward) or a chunk's output gradient (backward) as parity planes.
+
+    ``planes`` (2, 2, C_out, m, th, tw + 1): ``y[:, :, 2t + i, 2s + j] = planes[i, j, :, :, t, s]``,
+    column ``tw`` junk (zero in backward); ``rows`` a (C_out, m, 2th, 2tw) buffer for the
+    same values in rows; ``oh``, ``ow`` the true output size.
+    """
+
+    planes: Any
+    rows: Any
+    oh: int
+    ow: int
+
+    def interleaved(self) -> Any:
+        """The planes as rows (C_out, m, OH, 2tw), in ``rows``; the columns past OW junk."""
+        tw = self.rows.shape[3] // 2
+        for i in range(2):
+            for j in range(2):
+                self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :, :tw]
+        return self.rows[:, :, :self.oh]
+
+    def split(self) -> None:
+        """``planes`` from ``rows``, whose first OH rows hold the gradient (the rest: zero)."""
+        tw = self.rows.shape[3] // 2
+        if self.rows.shape[2] > self.oh:
+            self.rows[:, :, self.oh:] = 0
+        for i in range(2):
+            for j in range(2):
+                self.planes[i, j, :, :, :, :tw] = self.rows[:, :, i::2, j::2]
+        self.planes[..., tw] = 0
+
+
 class Buffers:
-    """One worker's Winograd buffers for chunks of up to ``m`` images (flat, sliced per chunk)."""
+    """One worker's Winograd buffers for chunks of up to ``m`` images (flat, sliced per
+    chunk); ``block``: the most images whose output planes are kept at once."""
 
-    def __init__(self, xp: Any, c: int, co: int, m: int, th: int, tw: int, dtype: Any,
-                 backward: bool) -> None:
-        self.rows = xp.empty((4 * c * m * th * (2 * tw + 2),), dtype=dtype)  # row pass / its adjoint
-        self.v = xp.empty((16 * c * m * th * tw,), dtype=dtype)
-        self.m = xp.empty((16 * co * m * th * tw,), dtype=dtype)
-        self.t = xp.empty((8 * co * m * th * tw,), dtype=dtype)  # half-done output transform
+    def __init__(self, xp: Any, sizes: tuple, m: int, block: int, dtype: Any,
+                 backward: bool, need_x: bool = False) -> None:
+        c, co, th, tw = sizes
+        flat = th * (tw + 1)
+        self.images = xp.zeros((2, 2, c, m, th + 1, tw + 1), dtype=dtype)  # padding stays 0
+        self.rows = xp.empty((8 * c * m * (flat + 1),), dtype=dtype)  # the row pass
+        self.v = xp.empty((16 * c * m * flat,), dtype=dtype)
+        self.m = xp.empty((16 * co * m * flat,), dtype=dtype)
+        self.t = xp.empty((8 * co * m * flat,), dtype=dtype)  # half-done output transform
+        self.planes = xp.empty((4 * co * block * flat,), dtype=dtype)
         self.du = xp.empty((16, co, c), dtype=dtype) if backward else None
+        self.dimages = xp.empty((4 * c * m * (th + 1) * (tw + 1),), dtype=dtype) \
+            if need_x else None
 
 
-def _view(buf: Any, *shape: int) -> Any:
+def view(buf: Any, *shape: int) -> Any:
+    """The first ``prod(shape)`` elements of the flat ``buf`` as ``shape``."""
     size = 1
     for s in shape:
         size *= s
     return buf[:size].reshape(shape)
 
 
+def _parity(p: int, n: int, k: int) -> tuple:
+    """``(plane slice, image slice)``: the elements of parity ``k`` of a length-``n`` axis
+    padded by ``p`` (padded index 2T + k = index + p)."""
+    first = (k - p) % 2
+    count = len(range(first, n, 2))
+    return slice((first + p) // 2, (first + p) // 2 + count), slice(first, n, 2)
+
+
+def load(xp: Any, x: Any, n0: int, n1: int, padding: tuple, b: Buffers) -> Any:
+    """Images ``n0:n1`` of the NCHW ``x``, zero-padded, as parity planes P (2, 2, C, m, th + 1, tw + 1)."""
+    shape = (2, 2, x.shape[1], n1 - n0) + b.images.shape[4:]
+    p = b.images if shape == b.images.shape else xp.zeros(shape, dtype=b.images.dtype)
+    for k in range(2):
+        rows = _parity(padding[0], x.shape[2], k)
+        for j in range(2):
+            cols = _parity(padding[1], x.shape[3], j)
+            p[k, j, :, :, rows[0], cols[0]] = x[n0:n1, :, rows[1], cols[1]].transpose(1, 0, 2, 3)
+    return p
+
+
+def store(xp: Any, dp: Any, gx: Any, n0: int, padding: tuple) -> None:
+    """The images' gradient ``gx[n0:n0 + m]`` (NCHW) from the padded one's parity planes ``dp``."""
+    for k in range(2):
+        rows = _parity(padding[0], gx.shape[2], k)
+        for j in range(2):
+            cols = _parity(padding[1], gx.shape[3], j)
+            gx[n0:n0 + dp.shape[3], :, rows[1], cols[1]] = \
+                dp[k, j, :, :, rows[0], cols[0]].transpose(1, 0, 2, 3)
+
+
 def _bt_pass(xp: Any, src: list, out: Any) -> None:
-    """``out[a] = sum_k B^T[a, k] src[k]`` for the four slices ``src`` (B^T's rows)."""
+    """``out[a] = sum_k B^T[a, k] src[k]`` for the four arrays ``src`` (B^T's rows)."""
     xp.subtract(src[0], src[2], out=out[0])
     xp.add(src[1], src[2], out=out[1])
     xp.subtract(src[2], src[1], out=out[2])
     xp.subtract(src[1], src[3], out=out[3])
 
 
-def input_transform(xp: Any, images: Any, b: Buffers) -> Any:
-    """``V = B^T d B`` of every 4x4 patch of the padded ``images``: (16, C, m*th*tw)."""
-    c, m, hp, wp = images.shape
-    th, tw = (hp - 2) // 2, (wp - 2) // 2
-    r = _view(b.rows, 4, c, m, th, wp)
-    _bt_pass(xp, [images[:, :, k:k + 2 * th - 1:2] for k in range(4)], r)
-    v = _view(b.v, 4, 4, c, m, th, tw)
-    _bt_pass(xp, [r[..., k:k + 2 * tw - 1:2] for k in range(4)], v.transpose(1, 0, 2, 3, 4, 5))
-    return v.reshape(16, c, m * th * tw)
+def input_transform(xp: Any, p: Any, b: Buffers) -> Any:
+    """``V = B^T d B`` of every 4x4 patch of the images' parity planes ``p``: (16, C, m*L)."""
+    _, _, c, m, hq, wq = p.shape
+    flat = (hq - 1) * wq
+    pf = p.reshape(2, 2, c, m, hq * wq)
+    r = view(b.rows, 4, 2, c, m, flat + 1)  # one spare element: the last junk tile reads it
+    r[..., flat] = 0
+    _bt_pass(xp, [pf[k % 2, :, :, :, k // 2 * wq:k // 2 * wq + flat] for k in range(4)],
+             r[..., :flat])
+    v = view(b.v, 4, 4, c, m, flat)
+    _bt_pass(xp, [r[:, k % 2, :, :, k // 2:k // 2 + flat] for k in range(4)], v.swapaxes(0, 1))
+    return v.reshape(16, c, m * flat)
 
 
-def output_transform(xp: Any, mm: Any, y: Any, b: Buffers) -> None:
-    """``Y = A^T M A`` of the products ``mm`` (16, C_out, m*th*tw) into ``y`` (C_out, m, 2th, 2tw)."""
-    co, m, th, tw = y.shape[0], y.shape[1], y.shape[2] // 2, y.shape[3] // 2
-    m6 = mm.reshape(4, 4, co, m, th, tw)
-    t = _view(b.t, 2, 4, co, m, th, tw)
+def output_transform(xp: Any, mm: Any, out: Any, b: Buffers) -> None:
+    """``Y = A^T M A`` of the products ``mm`` (16, C_out, m*L) into planes ``out`` (2, 2, C_out, m, L)."""
+    co, m, flat = out.shape[2:]
+    m5 = mm.reshape(4, 4, co, m, flat)
+    t = view(b.t, 2, 4, co, m, flat)
     t0, t1 = t[0], t[1]
-    xp.add(m6[0], m6[1], out=t0)
-    xp.add(t0, m6[2], out=t0)
-    xp.subtract(m6[1], m6[2], out=t1)
-    xp.subtract(t1, m6[3], out=t1)
-    for i in range(2):
-        even, odd = y[:, :, i::2, 0::2], y[:, :, i::2, 1::2]
-        xp.add(t[i, 0], t[i, 1], out=even)
-        xp.add(even, t[i, 2], out=even)
-        xp.subtract(t[i, 1], t[i, 2], out=odd)
-        xp.subtract(odd, t[i, 3], out=odd)
+    xp.add(m5[0], m5[1], out=t0)
+    xp.add(t0, m5[2], out=t0)
+    xp.subtract(m5[1], m5[2], out=t1)
+    xp.subtract(t1, m5[3], out=t1)
+    even, odd = out[:, 0], out[:, 1]
+    xp.add(t[:, 0], t[:, 1], out=even)
+    xp.add(even, t[:, 2], out=even)
+    xp.subtract(t[:, 1], t[:, 2], out=odd)
+    xp.subtract(odd, t[:, 3], out=odd)
 
 
-def product(xp: Any, u: Any, images: Any, y: Any, b: Buffers) -> None:
-    """The convolution of the padded ``images`` (C, m, 2th+2, 2tw+2) with ``U`` into ``y``."""
-    v = input_transform(xp, images, b)
-    mm = _view(b.m, 16, u.shape[1], v.shape[2])
-    xp.matmul(u, v, out=mm)
-    output_transform(xp, mm, y, b)
-
-
-def output_adjoint(xp: Any, g: Any, b: Buffers) -> Any:
-    """``dM = A dY A^T`` per tile of the output gradient ``g`` (C_out, m, 2th, 2tw): (16, C_out, m*th*tw)."""
-    co, m, th, tw = g.shape[0], g.shape[1], g.shape[2] // 2, g.shape[3] // 2
-    s = _view(b.t, 2, 4, co, m, th, tw)  # s[i, b] = sum_j dY[i, j] A^T[j, b]
-    for i in range(2):
-        even, odd = g[:, :, i::2, 0::2], g[:, :, i::2, 1::2]
-        xp.copyto(s[i, 0], even)
-        xp.add(even, odd, out=s[i, 1])
-        xp.subtract(even, odd, out=s[i, 2])
-        xp.negative(odd, out=s[i, 3])
-    dm = _view(b.m, 4, 4, co, m, th, tw)
+def output_adjoint(xp: Any, planes: Any, b: Buffers) -> Any:
+    """``dM = A dY A^T`` per tile of the output gradient's ``planes``: (16, C_out, m*L)."""
+    co, m = planes.shape[2:4]
+    flat = planes.shape[4] * planes.shape[5]
+    g5 = planes.reshape(2, 2, co, m, flat)
+    s = view(b.t, 2, 4, co, m, flat)  # s[i, b] = sum_j dY[i, j] A^T[j, b]
+    xp.copyto(s[:, 0], g5[:, 0])
+    xp.add(g5[:, 0], g5[:, 1], out=s[:, 1])
+    xp.subtract(g5[:, 0], g5[:, 1], out=s[:, 2])
+    xp.negative(g5[:, 1], out=s[:, 3])
+    dm = view(b.m, 4, 4, co, m, flat)
     xp.copyto(dm[0], s[0])
     xp.add(s[0], s[1], out=dm[1])
     xp.subtract(s[0], s[1], out=dm[2])
     xp.negative(s[1], out=dm[3])
-    return dm.reshape(16, co, m * th * tw)
+    return dm.reshape(16, co, m * flat)
 
 
-def _scatter(xp: Any, dv: list, out: Any) -> None:
-    """``out[..., 2t + k] = sum over tiles t of (sum_a B^T[a, k] dv[a])[..., t]``: the adjoint
-    of :func:`_bt_pass` on patches every 2 along the last axis (they overlap by 2)."""
-    t = dv[0].shape[-1]
-    even, odd = out[..., 0::2], out[..., 1::2]
-    head, tail = even[..., :t], even[..., 1:]  # k = 0 of tile t, k = 2 of tile t - 1
-    xp.copyto(head, dv[0])
-    even[..., t] = 0
-    xp.add(tail, dv[1], out=tail)
+def _scatter(xp: Any, dv: list, even: Any, odd: Any, shift: int) -> None:
+    """The adjoint of :func:`_bt_pass` and of the overlapping gather: offset ``k = 2 k1 + k0``
+    of ``sum_a B^T[a, k] dv[a]`` added at a shift of ``k1 * shift`` into ``even`` (k0 = 0)
+    or ``odd`` (k0 = 1), both written whole."""
+    n = dv[0].shape[-1]
+    head, tail = even[..., :n], even[..., shift:shift + n]
+    xp.copyto(head, dv[0])  # k = 0
+    even[..., n:] = 0
+    xp.add(tail, dv[1], out=tail)  # k = 2: dv1 + dv2 - dv0
     xp.add(tail, dv[2], out=tail)
     xp.subtract(tail, dv[0], out=tail)
-    head, tail = odd[..., :t], odd[..., 1:]  # k = 1 of tile t, k = 3 of tile t - 1
-    xp.subtract(dv[1], dv[2], out=head)
+    head, tail = odd[..., :n], odd[..., shift:shift + n]
+    xp.subtract(dv[1], dv[2], out=head)  # k = 1: dv1 - dv2 + dv3
     xp.add(head, dv[3], out=head)
-    odd[..., t] = 0
-    xp.subtract(tail, dv[3], out=tail)
+    odd[..., n:] = 0
+    xp.subtract(tail, dv[3], out=tail)  # k = 3: -dv3
 
 
-def input_adjoint(xp: Any, dv: Any, images: Any, b: Buffers) -> None:
-    """``dd = B dV B^T`` of every patch, the overlapping patches summed, into all of
-    ``images`` (C, m, 2th + 2, 2tw + 2), from ``dv`` (16, C, m*th*tw)."""
-    c, m, hp, wp = images.shape
-    th, tw = (hp - 2) // 2, (wp - 2) // 2
-    d6 = dv.reshape(4, 4, c, m, th, tw)
-    r = _view(b.rows, 4, c, m, th, wp)
-    _scatter(xp, [d6[:, k] for k in range(4)], r)  # the columns of each row a
-    _scatter(xp, [r[a].swapaxes(-1, -2) for a in range(4)], images.swapaxes(-1, -2))
-
-
-def grads(xp: Any, u: Any, images: Any, g: Any, b: Buffers, dimages: Any) -> None:
-    """One chunk's share of the gradients from its output gradient ``g`` (C_out, m, 2th, 2tw):
-    ``dM @ V^T`` into ``b.du``; with ``dimages`` (not None), the images' gradient into it."""
-    v = input_transform(xp, images, b)
-    dm = output_adjoint(xp, g, b)
-    xp.matmul(dm, v.transpose(0, 2, 1), out=b.du)
-    if dimages is not None:
-        dv = _view(b.v, 16, u.shape[2], dm.shape[2])  # V is no longer needed
-        xp.matmul(u.transpose(0, 2, 1), dm, out=dv)
-        input_adjoint(xp, dv, dimages, b)
+def input_adjoint(xp: Any, dv: Any, b: Buffers, shape: tuple) -> Any:
+    """``dd = B dV B^T`` of every patch from ``dv`` (16, C, m*L), the overlapping patches
+    summed: the padded images' gradient as parity planes of ``shape`` (2, 2, C, m, th + 1, tw + 1)."""
+    _, _, c, m, hq, wq = shape
+    flat = (hq - 1) * wq
+    d5 = dv.reshape(4, 4, c, m, flat)
+    r = view(b.rows, 4, 2, c, m, flat + 1)
+    _scatter(xp, [d5[:, k] for k in range(4)], r[:, 0], r[:, 1], 1)  # columns, per row a
+    dp = view(b.dimages, 2, 2, c, m, hq * wq)
+    _scatter(xp, [r[a, :, :, :, :flat] for a in range(4)], dp[0], dp[1], wq)  # rows
+    return dp.reshape(shape)
