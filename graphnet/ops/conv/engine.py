@@ -217,7 +217,7 @@ def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> 
     dtype = xp.result_type(x.dtype, w.dtype)
     w2 = winograd.weights(xp, w, dtype) if wino else w.reshape(co, geo.k)
     per_image = geo.rows * geo.q
-    flat = (geo.hp - 2) // 2 * (geo.wp // 2)  # Winograd's tiles per image (full width)
+    hq, wq = geo.hp // 2, geo.wp // 2  # Winograd's tiles per image and channel: hq x wq
     step = epilogue.forward_tiles if wino else epilogue.forward_block
 
     def product(s: _Scratch, b: int) -> tuple:
@@ -225,11 +225,11 @@ def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> 
         c0, c1 = geo.blocks[b]
         start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
         y = s.y[:co * (stop - start) * per_image].reshape(co, -1)
-        planes = winograd.view(s.wino.planes, 2, 2, co, stop - start, flat) if wino else None
+        planes = winograd.view(s.wino.planes, 2, 2, co, stop - start, hq * wq) if wino else None
         for n0, n1 in geo.chunks[c0:c1]:
             if wino:  # the transforms called from here: the call chain stays short
                 v = winograd.input_transform(
-                    xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino), s.wino)
+                    xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino), geo.c, wq, s.wino)
                 mm = xp.matmul(w2, v, out=winograd.view(s.wino.m, 16, co, v.shape[2]))
                 winograd.output_transform(xp, mm, planes[:, :, :, n0 - start:n1 - start], s.wino)
                 continue
@@ -238,8 +238,8 @@ def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> 
             xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
         y4 = y.reshape(co, stop - start, geo.rows, geo.q)
         if wino:
-            return winograd.Tiles(planes.reshape(2, 2, co, stop - start, flat // (geo.wp // 2),
-                                                 geo.wp // 2), y4, geo.oh, geo.ow), start, stop
+            return winograd.Tiles(planes.reshape(2, 2, co, stop - start, hq, wq), y4, geo.oh,
+                                  geo.ow), start, stop
         return y4, start, stop
 
     def work(s: _Scratch, b: int) -> None:
@@ -281,14 +281,15 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         n0, n1 = geo.chunks[c]
         if gb_acc is not None:
             gb_acc[c % GROUPS] += g.planes.sum(axis=(0, 1, 3, 4, 5))
-        images = winograd.load(xp, x, n0, n1, geo.padding, s.wino)
-        v = winograd.input_transform(xp, images, s.wino)
+        wq = geo.wp // 2
+        v = winograd.input_transform(xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino),
+                                     geo.c, wq, s.wino)
         dm = winograd.output_adjoint(xp, g.planes, s.wino)
         gw_acc[c % GROUPS] += xp.matmul(dm, v.transpose(0, 2, 1), out=s.wino.du)
         if need_x:  # V is no longer needed: dV goes in its place
             dv = xp.matmul(w2t, dm, out=v)
-            winograd.store(xp, winograd.input_adjoint(xp, dv, s.wino, images.shape), gx, n0,
-                           geo.padding)
+            winograd.store(xp, winograd.input_adjoint(xp, dv, wq, s.wino), gx, n0, n1,
+                           (geo.padding, geo.hp // 2, wq))
 
     def chunk_grads(s: _Scratch, c: int, g4: Any) -> None:
         """Chunk ``c``'s share of the gradients, from its upstream gradient ``g4``."""
@@ -361,9 +362,8 @@ def _upstream(s: _Scratch, geo: ConvGeometry, c: int) -> Any:
     g4 = s.g[:geo.co * m * geo.rows * geo.q].reshape(geo.co, m, geo.rows, geo.q)
     if geo.algorithm != "winograd":
         return g4
-    th, wq = (geo.hp - 2) // 2, geo.wp // 2
-    return winograd.Tiles(winograd.view(s.wino.planes, 2, 2, geo.co, m, th, wq), g4,
-                          geo.oh, geo.ow)
+    return winograd.Tiles(winograd.view(s.wino.planes, 2, 2, geo.co, m, geo.hp // 2,
+                                        geo.wp // 2), g4, geo.oh, geo.ow)
 
 
 def _wino_buffers(xp: Any, geo: ConvGeometry, dtype: Any, block: int, backward: bool,

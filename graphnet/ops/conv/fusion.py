@@ -147,7 +147,7 @@ class _Pooled(Epilogue):
         idx = self.first[:, n0:n1]
         for p in range(4):
             keep(ctx.b, idx == p, gp, out=planes[p, :, :, :ph, :pw])
-        planes[:, :, :, ph:] = 0  # leftover rows (odd OH)
+        planes[:, :, :, ph:] = 0  # leftover (odd OH) and junk rows
         planes[:, :, :, :ph, pw:] = 0  # leftover and junk columns
         return None
 

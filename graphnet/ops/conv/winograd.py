@@ -15,16 +15,17 @@ domain per chunk group, turned into the weight gradient once, ``gw = G^T dU G``)
 ``dV = U^T @ dM`` and ``dd = B dV B^T``, the overlapping patches (stride 2) added back
 into the padded images.
 
-Layout. Strided (every second element) passes over rows of ``tw`` (12 for the MNIST
-network) cost NumPy more than the products save, so the padded images are split by the
-parity of their rows and columns, ``P[k0, l0, c, n, T, S] = padded[n, c, 2T + k0, 2S + l0]``
-(2, 2, C, m, th + 1, tw + 1); the patch offset ``k = 2 k1 + k0`` is then a shift by whole
-rows ``k1`` and by ``l1`` elements of each image's flattened (T, S) plane. Every pass runs
-over such "full-width" planes of ``L = th * (tw + 1)`` tiles, as im2col's full-width rows:
-tile column ``tw`` is junk, dropped in forward, given zero gradient in backward. The output
-comes as parity planes too (:class:`Tiles`), ``y[.., 2t + i, 2s + j] = planes[i, j, .., t, s]``,
-which the fused 2x2 max-pool reads directly. All through the backend's ``xp``, so CuPy
-runs it as well.
+Layout. Passes over short strided rows (every second element of rows of 26) cost NumPy
+more than the products save, so the padded images are split by the parity of their rows
+and columns: ``P[k0, l0, c, n, T, S] = padded[n, c, 2T + k0, 2S + l0]``, (2, 2, C, m, hq, wq)
+with ``hq = th + 1``, ``wq = tw + 1``. The patch offset ``k = 2 k1 + k0`` (rows; columns
+alike) is then a shift of ``k1 * wq`` (columns: ``l1``) along the flattened (C, m, hq, wq)
+planes, so every pass is one contiguous run over the whole chunk. It computes "tiles" at
+every (c, n, T, S) position: those in row ``T = th`` or column ``S = tw`` are junk (they
+read the next row or image), dropped in forward, given zero gradient in backward. The
+output comes as parity planes too (:class:`Tiles`), ``y[.., 2t + i, 2s + j] = planes[i, j,
+.., t, s]``, which the fused 2x2 max-pool reads directly. All through the backend's ``xp``,
+so CuPy runs it as well.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def tiles(oh: int, ow: int) -> tuple:
 def chunk_bytes(c: int, co: int, oh: int, ow: int, itemsize: int) -> int:
     """One image's V and M (the largest buffers) in bytes: what sizes the chunks."""
     th, tw = tiles(oh, ow)
-    return 16 * (c + co) * th * (tw + 1) * itemsize
+    return 16 * (c + co) * (th + 1) * (tw + 1) * itemsize
 
 
 def weights(xp: Any, w: Any, dtype: Any) -> Any:
@@ -94,9 +95,9 @@ def weight_grad(xp: Any, du: Any, shape: tuple) -> Any:
 class Tiles(NamedTuple):
     """A block's output (forward) or a chunk's output gradient (backward) as parity planes.
 
-    ``planes`` (2, 2, C_out, m, th, tw + 1): ``y[:, :, 2t + i, 2s + j] = planes[i, j, :, :, t, s]``,
-    column ``tw`` junk (zero in backward); ``rows`` a (C_out, m, 2th, 2tw) buffer for the
-    same values in rows; ``oh``, ``ow`` the true output size.
+    ``planes`` (2, 2, C_out, m, th + 1, tw + 1): ``y[:, :, 2t + i, 2s + j] = planes[i, j, :, :,
+    t, s]``, row ``th`` and column ``tw`` junk (zero in backward); ``rows`` a (C_out, m, 2th,
+    2tw) buffer for the same values as rows; ``oh``, ``ow`` the true output size.
     """
 
     planes: Any
@@ -106,21 +107,22 @@ class Tiles(NamedTuple):
 
     def interleaved(self) -> Any:
         """The planes as rows (C_out, m, OH, 2tw), in ``rows``; the columns past OW junk."""
-        tw = self.rows.shape[3] // 2
+        th, tw = self.rows.shape[2] // 2, self.rows.shape[3] // 2
         for i in range(2):
             for j in range(2):
-                self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :, :tw]
+                self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :th, :tw]
         return self.rows[:, :, :self.oh]
 
     def split(self) -> None:
         """``planes`` from ``rows``, whose first OH rows hold the gradient (the rest: zero)."""
-        tw = self.rows.shape[3] // 2
+        th, tw = self.rows.shape[2] // 2, self.rows.shape[3] // 2
         if self.rows.shape[2] > self.oh:
             self.rows[:, :, self.oh:] = 0
         for i in range(2):
             for j in range(2):
-                self.planes[i, j, :, :, :, :tw] = self.rows[:, :, i::2, j::2]
-        self.planes[..., tw] = 0
+                self.planes[i, j, :, :, :th, :tw] = self.rows[:, :, i::2, j::2]
+        self.planes[..., th, :] = 0
+        self.planes[..., :th, tw] = 0
 
 
 class Buffers:
@@ -130,16 +132,16 @@ class Buffers:
     def __init__(self, xp: Any, sizes: tuple, m: int, block: int, dtype: Any,
                  backward: bool, need_x: bool = False) -> None:
         c, co, th, tw = sizes
-        flat = th * (tw + 1)
-        self.images = xp.zeros((2, 2, c, m, th + 1, tw + 1), dtype=dtype)  # padding stays 0
-        self.rows = xp.empty((8 * c * m * (flat + 1),), dtype=dtype)  # the row pass
-        self.v = xp.empty((16 * c * m * flat,), dtype=dtype)
-        self.m = xp.empty((16 * co * m * flat,), dtype=dtype)
-        self.t = xp.empty((8 * co * m * flat,), dtype=dtype)  # half-done output transform
-        self.planes = xp.empty((4 * co * block * flat,), dtype=dtype)
+        per = (th + 1) * (tw + 1)  # tiles per image and channel, junk included
+        self.shape = (2, 2, c, m, th + 1, tw + 1)
+        self.images = xp.zeros((2, 2, c * m * per + tw + 1), dtype=dtype)  # + a spare row
+        self.rows = xp.empty((8 * (c * m * per + 1),), dtype=dtype)  # + a spare element
+        self.v = xp.empty((16 * c * m * per,), dtype=dtype)
+        self.m = xp.empty((16 * co * m * per,), dtype=dtype)
+        self.t = xp.empty((8 * co * m * per,), dtype=dtype)  # half-done output transform
+        self.planes = xp.empty((4 * co * block * per,), dtype=dtype)
         self.du = xp.empty((16, co, c), dtype=dtype) if backward else None
-        self.dimages = xp.empty((4 * c * m * (th + 1) * (tw + 1),), dtype=dtype) \
-            if need_x else None
+        self.dimages = xp.empty((4 * (c * m * per + tw + 1),), dtype=dtype) if need_x else None
 
 
 def view(buf: Any, *shape: int) -> Any:
@@ -159,25 +161,31 @@ def _parity(p: int, n: int, k: int) -> tuple:
 
 
 def load(xp: Any, x: Any, n0: int, n1: int, padding: tuple, b: Buffers) -> Any:
-    """Images ``n0:n1`` of the NCHW ``x``, zero-padded, as parity planes P (2, 2, C, m, th + 1, tw + 1)."""
-    shape = (2, 2, x.shape[1], n1 - n0) + b.images.shape[4:]
-    p = b.images if shape == b.images.shape else xp.zeros(shape, dtype=b.images.dtype)
+    """Images ``n0:n1`` of the NCHW ``x``, zero-padded, as flat parity planes (2, 2, C*m*hq*wq
+    + wq), the last ``wq`` a spare zero row."""
+    c, m, hq, wq = x.shape[1], n1 - n0, b.shape[4], b.shape[5]
+    flat = c * m * hq * wq
+    p = b.images if m == b.shape[3] else xp.zeros((2, 2, flat + wq), dtype=b.images.dtype)
+    p6 = p[:, :, :flat].reshape(2, 2, c, m, hq, wq)
     for k in range(2):
         rows = _parity(padding[0], x.shape[2], k)
         for j in range(2):
             cols = _parity(padding[1], x.shape[3], j)
-            p[k, j, :, :, rows[0], cols[0]] = x[n0:n1, :, rows[1], cols[1]].transpose(1, 0, 2, 3)
+            p6[k, j, :, :, rows[0], cols[0]] = x[n0:n1, :, rows[1], cols[1]].transpose(1, 0, 2, 3)
     return p
 
 
-def store(xp: Any, dp: Any, gx: Any, n0: int, padding: tuple) -> None:
-    """The images' gradient ``gx[n0:n0 + m]`` (NCHW) from the padded one's parity planes ``dp``."""
+def store(xp: Any, dp: Any, gx: Any, n0: int, n1: int, shape: tuple) -> None:
+    """The images' gradient ``gx[n0:n1]`` (NCHW) from the padded one's flat parity planes
+    ``dp``; ``shape``: (padding, hq, wq)."""
+    padding, hq, wq = shape
+    c, m = gx.shape[1], n1 - n0
+    d6 = dp[:, :, :c * m * hq * wq].reshape(2, 2, c, m, hq, wq)
     for k in range(2):
         rows = _parity(padding[0], gx.shape[2], k)
         for j in range(2):
             cols = _parity(padding[1], gx.shape[3], j)
-            gx[n0:n0 + dp.shape[3], :, rows[1], cols[1]] = \
-                dp[k, j, :, :, rows[0], cols[0]].transpose(1, 0, 2, 3)
+            gx[n0:n1, :, rows[1], cols[1]] = d6[k, j, :, :, rows[0], cols[0]].transpose(1, 0, 2, 3)
 
 
 def _bt_pass(xp: Any, src: list, out: Any) -> None:
@@ -188,25 +196,23 @@ def _bt_pass(xp: Any, src: list, out: Any) -> None:
     xp.subtract(src[1], src[3], out=out[3])
 
 
-def input_transform(xp: Any, p: Any, b: Buffers) -> Any:
-    """``V = B^T d B`` of every 4x4 patch of the images' parity planes ``p``: (16, C, m*L)."""
-    _, _, c, m, hq, wq = p.shape
-    flat = (hq - 1) * wq
-    pf = p.reshape(2, 2, c, m, hq * wq)
-    r = view(b.rows, 4, 2, c, m, flat + 1)  # one spare element: the last junk tile reads it
+def input_transform(xp: Any, p: Any, c: int, wq: int, b: Buffers) -> Any:
+    """``V = B^T d B`` of every 4x4 patch of the images' flat parity planes ``p`` (see
+    :func:`load`) of ``c`` channels: (16, C, m*hq*wq)."""
+    flat = p.shape[2] - wq
+    r = view(b.rows, 4, 2, flat + 1)  # one spare element: the last junk tile reads it
     r[..., flat] = 0
-    _bt_pass(xp, [pf[k % 2, :, :, :, k // 2 * wq:k // 2 * wq + flat] for k in range(4)],
-             r[..., :flat])
-    v = view(b.v, 4, 4, c, m, flat)
-    _bt_pass(xp, [r[:, k % 2, :, :, k // 2:k // 2 + flat] for k in range(4)], v.swapaxes(0, 1))
-    return v.reshape(16, c, m * flat)
+    _bt_pass(xp, [p[k % 2, :, k // 2 * wq:k // 2 * wq + flat] for k in range(4)], r[..., :flat])
+    v = view(b.v, 4, 4, flat)
+    _bt_pass(xp, [r[:, k % 2, k // 2:k // 2 + flat] for k in range(4)], v.swapaxes(0, 1))
+    return v.reshape(16, c, flat // c)
 
 
 def output_transform(xp: Any, mm: Any, out: Any, b: Buffers) -> None:
-    """``Y = A^T M A`` of the products ``mm`` (16, C_out, m*L) into planes ``out`` (2, 2, C_out, m, L)."""
-    co, m, flat = out.shape[2:]
-    m5 = mm.reshape(4, 4, co, m, flat)
-    t = view(b.t, 2, 4, co, m, flat)
+    """``Y = A^T M A`` of the products ``mm`` (16, C_out, m*F) into planes ``out`` (2, 2, C_out, m, F)."""
+    co, m, per = out.shape[2:]
+    m5 = mm.reshape(4, 4, co, m, per)
+    t = view(b.t, 2, 4, co, m, per)
     t0, t1 = t[0], t[1]
     xp.add(m5[0], m5[1], out=t0)
     xp.add(t0, m5[2], out=t0)
@@ -220,21 +226,21 @@ def output_transform(xp: Any, mm: Any, out: Any, b: Buffers) -> None:
 
 
 def output_adjoint(xp: Any, planes: Any, b: Buffers) -> Any:
-    """``dM = A dY A^T`` per tile of the output gradient's ``planes``: (16, C_out, m*L)."""
-    co, m = planes.shape[2:4]
-    flat = planes.shape[4] * planes.shape[5]
-    g5 = planes.reshape(2, 2, co, m, flat)
-    s = view(b.t, 2, 4, co, m, flat)  # s[i, b] = sum_j dY[i, j] A^T[j, b]
-    xp.copyto(s[:, 0], g5[:, 0])
-    xp.add(g5[:, 0], g5[:, 1], out=s[:, 1])
-    xp.subtract(g5[:, 0], g5[:, 1], out=s[:, 2])
-    xp.negative(g5[:, 1], out=s[:, 3])
-    dm = view(b.m, 4, 4, co, m, flat)
+    """``dM = A dY A^T`` per tile of the output gradient's ``planes``: (16, C_out, m*hq*wq)."""
+    co = planes.shape[2]
+    flat = planes[0, 0].size
+    g3 = planes.reshape(2, 2, flat)
+    s = view(b.t, 2, 4, flat)  # s[i, b] = sum_j dY[i, j] A^T[j, b]
+    xp.copyto(s[:, 0], g3[:, 0])
+    xp.add(g3[:, 0], g3[:, 1], out=s[:, 1])
+    xp.subtract(g3[:, 0], g3[:, 1], out=s[:, 2])
+    xp.negative(g3[:, 1], out=s[:, 3])
+    dm = view(b.m, 4, 4, flat)
     xp.copyto(dm[0], s[0])
     xp.add(s[0], s[1], out=dm[1])
     xp.subtract(s[0], s[1], out=dm[2])
     xp.negative(s[1], out=dm[3])
-    return dm.reshape(16, co, m * flat)
+    return dm.reshape(16, co, flat // co)
 
 
 def _scatter(xp: Any, dv: list, even: Any, odd: Any, shift: int) -> None:
@@ -255,14 +261,13 @@ def _scatter(xp: Any, dv: list, even: Any, odd: Any, shift: int) -> None:
     xp.subtract(tail, dv[3], out=tail)  # k = 3: -dv3
 
 
-def input_adjoint(xp: Any, dv: Any, b: Buffers, shape: tuple) -> Any:
-    """``dd = B dV B^T`` of every patch from ``dv`` (16, C, m*L), the overlapping patches
-    summed: the padded images' gradient as parity planes of ``shape`` (2, 2, C, m, th + 1, tw + 1)."""
-    _, _, c, m, hq, wq = shape
-    flat = (hq - 1) * wq
-    d5 = dv.reshape(4, 4, c, m, flat)
-    r = view(b.rows, 4, 2, c, m, flat + 1)
-    _scatter(xp, [d5[:, k] for k in range(4)], r[:, 0], r[:, 1], 1)  # columns, per row a
-    dp = view(b.dimages, 2, 2, c, m, hq * wq)
-    _scatter(xp, [r[a, :, :, :, :flat] for a in range(4)], dp[0], dp[1], wq)  # rows
-    return dp.reshape(shape)
+def input_adjoint(xp: Any, dv: Any, wq: int, b: Buffers) -> Any:
+    """``dd = B dV B^T`` of every patch from ``dv`` (16, C, m*hq*wq), the overlapping patches
+    summed: the padded images' gradient as flat parity planes (2, 2, C*m*hq*wq + wq)."""
+    flat = dv[0].size
+    d3 = dv.reshape(4, 4, flat)
+    r = view(b.rows, 4, 2, flat + 1)
+    _scatter(xp, [d3[:, k] for k in range(4)], r[:, 0], r[:, 1], 1)  # columns, per row a
+    dp = view(b.dimages, 2, 2, flat + wq)
+    _scatter(xp, [r[a, :, :flat] for a in range(4)], dp[0], dp[1], wq)  # rows
+    return dp
