@@ -141,6 +141,7 @@ class Buffers:
         self.t = xp.empty((8 * co * m * per,), dtype=dtype)  # half-done output transform
         self.planes = xp.empty((4 * co * block * per,), dtype=dtype)
         self.du = xp.empty((16, co, c), dtype=dtype) if backward else None
+        self.vt = xp.empty((16 * c * m * per,), dtype=dtype) if backward else None  # V^T
         self.dimages = xp.empty((4 * (c * m * per + tw + 1),), dtype=dtype) if need_x else None
 
 
