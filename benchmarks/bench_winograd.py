@@ -92,8 +92,8 @@ def main(argv: list) -> None:
     elif what == "step":
         measure("training step (bench_cnn network)", train_step())
     elif what == "channels":
-        for c in (4, 8, 16):
-            measure(f"conv {c}->64 26x26 + relu, fwd+bwd", conv_step(c, 64, 26, pool=False),
+        for c, co in ((4, 64), (8, 64), (16, 64), (32, 64), (16, 32), (32, 32)):
+            measure(f"conv {c}->{co} 26x26 + relu, fwd+bwd", conv_step(c, co, 26, pool=False),
                     ("im2col", "winograd"))
     else:
         raise SystemExit(f"unknown benchmark {what!r}: conv, step or channels")
