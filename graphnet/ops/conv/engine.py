@@ -169,16 +169,17 @@ class Epilogue:
 
     def forward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
                       extra: Any) -> None:
-        """Images ``n0:n1``'s Winograd product (no bias) into the output; this one passes it
-        to :meth:`forward_block` as rows."""
-        self.forward_block(ctx, tiles.interleaved(), n0, n1, extra)
+        """Images ``n0:n1``'s Winograd product (no bias) into the output. An epilogue that
+        works on rows can pass ``tiles.interleaved()`` to its :meth:`forward_block`."""
+        tiles.to_nchw(ctx.xp, self.out[n0:n1], self.bias)
 
     def backward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
                        extra: Any) -> Any:
         """Write images ``n0:n1``'s upstream gradient into all of ``tiles.planes`` and return
-        None, or return the rows for :meth:`backward_chunk` to write (this one: the engine
-        then splits them into the planes)."""
-        return tiles.rows[:, :, :tiles.oh]
+        None; or return ``tiles.rows[:, :, :OH]`` for :meth:`backward_chunk` to write (the
+        engine then splits them into the planes)."""
+        tiles.from_nchw(self.g[n0:n1])
+        return None
 
     @staticmethod
     def fill(g4: Any, g: Any) -> None:

@@ -57,6 +57,17 @@ class _Activated(Epilogue):
         gz = extra[:y.size].reshape(y.shape)
         self.fill(g4, self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
 
+    def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
+        super().forward_tiles(ctx, tiles, n0, n1, extra)
+        block = self.out[n0:n1]
+        self.activation.apply(ctx.xp, block, out=block)
+
+    def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
+        y = self.y[n0:n1]
+        gz = extra[:y.size].reshape(y.shape)
+        tiles.from_nchw(self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
+        return None
+
 
 class ConvActivation:
     """``activation(conv2d(x, w, b))`` as one step, each block activated while in cache."""
@@ -120,8 +131,8 @@ class _Pooled(Epilogue):
 
     def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
         """2x2 windows are Winograd's tiles: window offset (i, j) is parity plane (i, j)."""
-        if self.size != (2, 2):
-            return super().forward_tiles(ctx, tiles, n0, n1, extra)
+        if self.size != (2, 2):  # the windows on rows
+            return self.forward_block(ctx, tiles.interleaved(), n0, n1, extra)
         xp, ph, pw, m = ctx.xp, self.ph, self.pw, n1 - n0
         planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
         if self.bias is not None:
@@ -137,8 +148,8 @@ class _Pooled(Epilogue):
 
     def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
         """Each 2x2 window's gradient straight into Winograd's parity planes."""
-        if self.size != (2, 2):
-            return super().backward_tiles(ctx, tiles, n0, n1, extra)
+        if self.size != (2, 2):  # backward_chunk writes rows
+            return tiles.rows[:, :, :tiles.oh]
         ph, pw, m = self.ph, self.pw, n1 - n0
         keep = ctx.kernels[keep_where]
         planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])

@@ -39,6 +39,7 @@ MIN_AUTO_CHANNELS = 8  # auto keeps im2col below this many input channels (see c
 
 # G (4x3): the weight transform U = G g G^T; B^T and A^T are written out as passes below.
 G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+PLANES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) parity of the output planes
 
 
 def set_algorithm(name: str) -> str:
@@ -112,6 +113,26 @@ class Tiles(NamedTuple):
             for j in range(2):
                 self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :th, :tw]
         return self.rows[:, :, :self.oh]
+
+    def to_nchw(self, xp: Any, out: Any, bias: Any) -> None:
+        """The planes into the NCHW ``out`` (m, C_out, OH, OW), ``bias`` (1, C_out, 1, 1)
+        or None added."""
+        for i, j in PLANES:
+            r, c = (self.oh + 1 - i) // 2, (self.ow + 1 - j) // 2  # plane (i, j)'s share
+            part = self.planes[i, j, :, :, :r, :c].transpose(1, 0, 2, 3)
+            if bias is None:
+                out[:, :, i::2, j::2] = part
+            else:
+                xp.add(part, bias, out=out[:, :, i::2, j::2])
+
+    def from_nchw(self, g: Any) -> None:
+        """All of the planes from the NCHW gradient ``g`` (m, C_out, OH, OW), junk zero."""
+        for i, j in PLANES:
+            r, c = (self.oh + 1 - i) // 2, (self.ow + 1 - j) // 2
+            plane = self.planes[i, j]
+            plane[:, :, :r, :c] = g[:, :, i::2, j::2].transpose(1, 0, 2, 3)
+            plane[:, :, r:] = 0
+            plane[:, :, :r, c:] = 0
 
     def split(self) -> None:
         """``planes`` from ``rows``, whose first OH rows hold the gradient (the rest: zero)."""
