@@ -174,7 +174,9 @@ def test_winograd_bits_do_not_depend_on_the_worker_count(numpy_backend, pool):
 def test_auto_picks_winograd_for_the_cnn_conv2_on_numpy(numpy_backend):
     assert _geometry((128, 32, 26, 26), (64, 32, 3, 3), dtype="float32").algorithm == "winograd"
     assert _geometry((128, 1, 28, 28), (32, 1, 3, 3), dtype="float32").algorithm == "im2col"
-    assert _geometry((8, 4, 26, 26), (64, 4, 3, 3)).algorithm == "im2col"  # too few channels
+    few = winograd.MIN_AUTO_CHANNELS
+    assert _geometry((8, few - 1, 26, 26), (64, few - 1, 3, 3)).algorithm == "im2col"
+    assert _geometry((8, few, 26, 26), (64, few, 3, 3)).algorithm == "winograd"
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,why", [

@@ -35,7 +35,9 @@ from ...errors import ArgumentError
 
 ALGORITHMS = ("auto", "im2col", "winograd")
 _algorithm = "auto"
-MIN_AUTO_CHANNELS = 8  # auto keeps im2col below this many input channels (see choose)
+# Auto keeps im2col below this many input channels: measured (BENCHMARKS.md, session 7),
+# conv C_in -> 64 3x3 on 26x26 + ReLU, Winograd took 1.3x im2col's time at C_in 8, as long at 16.
+MIN_AUTO_CHANNELS = 16
 
 # G (4x3): the weight transform U = G g G^T; B^T and A^T are written out as passes below.
 G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
