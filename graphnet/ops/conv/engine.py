@@ -25,6 +25,13 @@ extra memory is a few times the chunk limit whatever the batch (measured for tha
 batch 128 on NumPy: 2.3 MB extra in forward, 3.7 MB in backward; with CuPy's 256 MiB chunks,
 124 MB and 228 MB).
 
+Winograd. For 3x3, stride-1 convolutions :func:`geometry` may choose Winograd F(2x2, 3x3)
+instead (:mod:`.winograd`, :func:`.winograd.choose`): the same chunks, blocks and groups,
+chunks sized by its own buffers (``winograd.chunk_bytes``), its transforms called from here
+(the call chain stays short); the epilogue gets the product as :class:`.winograd.Tiles`
+(``forward_tiles``/``backward_tiles``). The weight gradient is summed per chunk group in the
+Winograd domain and turned back once.
+
 Threads. On NumPy the chunks run on worker threads (:mod:`.threads`); weight and bias
 gradients are summed per chunk group, then over the groups in order, so the bits do not
 depend on the number of workers. Forward hands out blocks of up to :data:`BLOCK_CHUNKS`
