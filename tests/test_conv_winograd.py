@@ -189,6 +189,14 @@ def test_winograd_applies_only_to_3x3_stride_1(numpy_backend, x_shape, w_shape, 
         assert _geometry(x_shape, w_shape, stride=stride).algorithm == "im2col", why
 
 
+@pytest.mark.parametrize("x_dtype,w_dtype", [("float16", "float16"), ("float32", "float64"),
+                                             ("int64", "int64")])
+def test_winograd_applies_only_to_float32_or_float64_of_one_dtype(numpy_backend, x_dtype, w_dtype):
+    x, w = np.zeros((2, 32, 8, 8), x_dtype), np.zeros((8, 32, 3, 3), w_dtype)
+    with algorithm("winograd"):
+        assert engine.geometry(gn.backend(), x, w, (1, 1), (0, 0)).algorithm == "im2col"
+
+
 @pytest.mark.gpu
 def test_auto_keeps_im2col_on_cupy_where_forced_winograd_applies(cupy_backend):
     assert _geometry((128, 32, 26, 26), (64, 32, 3, 3), dtype="float32").algorithm == "im2col"

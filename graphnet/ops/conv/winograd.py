@@ -46,8 +46,8 @@ PLANES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) parity of the output 
 
 def set_algorithm(name: str) -> str:
     """Choose conv2d's method: ``"auto"`` (Winograd where it is faster), ``"im2col"`` or
-    ``"winograd"`` (wherever it applies: 3x3 kernels, stride 1, floating inputs of one
-    dtype; im2col elsewhere). Returns the previous choice."""
+    ``"winograd"`` (wherever it applies: 3x3 kernels, stride 1, inputs of one dtype,
+    float32 or float64; im2col elsewhere). Returns the previous choice."""
     global _algorithm
     if not isinstance(name, str) or name not in ALGORITHMS:
         raise ArgumentError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
@@ -63,7 +63,7 @@ def choose(be: Any, x: Any, w: Any, stride: tuple) -> str:
     (below that the transforms cost more than the products save); CuPy keeps im2col.
     """
     fits = (tuple(w.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
-            and x.dtype == w.dtype and x.dtype.kind == "f")
+            and x.dtype == w.dtype and x.dtype.kind == "f" and x.dtype.itemsize >= 4)
     if not fits or _algorithm == "im2col":
         return "im2col"
     if _algorithm == "winograd":
