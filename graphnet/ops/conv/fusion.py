@@ -111,6 +111,84 @@ class _Pooled(Epilogue):
                 xp.empty((self.step * geo.block,), dtype=self.out.dtype))
 
     def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
+        (sh, sw), ph, pw = self.size, self.ph, self.pw
+        self._pool(ctx, [y4[:, :, i:ph * sh:sh, j:pw * sw:sw]
+                         for i, j in (divmod(p, sw) for p in range(sh * sw))], n0, n1, extra)
+
+    def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
+        """2x2 windows are Winograd's tiles: window offset (i, j) is parity plane (i, j)."""
+        if self.size != (2, 2):  # the windows on rows
+            return self.forward_block(ctx, tiles.interleaved(), n0, n1, extra)
+        planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
+        self._pool(ctx, [planes[p, :, :, :self.ph, :self.pw] for p in range(4)], n0, n1, extra)
+
+    def _pool(self, ctx: Any, offsets: list, n0: int, n1: int, extra: Any) -> None:
+        """Images ``n0:n1``'s windows from their ``offsets`` (C_out, m, PH, PW) each: copied
+        apart, the bias added on the way, their maximum and first maximum."""
+        xp, m, co = ctx.xp, n1 - n0, offsets[0].shape[0]
+        d = extra[0][:len(offsets) * self.step * m].reshape(len(offsets), co, m, self.ph, self.pw)
+        for p, offset in enumerate(offsets):
+            if self.bias is None:
+                d[p] = offset
+            else:
+                xp.add(offset, self.bias, out=d[p])
+        mx = extra[1][:self.step * m].reshape(co, m, self.ph, self.pw)
+        mx[...] = d[0]
+        for p in range(1, len(offsets)):
+            xp.maximum(mx, d[p], out=mx)
+        if self.first is not None:
+            ctx.kernels[first_max_index](ctx.b, d, mx, self.first[:, n0:n1])
+        self.out[n0:n1] = mx.transpose(1, 0, 2, 3)
+
+    def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
+        y = self.y[n0:n1]
+        gz = extra[:y.size].reshape(y.shape)
+        tiles.from_nchw(self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
+        return None
+
+
+class ConvActivation:
+    """``activation(conv2d(x, w, b))`` as one step, each block activated while in cache."""
+
+    def __init__(self, conv: Conv2d, activation: Activation) -> None:
+        self.conv, self.activation = conv, activation
+        self.op = f"conv2d+{activation.op}"
+        self.name = activation.name
+
+    def forward(self, ctx: Any, x: Any, w: Any, b: Any = None) -> Any:
+        """The activated output; runs in training steps and forward passes when fused."""
+        geo = self.conv.geometry(ctx.b, x, w)
+        out = ctx.empty((geo.n, geo.co, geo.oh, geo.ow), ctx.xp.result_type(x.dtype, w.dtype))
+        engine.forward(ctx, x, w, geo, _Activated(self.activation, out, b))
+        return out
+
+    def backward(self, ctx: Any, g: Any, xs: tuple, y: Any) -> tuple:
+        """The convolution's input gradients from the activated output's ``g``."""
+        geo = self.conv.geometry(ctx.b, xs[0], xs[1])
+        return engine.backward(ctx, xs, geo, _Activated(self.activation, g=g, y=y), g.dtype)
+
+
+class _Pooled(Epilogue):
+    """Max-pooling of windows ``size`` that tile the output, per block (forward: into
+    ``out``, with ``first``, each window's first-maximum offset, unless None), and the
+    conv's upstream gradient from the pooled ``g`` and ``first`` per chunk (backward)."""
+
+    def __init__(self, size: tuple, geo: ConvGeometry, out: Any = None, bias: Any = None,
+                 first: Any = None, g: Any = None) -> None:
+        super().__init__(out, None, g)
+        self.size, self.first = size, first
+        self.bias = None if bias is None else bias.reshape(-1, 1, 1, 1)  # channel-major
+        self.ph, self.pw = geo.oh // size[0], geo.ow // size[1]
+        self.step = geo.co * self.ph * self.pw  # one image's pooled elements
+
+    def scratch(self, xp: Any, geo: ConvGeometry) -> Any:
+        if self.g is not None:  # the chunk's pooled gradient, channel-major
+            return xp.empty((self.step * geo.step,), dtype=self.g.dtype)
+        windows = self.size[0] * self.size[1]
+        return (xp.empty((windows * self.step * geo.block,), dtype=self.out.dtype),
+                xp.empty((self.step * geo.block,), dtype=self.out.dtype))
+
+    def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
         xp, (sh, sw), ph, pw, m = ctx.xp, self.size, self.ph, self.pw, n1 - n0
         co = y4.shape[0]
         d = extra[0][:sh * sw * self.step * m].reshape(sh * sw, co, m, ph, pw)
