@@ -7,7 +7,8 @@
 BLAS runs one thread (set before NumPy loads). Each round times both algorithms in turn
 (the order alternating), ``REPEAT`` calls each; per algorithm it prints the median over
 rounds of the CPU time per call (``time.process_time``) with one worker, and of the wall
-time per call with two workers. Synthetic data (timings do not depend on the values).
+time per call with two workers; then the median over rounds of the second algorithm's time
+over the first's in the same round (less sensitive to load that comes and goes). Synthetic data (timings do not depend on the values).
 """
 from __future__ import annotations
 
@@ -80,7 +81,10 @@ def measure(name: str, call: Callable[[], Any], algos: tuple = ("im2col", "auto"
     set_algorithm("auto")
     set_workers(None)
     out = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{name}: " + ", ".join(f"{a} {k} {out[(a, k)]:.1f} ms" for a, k in out), flush=True)
+    ratios = {k: statistics.median(b / a for a, b in zip(times[(algos[0], k)], times[(algos[1], k)]))
+              for k in ("cpu1", "wall2")}
+    print(f"{name}: " + ", ".join(f"{a} {k} {out[(a, k)]:.1f} ms" for a, k in out)
+          + "; paired ratio " + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()), flush=True)
     return out
 
 
