@@ -3,6 +3,7 @@
     python benchmarks/bench_winograd.py conv     # the cnn preset's conv2 (+ max-pool), fwd + bwd
     python benchmarks/bench_winograd.py step     # a whole training step of bench_cnn's network
     python benchmarks/bench_winograd.py channels # conv fwd + bwd for a few C_in (auto's threshold)
+    python benchmarks/bench_winograd.py pieces   # conv2's Winograd and im2col steps, one by one
 
 BLAS runs one thread (set before NumPy loads). Each round times both algorithms in turn
 (the order alternating), ``REPEAT`` calls each; per algorithm it prints the median over
@@ -88,6 +89,49 @@ def measure(name: str, call: Callable[[], Any], algos: tuple = ("im2col", "auto"
     return out
 
 
+def pieces(m: int = 2) -> None:
+    """CPU ms per batch of 128 of each step of conv2 (32 -> 64, 26x26), chunks of ``m`` images."""
+    from graphnet.ops.conv import winograd as wg
+    c, co, th, tw = 32, 64, 12, 12
+    b = wg.Buffers(np, (c, co, th, tw), m, m, np.float32, True, True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, c, 26, 26)).astype(np.float32)
+    u = rng.standard_normal((16, co, c)).astype(np.float32)
+    gx = np.empty_like(x)
+    p = wg.load(np, x, 0, m, (0, 0), b)
+    v = wg.input_transform(np, p, c, tw + 1, b)
+    mm = wg.view(b.m, 16, co, v.shape[2])
+    planes = wg.view(b.planes, 2, 2, co, m, (th + 1) * (tw + 1))
+    vt = wg.view(b.vt, 16, v.shape[2], c)
+    cols = rng.standard_normal((c * 9, m * 24 * 26)).astype(np.float32)
+    w2 = rng.standard_normal((co, c * 9)).astype(np.float32)
+    y2, gw = np.empty((co, m * 24 * 26), np.float32), np.empty((c * 9, co), np.float32)
+    steps = {
+        "load images": lambda: wg.load(np, x, 0, m, (0, 0), b),
+        "input transform": lambda: wg.input_transform(np, p, c, tw + 1, b),
+        "U @ V": lambda: np.matmul(u, v, out=mm),
+        "output transform": lambda: wg.output_transform(np, mm, planes, b),
+        "output adjoint": lambda: wg.output_adjoint(np, planes.reshape(2, 2, co, m, th + 1, tw + 1), b),
+        "dM @ V^T (V^T copied)": lambda: (np.copyto(vt, v.transpose(0, 2, 1)),
+                                          np.matmul(mm, vt, out=b.du)),
+        "U^T @ dM": lambda: np.matmul(u.transpose(0, 2, 1), mm, out=v),
+        "input adjoint": lambda: wg.input_adjoint(np, v, tw + 1, b),
+        "store": lambda: wg.store(np, b.dimages.reshape(2, 2, -1), gx, 0, m, ((0, 0), th + 1, tw + 1)),
+        "im2col GEMM w2 @ cols": lambda: np.matmul(w2, cols, out=y2),
+        "im2col GEMM cols @ g2.T": lambda: np.matmul(cols, y2.T, out=gw),
+        "im2col GEMM w2.T @ g2": lambda: np.matmul(w2.T, y2, out=cols),
+    }
+    for name, call in steps.items():
+        call()
+        best = []
+        for _ in range(ROUNDS):
+            t = time.process_time()
+            for _ in range(BATCH // m):
+                call()
+            best.append(time.process_time() - t)
+        print(f"{name}: {1000 * min(best):.1f} ms per batch (best of {ROUNDS})", flush=True)
+
+
 def main(argv: list) -> None:
     what = argv[0] if argv else "conv"
     print(os.popen("uptime").read().strip(), flush=True)
@@ -99,8 +143,10 @@ def main(argv: list) -> None:
         for c, co in ((4, 64), (8, 64), (16, 64), (32, 64), (16, 32), (32, 32)):
             measure(f"conv {c}->{co} 26x26 + relu, fwd+bwd", conv_step(c, co, 26, pool=False),
                     ("im2col", "winograd"))
+    elif what == "pieces":
+        pieces(int(argv[1]) if len(argv) > 1 else 2)
     else:
-        raise SystemExit(f"unknown benchmark {what!r}: conv, step or channels")
+        raise SystemExit(f"unknown benchmark {what!r}: conv, step, channels or pieces")
     print(os.popen("uptime").read().strip(), flush=True)
 
 
