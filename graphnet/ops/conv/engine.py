@@ -329,7 +329,8 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
         if rows is not None:  # the epilogue writes rows (Winograd: then split into planes)
             epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
-            _ = wino and g.split()
+            if wino:
+                g.split()
         grads_of(s, c, g)
 
     def scratch() -> _Scratch:
@@ -356,7 +357,8 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
             rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
             if rows is not None:
                 epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
-                _ = wino and g.split()
+                if wino:
+                    g.split()
             grads_of(s, c, g)
     gw = _sum_groups(gw_acc)
     grads = (gx if need_x else None,
