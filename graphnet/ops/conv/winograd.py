@@ -111,9 +111,8 @@ class Tiles(NamedTuple):
     def interleaved(self) -> Any:
         """The planes as rows (C_out, m, OH, 2tw), in ``rows``; the columns past OW junk."""
         th, tw = self.rows.shape[2] // 2, self.rows.shape[3] // 2
-        for i in range(2):
-            for j in range(2):
-                self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :th, :tw]
+        for i, j in PLANES:
+            self.rows[:, :, i::2, j::2] = self.planes[i, j, :, :, :th, :tw]
         return self.rows[:, :, :self.oh]
 
     def to_nchw(self, xp: Any, out: Any, bias: Any) -> None:
@@ -141,9 +140,8 @@ class Tiles(NamedTuple):
         th, tw = self.rows.shape[2] // 2, self.rows.shape[3] // 2
         if self.rows.shape[2] > self.oh:
             self.rows[:, :, self.oh:] = 0
-        for i in range(2):
-            for j in range(2):
-                self.planes[i, j, :, :, :th, :tw] = self.rows[:, :, i::2, j::2]
+        for i, j in PLANES:
+            self.planes[i, j, :, :, :th, :tw] = self.rows[:, :, i::2, j::2]
         self.planes[..., th, :] = 0
         self.planes[..., :th, tw] = 0
 
