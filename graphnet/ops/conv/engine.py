@@ -25,6 +25,13 @@ extra memory is a few times the chunk limit whatever the batch (measured for tha
 batch 128 on NumPy: 2.3 MB extra in forward, 3.7 MB in backward; with CuPy's 256 MiB chunks,
 124 MB and 228 MB).
 
+Winograd. For 3x3, stride-1 convolutions :func:`geometry` may choose Winograd F(2x2, 3x3)
+instead (:mod:`.winograd`, :func:`.winograd.choose`): the same chunks, blocks and groups,
+chunks sized by its own buffers (``winograd.chunk_bytes``), its transforms called from here
+(the call chain stays short); the epilogue gets the product as :class:`.winograd.Tiles`
+(``forward_tiles``/``backward_tiles``). The weight gradient is summed per chunk group in the
+Winograd domain and turned back once.
+
 Threads. On NumPy the chunks run on worker threads (:mod:`.threads`); weight and bias
 gradients are summed per chunk group, then over the groups in order, so the bits do not
 depend on the number of workers. Forward hands out blocks of up to :data:`BLOCK_CHUNKS`
@@ -36,6 +43,7 @@ from typing import Any, NamedTuple, Optional
 
 from ...checks import integer
 from ...errors import ShapeError
+from . import winograd
 from .kernels import col2im, conv_row_width, im2col
 from .threads import GROUPS, on_workers, workers
 
@@ -101,6 +109,12 @@ class ConvGeometry(NamedTuple):
     block: int  # the most images in a block
     stride: tuple
     padding: tuple
+    algorithm: str = "im2col"  # or "winograd" (see winograd.choose)
+
+    @property
+    def rows(self) -> int:
+        """Output rows the product computes per image: OH, or 2 * tiles for Winograd."""
+        return self.hp - 2 if self.algorithm == "winograd" else self.oh
 
 
 def geometry(be: Any, x: Any, w: Any, stride: tuple, padding: tuple) -> ConvGeometry:
@@ -113,16 +127,22 @@ def geometry(be: Any, x: Any, w: Any, stride: tuple, padding: tuple) -> ConvGeom
         raise ShapeError(f"conv2d: input {tuple(x.shape)} does not fit weight {tuple(w.shape)} "
                          f"(stride {tuple(stride)}, padding {tuple(padding)})")
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    wp = wd + 2 * pw
-    q = conv_row_width(stride, wp, ow)
-    hp = oh + kh if tuple(stride) == (1, 1) else h + 2 * ph  # full width: one spare row
     k = c * kh * kw
-    chunks = chunks_of(n, k * oh * q * x.dtype.itemsize, be)
+    algorithm = winograd.choose(be, x, w, stride)
+    if algorithm == "winograd":  # whole 4x4 patches (stride 2): maybe one spare row/column
+        th, tw = winograd.tiles(oh, ow)
+        hp, wp, q = 2 * th + 2, 2 * tw + 2, 2 * tw
+        chunks = chunks_of(n, winograd.chunk_bytes(c, co, oh, ow, x.dtype.itemsize), be)
+    else:
+        wp = wd + 2 * pw
+        q = conv_row_width(stride, wp, ow)
+        hp = oh + kh if tuple(stride) == (1, 1) else h + 2 * ph  # full width: one spare row
+        chunks = chunks_of(n, k * oh * q * x.dtype.itemsize, be)
     blocks = blocks_of(chunks)
     return ConvGeometry(n, c, co, kh, kw, oh, ow, hp, wp, q, k, chunks,
                         chunks[0][1] - chunks[0][0], blocks,
                         max(chunks[c1 - 1][1] - chunks[c0][0] for c0, c1 in blocks),
-                        tuple(stride), tuple(padding))
+                        tuple(stride), tuple(padding), algorithm)
 
 
 class Epilogue:
@@ -154,6 +174,20 @@ class Epilogue:
         """Write images ``n0:n1``'s upstream gradient into all of ``g4`` (C_out, m, OH, Q)."""
         self.fill(g4, self.g[n0:n1])
 
+    def forward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
+                      extra: Any) -> None:
+        """Images ``n0:n1``'s Winograd product (no bias) into the output. An epilogue that
+        works on rows can pass ``tiles.interleaved()`` to its :meth:`forward_block`."""
+        tiles.to_nchw(ctx.xp, self.out[n0:n1], self.bias)
+
+    def backward_tiles(self, ctx: Any, tiles: winograd.Tiles, n0: int, n1: int,
+                       extra: Any) -> Any:
+        """Write images ``n0:n1``'s upstream gradient into all of ``tiles.planes`` and return
+        None; or return ``tiles.rows[:, :, :OH]`` for :meth:`backward_chunk` to write (the
+        engine then splits them into the planes)."""
+        tiles.from_nchw(self.g[n0:n1])
+        return None
+
     @staticmethod
     def fill(g4: Any, g: Any) -> None:
         """``g4`` from the NCHW ``g``: channel-major, the junk columns zero."""
@@ -166,11 +200,11 @@ class Epilogue:
 class _Scratch:
     """One worker's buffers for a chunk at a time (None where a pass needs none)."""
 
-    __slots__ = ("images", "cols", "y", "g", "gw", "dcols", "dimages", "extra")
+    __slots__ = ("images", "cols", "y", "g", "gw", "dcols", "dimages", "extra", "wino")
 
     def __init__(self, images: Any, cols: Any, extra: Any = None, **buffers: Any) -> None:
         self.images, self.cols, self.extra = images, cols, extra
-        for name in ("y", "g", "gw", "dcols", "dimages"):
+        for name in ("y", "g", "gw", "dcols", "dimages", "wino"):
             setattr(self, name, buffers.get(name))
 
 
@@ -187,53 +221,85 @@ def _images(xp: Any, x: Any, geo: ConvGeometry, s: _Scratch, n0: int, n1: int) -
 
 def forward(ctx: Any, x: Any, w: Any, geo: ConvGeometry, epilogue: Epilogue) -> None:
     """Convolve ``x`` with ``w`` block by block, each block's product to ``epilogue``."""
-    xp = ctx.xp
-    w2 = w.reshape(geo.co, geo.k)
-    per_image = geo.oh * geo.q
+    xp, wino, co = ctx.xp, geo.algorithm == "winograd", geo.co
+    dtype = xp.result_type(x.dtype, w.dtype)
+    w2 = winograd.weights(xp, w, dtype) if wino else w.reshape(co, geo.k)
+    per_image = geo.rows * geo.q
+    hq, wq = geo.hp // 2, geo.wp // 2  # Winograd's tiles per image and channel: hq x wq
+    step = epilogue.forward_tiles if wino else epilogue.forward_block
 
     def product(s: _Scratch, b: int) -> tuple:
-        """Block ``b``'s product (C_out, m, OH, Q), each chunk's into its columns."""
+        """Block ``b``'s product, each chunk's into its columns: (C_out, m, OH, Q), or Tiles."""
         c0, c1 = geo.blocks[b]
         start, stop = geo.chunks[c0][0], geo.chunks[c1 - 1][1]
-        y = s.y[:geo.co * (stop - start) * per_image].reshape(geo.co, -1)
+        y = s.y[:co * (stop - start) * per_image].reshape(co, -1)
+        planes = winograd.view(s.wino.planes, 2, 2, co, stop - start, hq * wq) if wino else None
         for n0, n1 in geo.chunks[c0:c1]:
+            if wino:  # the transforms called from here: the call chain stays short
+                v = winograd.input_transform(
+                    xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino), geo.c, wq, s.wino)
+                mm = xp.matmul(w2, v, out=winograd.view(s.wino.m, 16, co, v.shape[2]))
+                winograd.output_transform(xp, mm, planes[:, :, :, n0 - start:n1 - start], s.wino)
+                continue
             cols = ctx.kernels[im2col](ctx.b, _images(xp, x, geo, s, n0, n1), (geo.kh, geo.kw),
                                        geo.stride, (geo.oh, geo.ow), out=s.cols)
             xp.matmul(w2, cols, out=y[:, (n0 - start) * per_image:(n1 - start) * per_image])
-        return y.reshape(geo.co, stop - start, geo.oh, geo.q), start, stop
+        y4 = y.reshape(co, stop - start, geo.rows, geo.q)
+        if wino:
+            return winograd.Tiles(planes.reshape(2, 2, co, stop - start, hq, wq), y4, geo.oh,
+                                  geo.ow), start, stop
+        return y4, start, stop
 
     def work(s: _Scratch, b: int) -> None:
-        epilogue.forward_block(ctx, *product(s, b), s.extra)
+        step(ctx, *product(s, b), s.extra)
 
     def scratch() -> _Scratch:
-        return _Scratch(xp.zeros((geo.c, geo.step, geo.hp, geo.wp), dtype=x.dtype),
-                        xp.empty((geo.step * geo.k * per_image,), dtype=x.dtype),
+        return _Scratch(None if wino else xp.zeros((geo.c, geo.step, geo.hp, geo.wp), x.dtype),
+                        None if wino else xp.empty((geo.step * geo.k * per_image,), x.dtype),
                         epilogue.scratch(xp, geo),
-                        y=xp.empty((geo.co * geo.block * per_image,),
-                                   dtype=xp.result_type(x.dtype, w.dtype)))
+                        y=xp.empty((co * geo.block * per_image,), dtype=dtype),
+                        wino=_wino_buffers(xp, geo, dtype, geo.block, False) if wino else None)
     n = workers(ctx.b, len(geo.blocks))
     if n > 1:
         on_workers(n, len(geo.blocks), work, scratch)
     else:  # work() written out: the call chain below the op stays at most 5 frames
         s = scratch()
         for b in range(len(geo.blocks)):
-            epilogue.forward_block(ctx, *product(s, b), s.extra)
+            step(ctx, *product(s, b), s.extra)
 
 
 def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype: Any) -> tuple:
     """The gradients ``(gx, gw[, gb])`` of conv2d's inputs ``xs``, chunk by chunk, each
     chunk's upstream gradient written by ``epilogue`` (of dtype ``gdtype``)."""
     xp, be, x, w = ctx.xp, ctx.b, xs[0], xs[1]
-    co, k, per_chunk = geo.co, geo.k, geo.oh * geo.q
+    co, k, per_chunk, wino = geo.co, geo.k, geo.rows * geo.q, geo.algorithm == "winograd"
     need_x = ctx.needs is None or ctx.needs[0]
-    w2t = w.reshape(co, k).T
     gwdtype, gx_dtype = xp.result_type(w.dtype, gdtype), xp.result_type(x.dtype, gdtype)
-    gw_acc = xp.zeros((min(GROUPS, len(geo.chunks)), co, k), dtype=gwdtype)
+    w2t = winograd.weights(xp, w, gwdtype).transpose(0, 2, 1) if wino else w.reshape(co, k).T
+    gw_acc = xp.zeros((min(GROUPS, len(geo.chunks)),) + ((16, co, geo.c) if wino else (co, k)),
+                      dtype=gwdtype)
     gb_acc = xp.zeros((len(gw_acc), co), dtype=gdtype) if _has_bias(xs) else None
     gx = ctx.grad_out(0, gx_dtype) if need_x else None  # fully written below
     if gx is None and need_x:
         gx = xp.empty(x.shape, dtype=gx_dtype)
     (ph, pw), (h, wd) = geo.padding, x.shape[2:]
+
+    def wino_grads(s: _Scratch, c: int, g: winograd.Tiles) -> None:
+        """Chunk ``c``'s share: dM = A dY A^T; dU += dM @ V^T; dV = U^T @ dM; dd = B dV B^T."""
+        n0, n1 = geo.chunks[c]
+        if gb_acc is not None:
+            gb_acc[c % GROUPS] += g.planes.sum(axis=(0, 1, 3, 4, 5))
+        wq = geo.wp // 2
+        v = winograd.input_transform(xp, winograd.load(xp, x, n0, n1, geo.padding, s.wino),
+                                     geo.c, wq, s.wino)
+        dm = winograd.output_adjoint(xp, g.planes, s.wino)
+        vt = winograd.view(s.wino.vt, 16, v.shape[2], geo.c)
+        xp.copyto(vt, v.transpose(0, 2, 1))  # the product then runs ~20% faster
+        gw_acc[c % GROUPS] += xp.matmul(dm, vt, out=s.wino.du)
+        if need_x:  # V is no longer needed: dV goes in its place
+            dv = xp.matmul(w2t, dm, out=v)
+            winograd.store(xp, winograd.input_adjoint(xp, dv, wq, s.wino), gx, n0, n1,
+                           (geo.padding, geo.hp // 2, wq))
 
     def chunk_grads(s: _Scratch, c: int, g4: Any) -> None:
         """Chunk ``c``'s share of the gradients, from its upstream gradient ``g4``."""
@@ -256,35 +322,67 @@ def backward(ctx: Any, xs: tuple, geo: ConvGeometry, epilogue: Epilogue, gdtype:
         ctx.kernels[col2im](be, dcols, dimages, (geo.kh, geo.kw), geo.stride, (geo.oh, geo.ow))
         gx[n0:n1] = dimages[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
+    grads_of = wino_grads if wino else chunk_grads
+
     def work(s: _Scratch, c: int) -> None:
-        n0, n1 = geo.chunks[c]
-        g4 = s.g[:co * (n1 - n0) * per_chunk].reshape(co, n1 - n0, geo.oh, geo.q)
-        epilogue.backward_chunk(ctx, g4, n0, n1, s.extra)
-        chunk_grads(s, c, g4)
+        g = _upstream(s, geo, c)
+        rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
+        if rows is not None:  # the epilogue writes rows (Winograd: then split into planes)
+            epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
+            if wino:
+                g.split()
+        grads_of(s, c, g)
 
     def scratch() -> _Scratch:
-        step = geo.step
+        size = geo.step
+        if wino:
+            return _Scratch(None, None, epilogue.scratch(xp, geo),
+                            g=xp.empty((co * size * per_chunk,), dtype=gdtype),
+                            wino=_wino_buffers(xp, geo, gwdtype, size, True, need_x))
         dx = {} if not need_x else {
-            "dcols": xp.empty((k * step * per_chunk,), dtype=gx_dtype),
-            "dimages": xp.empty((geo.c, step, geo.hp, geo.wp), dtype=gx_dtype)}
-        return _Scratch(xp.zeros((geo.c, step, geo.hp, geo.wp), dtype=x.dtype),
-                        xp.empty((step * k * per_chunk,), dtype=x.dtype),
+            "dcols": xp.empty((k * size * per_chunk,), dtype=gx_dtype),
+            "dimages": xp.empty((geo.c, size, geo.hp, geo.wp), dtype=gx_dtype)}
+        return _Scratch(xp.zeros((geo.c, size, geo.hp, geo.wp), dtype=x.dtype),
+                        xp.empty((size * k * per_chunk,), dtype=x.dtype),
                         epilogue.scratch(xp, geo),
-                        g=xp.empty((co * step * per_chunk,), dtype=gdtype),
+                        g=xp.empty((co * size * per_chunk,), dtype=gdtype),
                         gw=xp.empty((k, co), dtype=gwdtype), **dx)
     n = workers(be, len(geo.chunks))
     if n > 1:
         on_workers(n, len(geo.chunks), work, scratch)
     else:
         s = scratch()
-        for c, (n0, n1) in enumerate(geo.chunks):  # work() written out, as in forward
-            g4 = s.g[:co * (n1 - n0) * per_chunk].reshape(co, n1 - n0, geo.oh, geo.q)
-            epilogue.backward_chunk(ctx, g4, n0, n1, s.extra)
-            chunk_grads(s, c, g4)
-    grads = (gx if need_x else None, _sum_groups(gw_acc).reshape(w.shape))
+        for c in range(len(geo.chunks)):  # work() written out, as in forward
+            g = _upstream(s, geo, c)
+            rows = epilogue.backward_tiles(ctx, g, *geo.chunks[c], s.extra) if wino else g
+            if rows is not None:
+                epilogue.backward_chunk(ctx, rows, *geo.chunks[c], s.extra)
+                if wino:
+                    g.split()
+            grads_of(s, c, g)
+    gw = _sum_groups(gw_acc)
+    grads = (gx if need_x else None,
+             winograd.weight_grad(xp, gw, w.shape) if wino else gw.reshape(w.shape))
     if len(xs) == 3:
         grads += (_sum_groups(gb_acc) if gb_acc is not None else None,)
     return grads
+
+
+def _upstream(s: _Scratch, geo: ConvGeometry, c: int) -> Any:
+    """Buffers for chunk ``c``'s upstream gradient: (C_out, m, OH, Q), or Winograd's Tiles."""
+    m = geo.chunks[c][1] - geo.chunks[c][0]
+    g4 = s.g[:geo.co * m * geo.rows * geo.q].reshape(geo.co, m, geo.rows, geo.q)
+    if geo.algorithm != "winograd":
+        return g4
+    return winograd.Tiles(winograd.view(s.wino.planes, 2, 2, geo.co, m, geo.hp // 2,
+                                        geo.wp // 2), g4, geo.oh, geo.ow)
+
+
+def _wino_buffers(xp: Any, geo: ConvGeometry, dtype: Any, block: int, backward: bool,
+                  need_x: bool = False) -> Any:
+    """One worker's :class:`.winograd.Buffers` for this call's chunks."""
+    sizes = (geo.c, geo.co, (geo.hp - 2) // 2, (geo.wp - 2) // 2)
+    return winograd.Buffers(xp, sizes, geo.step, block, dtype, backward, need_x)
 
 
 def _has_bias(xs: tuple) -> bool:

@@ -57,6 +57,17 @@ class _Activated(Epilogue):
         gz = extra[:y.size].reshape(y.shape)
         self.fill(g4, self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
 
+    def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
+        super().forward_tiles(ctx, tiles, n0, n1, extra)
+        block = self.out[n0:n1]
+        self.activation.apply(ctx.xp, block, out=block)
+
+    def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
+        y = self.y[n0:n1]
+        gz = extra[:y.size].reshape(y.shape)
+        tiles.from_nchw(self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
+        return None
+
 
 class ConvActivation:
     """``activation(conv2d(x, w, b))`` as one step, each block activated while in cache."""
@@ -100,23 +111,50 @@ class _Pooled(Epilogue):
                 xp.empty((self.step * geo.block,), dtype=self.out.dtype))
 
     def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
-        xp, (sh, sw), ph, pw, m = ctx.xp, self.size, self.ph, self.pw, n1 - n0
-        co = y4.shape[0]
-        d = extra[0][:sh * sw * self.step * m].reshape(sh * sw, co, m, ph, pw)
-        for p in range(sh * sw):  # each window offset apart, the bias added on the way
-            i, j = divmod(p, sw)
-            offset = y4[:, :, i:ph * sh:sh, j:pw * sw:sw]
+        (sh, sw), ph, pw = self.size, self.ph, self.pw
+        self._pool(ctx, [y4[:, :, i:ph * sh:sh, j:pw * sw:sw]
+                         for i, j in (divmod(p, sw) for p in range(sh * sw))], n0, n1, extra)
+
+    def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
+        """2x2 windows are Winograd's tiles: window offset (i, j) is parity plane (i, j)."""
+        if self.size != (2, 2):  # the windows on rows
+            return self.forward_block(ctx, tiles.interleaved(), n0, n1, extra)
+        planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
+        self._pool(ctx, [planes[p, :, :, :self.ph, :self.pw] for p in range(4)], n0, n1, extra)
+
+    def _pool(self, ctx: Any, offsets: list, n0: int, n1: int, extra: Any) -> None:
+        """Images ``n0:n1``'s windows from their ``offsets`` (C_out, m, PH, PW) each: copied
+        apart, the bias added on the way, their maximum and first maximum."""
+        xp, m, co = ctx.xp, n1 - n0, offsets[0].shape[0]
+        d = extra[0][:len(offsets) * self.step * m].reshape(len(offsets), co, m, self.ph, self.pw)
+        for p, offset in enumerate(offsets):
             if self.bias is None:
                 d[p] = offset
             else:
                 xp.add(offset, self.bias, out=d[p])
-        mx = extra[1][:self.step * m].reshape(co, m, ph, pw)
+        mx = extra[1][:self.step * m].reshape(co, m, self.ph, self.pw)
         mx[...] = d[0]
-        for p in range(1, sh * sw):
+        for p in range(1, len(offsets)):
             xp.maximum(mx, d[p], out=mx)
         if self.first is not None:
             ctx.kernels[first_max_index](ctx.b, d, mx, self.first[:, n0:n1])
         self.out[n0:n1] = mx.transpose(1, 0, 2, 3)
+
+    def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
+        """Each 2x2 window's gradient straight into Winograd's parity planes."""
+        if self.size != (2, 2):  # backward_chunk writes rows
+            return tiles.rows[:, :, :tiles.oh]
+        ph, pw, m = self.ph, self.pw, n1 - n0
+        keep = ctx.kernels[keep_where]
+        planes = tiles.planes.reshape((4,) + tiles.planes.shape[2:])
+        gp = extra[:self.step * m].reshape(planes.shape[1], m, ph, pw)
+        gp[...] = self.g[n0:n1].transpose(1, 0, 2, 3)
+        idx = self.first[:, n0:n1]
+        for p in range(4):
+            keep(ctx.b, idx == p, gp, out=planes[p, :, :, :ph, :pw])
+        planes[:, :, :, ph:] = 0  # leftover (odd OH) and junk rows
+        planes[:, :, :, :ph, pw:] = 0  # leftover and junk columns
+        return None
 
     def backward_chunk(self, ctx: Any, g4: Any, n0: int, n1: int, extra: Any) -> None:
         (sh, sw), ph, pw, m = self.size, self.ph, self.pw, n1 - n0

@@ -10,7 +10,8 @@ the activation's or ``MaxPool2d``'s), and the fused step drives :mod:`.engine` i
 The convolution (:mod:`.engine` has the method and its memory bound):
 
 * forward: ``y[n, o] = b[o] + sum_c w[o, c] (*) x[n, c]`` (cross-correlation), as
-  ``w.reshape(C_out, -1) @ im2col(x)`` chunk by chunk;
+  ``w.reshape(C_out, -1) @ im2col(x)`` chunk by chunk (or, for 3x3 stride-1 kernels, by
+  Winograd F(2x2, 3x3): :mod:`.winograd`, :func:`.winograd.set_algorithm`);
 * backward, with ``g2`` the upstream gradient (C_out, n*OH*OW) and ``cols = im2col(x)``:
   ``gw = g2 @ cols.T``, ``gb = g2.sum(axis=1)``, ``gx = col2im(w.reshape(C_out, -1).T @ g2)``.
 
