@@ -340,3 +340,20 @@ def test_a_saved_repeat_that_names_no_earlier_layer_is_refused(layers, culprit):
     with pytest.raises(ValueError, match=rf"Sequential {culprit}: {{'same_as': j}} must name an "
                                          r"earlier layer .* got \{"):
         nn.Sequential(layers)
+
+
+# --- an empty batch: zero images in, zero rows out, zero gradients ----------------------------
+@pytest.mark.parametrize("plan", ["step", "reference"])
+def test_a_batch_of_no_images_runs_the_example_cnn(backend, plan):
+    """conv+ReLU (fused), conv+ReLU+max-pool (fused, Winograd), flatten and dense layers on
+    0 images: logits of shape (0, 10) and all-zero gradients, not an IndexError."""
+    from examples.mnist.config import mnist_cnn
+    gn.seed(0)
+    net = mnist_cnn({"model": "cnn"})
+    x = gn.Input("x", shape=(None, 1, 28, 28))
+    logits = net(x)
+    graph = gn.Graph(logits, cost=ops.sum(logits), plan=plan)
+    out = gn.to_numpy(graph.run({x: np.zeros((0, 1, 28, 28), np.float32)}))
+    assert out.shape == (0, 10)
+    grads = graph.gradients({x: np.zeros((0, 1, 28, 28), np.float32)})
+    assert grads and all(not gn.to_numpy(g).any() for g in grads.values())

@@ -56,7 +56,7 @@ class Flatten(Node):
         super().__init__((x,), shape=shape)
 
     def forward(self, ctx, x):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 is ambiguous for 0 images
 
     def backward(self, ctx, g, xs, y):
         return (g.reshape(xs[0].shape),)

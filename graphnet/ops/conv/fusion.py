@@ -45,7 +45,8 @@ class _Activated(Epilogue):
     def scratch(self, xp: Any, geo: ConvGeometry) -> Any:
         if self.g is None:
             return None
-        return xp.empty((self.y[0].size * geo.step,), dtype=self.g.dtype)  # one chunk's gz
+        per_image = self.y.size // max(len(self.y), 1)  # (self.y[0] fails on 0 images)
+        return xp.empty((per_image * geo.step,), dtype=self.g.dtype)  # one chunk's gz
 
     def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
         super().forward_block(ctx, y4, n0, n1, extra)
