@@ -131,3 +131,34 @@ def test_a_plain_copy_left_by_an_earlier_run_is_replaced_by_mutants(tmp_path):
                                   root=tmp_path)
     assert not plain.exists() and mutated.exists()
     assert not stats.exists()  # io.py was never traced: the suite is traced again
+
+
+@pytest.mark.parametrize("unchecked, replayed", [(False, ["m.f__mutmut_1", "m.f__mutmut_4"]),
+                                                 (True, ["m.f__mutmut_1", "m.f__mutmut_3",
+                                                         "m.f__mutmut_4"])])
+def test_replay_writes_each_recorded_mutant_in_turn_and_restores_the_file(
+        tmp_path, monkeypatch, capsys, unchecked, replayed):
+    """Survivors and untested mutants are replayed (with --unchecked also the ones an
+    interrupted run never reached); killed ones are not; the source is restored."""
+    import json
+    import subprocess
+    from tools import replay_survivors as replay
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "mutants").mkdir()
+    codes = {"m.f__mutmut_1": 0, "m.f__mutmut_2": 1, "m.f__mutmut_3": None, "m.f__mutmut_4": 33}
+    (tmp_path / "mutants" / "m.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    monkeypatch.setattr(replay, "mutant_diff", lambda name: ("def f():\n    return 1",
+                                                             "def f():\n    return 2"))
+    seen = []
+
+    def fake_pytest(cmd, **kwargs):
+        seen.append((tmp_path / "m.py").read_text())
+        return subprocess.CompletedProcess(cmd, 1 if len(seen) == 1 else 0)
+    monkeypatch.setattr(replay.subprocess, "run", fake_pytest)
+    replay.main((["--unchecked"] if unchecked else []) + ["m.py", "tests/x.py"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == replayed
+    assert [line.split("\t")[1] for line in lines] == ["killed"] + ["SURVIVES"] * (len(replayed) - 1)
+    assert seen == ["def f():\n    return 2\n"] * len(replayed)
+    assert (tmp_path / "m.py").read_text() == "def f():\n    return 1\n"

@@ -1,6 +1,8 @@
 """Check new tests against recorded mutmut survivors without a new mutmut run.
 
     python -m tools.replay_survivors graphnet/optim.py tests/test_promises_optim.py [pytest args]
+    python -m tools.replay_survivors --unchecked graphnet/io.py tests/test_io.py  # also mutants
+                                                   # an interrupted mutmut run never reached
 
 Each surviving, untested or timed-out mutant of the file is written into the working tree in turn,
 the given tests run, and the file restored; prints ``name, killed|SURVIVES, the change``.
@@ -37,10 +39,12 @@ def apply(source: str, old: str, new: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    src, pytest_args = argv[0], argv[1:]
+    unchecked = argv[:1] == ["--unchecked"]
+    src, pytest_args = argv[unchecked], argv[unchecked + 1:]
     meta = json.loads(Path("mutants", src + ".meta").read_text())["exit_code_by_key"]
     original = Path(src).read_text()
-    for name in sorted(k for k, v in meta.items() if v in REPLAYED):
+    codes = REPLAYED + ((None,) if unchecked else ())
+    for name in sorted(k for k, v in meta.items() if v in codes):
         old, new = mutant_diff(name)
         mutated = apply(original, old, new)
         if mutated is None:
