@@ -162,3 +162,16 @@ def test_replay_writes_each_recorded_mutant_in_turn_and_restores_the_file(
     assert [line.split("\t")[1] for line in lines] == ["killed"] + ["SURVIVES"] * (len(replayed) - 1)
     assert seen == ["def f():\n    return 2\n"] * len(replayed)
     assert (tmp_path / "m.py").read_text() == "def f():\n    return 1\n"
+
+
+def test_the_wrapper_limits_openmp_but_not_openblas(monkeypatch):
+    """OMP_NUM_THREADS=1 (for PyTorch's OpenMP) must not leave OpenBLAS on one thread too."""
+    import os
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    mutation._fresh_chunk_pool_after_fork()
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == str(os.cpu_count() or 1)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    mutation._fresh_chunk_pool_after_fork()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"  # a user's own choice stays

@@ -124,6 +124,9 @@ def _fresh_chunk_pool_after_fork() -> None:
     # fork-safe either: a child of a process that ran a parallel region hangs at its next
     # one. With one OpenMP thread no team is started (read when PyTorch loads, below).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # OpenBLAS (pthreads, fork-safe) also reads OMP_NUM_THREADS when its own variable is unset:
+    # keep its usual thread count, or every "BLAS threads restored" test compares 1 with 1.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
