@@ -1,0 +1,166 @@
+"""The step planner (graphnet/planner.py) on the graphs its mutants slipped past: the
+generated step against the reference executor, bit for bit, on graphs with shared nodes,
+views, several outputs, leaves of every kind, fused pairs and batch sizes that re-plan; the
+arena, the offered arrays, the fusion conditions and the planner's errors.
+
+See docs/testing.md, "Mutation testing" (planner.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from graphnet import planner
+from graphnet.errors import ArgumentTypeError, GraphError
+from graphnet.planner import Arena, StepContext, register_fusion
+from graphnet.testing import assert_close
+
+
+def _same(a, b, what):
+    assert_close(a, b, rtol=0, atol=0, what=what, check_dtype=gn.to_numpy(b).dtype)
+
+
+def _mixed(backend, dtype=np.float32):
+    """Leaves of every kind, a shared node, views, a fused linear + relu, three outputs (one
+    from a parameter the cost does not read)."""
+    rng = np.random.default_rng(7)
+    x = gn.Input("x", (None, 6), dtype=dtype)
+    w = gn.Parameter(backend.asarray(rng.standard_normal((6, 5)).astype(dtype)), name="w")
+    b = gn.Parameter(backend.asarray(rng.standard_normal(5).astype(dtype)), name="b")
+    v = gn.Parameter(backend.asarray(rng.standard_normal((5, 4)).astype(dtype)), name="v")
+    unused = gn.Parameter(backend.asarray(np.ones(3, dtype)), name="unused")
+    c = gn.Constant(backend.asarray(np.full(4, 0.5, dtype)), name="c")
+    h = gn.relu(gn.linear(x, w, b))          # fused: the linear's value is needed nowhere else
+    s = gn.tanh(h @ v)                        # read three times below
+    t = gn.transpose(s)                       # a view
+    u = s * s + gn.sigmoid(s) * c             # the same input twice in one op
+    out2 = gn.reshape(gn.transpose(t), (-1,))
+    cost = gn.mean(u * u) + gn.sum(out2) * 0.25
+    params = [w, b, v, unused]
+    return x, params, [u, out2, unused * 2.0], cost
+
+
+def _feed(x, n, seed, backend, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return {x: backend.asarray(rng.standard_normal((n, 6)).astype(dtype))}
+
+
+def _pair(outputs, cost):
+    return gn.Graph(outputs, cost=cost), gn.Graph(outputs, cost=cost, plan="reference")
+
+
+def _into(params, backend):
+    return {p: backend.xp.full(gn.to_numpy(p._value).shape, 7.0, dtype=p.dtype) for p in params}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_steps_match_the_reference_bit_for_bit_across_batch_sizes(backend, dtype):
+    x, params, outs, cost = _mixed(backend, dtype)
+    step, ref = _pair(outs, cost)
+    held = []
+    for n, size in enumerate((3, 3, 5, 2, 5)):  # a new batch size replaces the arena's arrays
+        feed = _feed(x, size, n, backend, dtype)
+        c1, g1 = step.gradients(feed, return_cost=True, rng_key=(0, n))
+        c2, g2 = ref.gradients(feed, return_cost=True, rng_key=(0, n))
+        _same(c1, c2, f"cost, step {n}")
+        for p in params:
+            _same(g1[p], g2[p], f"gradient of {p.name}, step {n}")
+        held.append((gn.to_numpy(c1).copy(), {p: gn.to_numpy(g1[p]).copy() for p in params},
+                     c1, g1))
+        for a, b in zip(step.run(feed), ref.run(feed)):
+            _same(a, b, f"outputs, step {n}")
+    for n, (cost_copy, grads_copy, c1, g1) in enumerate(held):  # later steps wrote nothing of theirs
+        _same(c1, cost_copy, f"cost kept from step {n}")
+        for p in params:
+            _same(g1[p], grads_copy[p], f"gradient of {p.name} kept from step {n}")
+    assert step.planner.fused_ops(step._targets(None)) == ["linear+relu"]
+
+
+def test_steps_with_into_and_on_final_match_the_reference(backend):
+    x, params, outs, cost = _mixed(backend)
+    step, ref = _pair(outs, cost)
+    wrt = params + [x]
+    for n, size in enumerate((4, 4, 2)):
+        feed = _feed(x, size, 10 + n, backend)
+        g2 = ref.gradients(feed, wrt=wrt)
+        for hooked in (False, True):
+            into = {p: backend.xp.full(tuple(g2[p].shape), 7.0, dtype=g2[p].dtype) for p in wrt}
+            seen = []
+
+            def report(node):
+                seen.append((node, gn.to_numpy(into[node]).copy()))
+            g1 = step.gradients(feed, wrt=wrt, into=into, on_final=report if hooked else None)
+            assert set(g1) == set(wrt)
+            for p in wrt:
+                assert g1[p] is into[p], p.name
+                _same(g1[p], g2[p], f"into gradient of {p.name}, step {n}")
+            if hooked:
+                assert sorted(id(node) for node, _ in seen) == sorted(id(p) for p in wrt)
+                for node, value in seen:
+                    _same(value, g2[node], f"gradient of {node.name} when reported")
+
+
+def test_a_gradient_is_the_sum_over_every_consumer(backend):
+    """x read by four ops, one of them twice: the step and the reference agree, and both agree
+    with the gradient written out by hand."""
+    x = gn.Input("x", (None, 3))
+    cost = gn.sum(x * x) + gn.sum(gn.tanh(x)) + gn.sum(x * 3.0)
+    step, ref = _pair([cost], cost)
+    xv = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    feed = {x: backend.asarray(xv)}
+    for _ in range(2):
+        g1, g2 = step.gradients(feed, wrt=[x])[x], ref.gradients(feed, wrt=[x])[x]
+        _same(g1, g2, "x's gradient")
+    expect = 2 * xv + (1 - np.tanh(xv) ** 2) + 3
+    assert_close(g1, expect, rtol=1e-6, atol=1e-6, what="x's gradient by hand")
+
+
+def test_an_unused_target_gets_zero_and_the_cost_stays_a_fresh_array(backend):
+    x, params, outs, cost = _mixed(backend)
+    step, _ = _pair(outs, cost)
+    unused = params[3]
+    feed = _feed(x, 3, 1, backend)
+    c1, g1 = step.gradients(feed, return_cost=True)
+    into = _into(params, backend)
+    step.gradients(feed, into=into)
+    _same(g1[unused], np.zeros(3, np.float32), "unused parameter's gradient")
+    _same(into[unused], np.zeros(3, np.float32), "unused parameter's into array")
+    assert all(id(c1) != i for i in step.planner.arena.ids)
+
+
+# --- the arena and the step context -----------------------------------------------------------
+def test_the_arena_keeps_an_array_until_its_shape_or_dtype_changes(backend):
+    arena = Arena(backend.xp)
+    a = arena.get("k", (2, 3), np.float32)
+    assert arena.get("k", (2, 3), np.float32) is a and arena.ids == {id(a)}
+    assert arena.nbytes() == 24
+    b = arena.get("k", (4, 3), np.float32)
+    assert b is not a and b.shape == (4, 3) and arena.ids == {id(b)} and arena.nbytes() == 48
+    c = arena.get("k", (4, 3), np.float64)
+    assert c.dtype == np.float64 and arena.ids == {id(c)} and arena.nbytes() == 96
+    d = arena.get("other", (1,), np.float32)
+    assert arena.ids == {id(c), id(d)} and arena.nbytes() == 100
+
+
+def test_the_step_context_hands_out_arena_arrays_but_never_for_the_escaping_node(backend):
+    arena = Arena(backend.xp)
+    ctx = StepContext(backend, True, arena, escape=3)
+    ctx.key = 2
+    first = ctx.empty((2,), np.float32)
+    assert ctx.empty((2,), np.float32) is first and ctx.empty((2,), np.float32, slot=1) is not first
+    ctx.key = 3
+    assert id(ctx.empty((2,), np.float32)) not in arena.ids
+    plain = StepContext(backend, True, None)
+    plain.key = 2
+    assert plain.empty((2,), np.float32).shape == (2,) and arena.nbytes() == 16
+
+
+def test_grad_out_offers_only_an_array_of_the_asked_dtype(backend):
+    ctx = StepContext(backend, True, Arena(backend.xp))
+    assert ctx.grad_out(0, np.float32) is None
+    d = backend.xp.zeros(2, np.float32)
+    ctx.dests = [None, d]
+    assert ctx.grad_out(0, np.float32) is None
+    assert ctx.grad_out(1, np.float32) is d
+    assert ctx.grad_out(1, np.float64) is None
