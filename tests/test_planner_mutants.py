@@ -50,8 +50,9 @@ def _pair(outputs, cost):
     return gn.Graph(outputs, cost=cost), gn.Graph(outputs, cost=cost, plan="reference")
 
 
-def _into(params, backend):
-    return {p: backend.xp.full(gn.to_numpy(p._value).shape, 7.0, dtype=p.dtype) for p in params}
+def _into(like, backend):
+    """Arrays for ``into=``, shaped like the gradients ``like`` and full of sevens."""
+    return {p: backend.xp.full(tuple(g.shape), 7.0, dtype=g.dtype) for p, g in like.items()}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -85,7 +86,7 @@ def test_steps_with_into_and_on_final_match_the_reference(backend):
         feed = _feed(x, size, 10 + n, backend)
         g2 = ref.gradients(feed, wrt=wrt)
         for hooked in (False, True):
-            into = {p: backend.xp.full(tuple(g2[p].shape), 7.0, dtype=g2[p].dtype) for p in wrt}
+            into = _into(g2, backend)
             seen = []
 
             def report(node):
@@ -96,7 +97,9 @@ def test_steps_with_into_and_on_final_match_the_reference(backend):
                 assert g1[p] is into[p], p.name
                 _same(g1[p], g2[p], f"into gradient of {p.name}, step {n}")
             if hooked:
-                assert sorted(id(node) for node, _ in seen) == sorted(id(p) for p in wrt)
+                order = []
+                ref.gradients(feed, wrt=wrt, into=_into(g2, backend), on_final=order.append)
+                assert [node.name for node, _ in seen] == [node.name for node in order]
                 for node, value in seen:
                     _same(value, g2[node], f"gradient of {node.name} when reported")
 
@@ -122,7 +125,7 @@ def test_an_unused_target_gets_zero_and_the_cost_stays_a_fresh_array(backend):
     unused = params[3]
     feed = _feed(x, 3, 1, backend)
     c1, g1 = step.gradients(feed, return_cost=True)
-    into = _into(params, backend)
+    into = _into(g1, backend)
     step.gradients(feed, into=into)
     _same(g1[unused], np.zeros(3, np.float32), "unused parameter's gradient")
     _same(into[unused], np.zeros(3, np.float32), "unused parameter's into array")
@@ -164,3 +167,68 @@ def test_grad_out_offers_only_an_array_of_the_asked_dtype(backend):
     assert ctx.grad_out(0, np.float32) is None
     assert ctx.grad_out(1, np.float32) is d
     assert ctx.grad_out(1, np.float64) is None
+
+
+# --- fusion: where a registered rule applies --------------------------------------------------
+class _ExpNeg:
+    """``-exp(x)`` as one step, with the two ops' own arithmetic (a rule for these tests)."""
+
+    def __init__(self, producer, consumer):
+        self.producer, self.consumer = producer, consumer
+        self.op, self.name = "exp+neg", consumer.name
+
+    def forward(self, ctx, x):
+        return self.consumer.forward(ctx, self.producer.forward(ctx, x))
+
+    def backward(self, ctx, g, xs, y):
+        e = self.producer.forward(ctx, xs[0])
+        (gz,) = self.consumer.backward(ctx, g, (e,), y)
+        return self.producer.backward(ctx, gz, xs, e)
+
+
+@pytest.fixture
+def exp_neg(monkeypatch):
+    """Registers the exp -> neg rule for one test; ``when`` reads ``allowed``."""
+    from graphnet.ops.arith import Neg
+    from graphnet.ops.unary import Exp
+    monkeypatch.setattr(planner, "_RULES", list(planner._RULES))
+    allowed = {"ok": True}
+    register_fusion(Exp, Neg, _ExpNeg, when=lambda node: allowed["ok"])
+    assert planner.fusion_rules()[-1].build is _ExpNeg
+    return allowed
+
+
+def _exp_graph(extra: str):
+    x = gn.Input("x", (None, 3))
+    e = gn.exp(x * 0.5)
+    y = gn.neg(e)
+    outputs = [y]
+    cost = gn.sum(y * y)
+    if extra == "read twice":
+        cost = cost + gn.sum(e)
+    elif extra == "an output":
+        outputs.append(e)
+    return x, e, outputs, cost
+
+
+@pytest.mark.parametrize("extra", ["", "read twice", "an output", "differentiated", "refused"])
+def test_a_registered_rule_fuses_only_where_nothing_else_needs_the_producer(backend, exp_neg,
+                                                                          extra):
+    x, e, outputs, cost = _exp_graph(extra)
+    exp_neg["ok"] = extra != "refused"
+    wrt = [x, e] if extra == "differentiated" else [x]
+    step, ref = _pair(outputs, cost)
+    feed = {x: backend.asarray(np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3))}
+    for _ in range(2):
+        c1, g1 = step.gradients(feed, wrt=wrt, return_cost=True)
+        c2, g2 = ref.gradients(feed, wrt=wrt, return_cost=True)
+        _same(c1, c2, "cost")
+        for node in wrt:
+            _same(g1[node], g2[node], f"gradient of {node.name}")
+    fused = ["exp+neg"] if extra == "" else []
+    assert step.planner.fused_ops(step._targets(wrt)) == fused
+    plan = step.planner.forward_plan(outputs)
+    in_forward = 1 if extra in ("", "differentiated") else 0  # a forward pass wants no gradient
+    assert [s.node.op for s in plan.steps].count("exp+neg") == in_forward
+    for a, b in zip(step.run(feed), ref.run(feed)):
+        _same(a, b, "outputs")
