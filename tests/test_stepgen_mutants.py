@@ -1,0 +1,136 @@
+"""The generated step code (graphnet/stepgen.py) on what its mutants slipped past: the
+errors a step raises (the reference's), the step limit, the source's variants, and large
+graphs whose value list and hand-out span several lines of generated code.
+
+See docs/testing.md, "Mutation testing" (stepgen.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from graphnet import stepgen
+from graphnet.errors import FeedError, GraphError, RunError
+from graphnet.testing import assert_close
+
+
+def _same(a, b, what):
+    assert_close(a, b, rtol=0, atol=0, what=what, check_dtype=gn.to_numpy(b).dtype)
+
+
+def _both(outputs, cost):
+    return [gn.Graph(outputs, cost=cost, plan=plan) for plan in ("step", "reference")]
+
+
+def _generated(graph, wrt=None, into=False, final=False):
+    code = graph.planner._code.get((graph._targets(wrt), into, final))
+    return code is not None and code.run is not None
+
+
+def _chain(backend, layers: int):
+    """``layers`` parameters, each used once in a chain: a long value list and many targets."""
+    rng = np.random.default_rng(3)
+    x = gn.Input("x", (None, 4))
+    labels = gn.Input("labels", (None,), dtype=np.int64)
+    params, h = [], x
+    for k in range(layers):
+        w = gn.Parameter(backend.asarray(rng.standard_normal((4, 4)).astype(np.float32) * 0.5),
+                         name=f"w{k}")
+        c = gn.Parameter(backend.asarray(rng.standard_normal(4).astype(np.float32)), name=f"c{k}")
+        params += [w, c]
+        h = gn.tanh(h @ w) + c
+    cost = gn.softmax_cross_entropy(h, labels)
+    return x, labels, params, h, cost
+
+
+def _chain_feed(x, labels, n, seed, backend):
+    rng = np.random.default_rng(seed)
+    return {x: backend.asarray(rng.standard_normal((n, 4)).astype(np.float32)),
+            labels: backend.asarray(rng.integers(0, 4, n))}
+
+
+def test_a_long_chain_gives_the_references_values_and_gradients(backend):
+    x, labels, params, h, cost = _chain(backend, 7)
+    step, ref = _both([h], cost)
+    wrt = params + [x]
+    for n, size in enumerate((5, 3)):
+        feed = _chain_feed(x, labels, size, n, backend)
+        g2 = ref.gradients(feed, wrt=wrt)
+        into = {p: backend.xp.full(tuple(g.shape), 9.0, dtype=g.dtype) for p, g in g2.items()}
+        for kind in ("fresh", "into"):
+            g1 = step.gradients(feed, wrt=wrt, into=into if kind == "into" else None)
+            assert list(g1) == wrt
+            for p in wrt:
+                _same(g1[p], g2[p], f"{kind} gradient of {p.name}, step {n}")
+        for a, b in zip(step.values(feed, [h, cost]), ref.values(feed, [h, cost])):
+            _same(a, b, f"values, step {n}")
+    assert _generated(step, wrt) and _generated(step, wrt, into=True)
+
+
+def test_the_source_with_into_alone_writes_into_the_arrays(numpy_backend):
+    x, labels, params, h, cost = _chain(numpy_backend, 2)
+    graph = gn.Graph([h], cost=cost)
+    src = graph.step_source(into=True)
+    assert "into[" in src and "return values, {" in src and "final(" not in src
+    assert "return values, [" in graph.step_source()
+
+
+def test_a_plan_of_exactly_max_steps_is_generated_and_one_more_is_not(numpy_backend, monkeypatch):
+    x, labels, params, h, cost = _chain(numpy_backend, 2)
+    feed = _chain_feed(x, labels, 3, 0, numpy_backend)
+    probe = gn.Graph([h], cost=cost)
+    plan = probe.planner.plan(probe._targets(None))
+    n = len(plan.forward.steps) + len(plan.backward)
+    expect = gn.Graph([h], cost=cost, plan="reference").gradients(feed)
+    for limit, generated in ((n, True), (n - 1, False)):
+        monkeypatch.setattr(stepgen, "MAX_STEPS", limit)
+        graph = gn.Graph([h], cost=cost)
+        got = graph.gradients(feed)
+        assert _generated(graph) is generated, limit
+        src = graph.step_source()
+        if not generated:
+            assert f"the plan has {n} steps, more than stepgen.MAX_STEPS = {limit}" in src
+        for p in params:
+            _same(got[p], expect[p], f"gradient of {p.name} with MAX_STEPS={limit}")
+
+
+def test_a_missing_input_is_named_as_the_reference_names_it(numpy_backend):
+    x, labels, params, h, cost = _chain(numpy_backend, 1)
+    feed = _chain_feed(x, labels, 3, 0, numpy_backend)
+    del feed[labels]
+    messages = []
+    for graph in _both([h], cost):
+        with pytest.raises(FeedError) as e:
+            graph.gradients(feed)
+        assert "'labels'" in str(e.value) and e.value.__cause__ is None
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_parameter_on_another_backend_is_named_as_the_reference_names_it(numpy_backend):
+    from graphnet.backends.numpy_backend import NumpyBackend
+    x = gn.Input("x", (None, 3))
+    w = gn.Parameter(np.ones((3, 2), np.float32), name="w")
+    cost = gn.sum(x @ w)
+    feed = {x: np.ones((2, 3), np.float32)}
+    w.backend = NumpyBackend()  # same arrays, another backend object: not this graph's
+    messages = []
+    for graph in _both([cost], cost):
+        with pytest.raises(GraphError, match="parameter 'w' lives on") as e:
+            graph.gradients(feed)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_constant_leaf_is_read_as_it_is(backend):
+    x = gn.Input("x", (None, 3))
+    c = gn.Constant(backend.asarray(np.array([1.0, -2.0, 0.5], np.float32)), name="c")
+    cost = gn.sum(gn.tanh(x * c))
+    feed = {x: backend.asarray(np.full((2, 3), 0.25, np.float32))}
+    step, ref = _both([cost], cost)
+    _same(step.gradients(feed, wrt=[x])[x], ref.gradients(feed, wrt=[x])[x], "x's gradient")
+    assert_close(step.gradients(feed, wrt=[x])[x],
+                 np.broadcast_to((1 - np.tanh(0.25 * np.array([1.0, -2.0, 0.5])) ** 2)
+                                 * np.array([1.0, -2.0, 0.5]), (2, 3)).astype(np.float32),
+                 what="x's gradient by hand")
