@@ -232,3 +232,99 @@ def test_a_registered_rule_fuses_only_where_nothing_else_needs_the_producer(back
     assert [s.node.op for s in plan.steps].count("exp+neg") == in_forward
     for a, b in zip(step.run(feed), ref.run(feed)):
         _same(a, b, "outputs")
+
+
+# --- the planner's doors ------------------------------------------------------------------------
+def test_source_names_what_is_wrong_and_how_to_mend_it(numpy_backend):
+    x = gn.Input("x", (None, 3))
+    with pytest.raises(GraphError) as e:
+        gn.Graph(gn.tanh(x)).step_source()
+    assert str(e.value) == ("this graph has no cost, so no training step: build it as "
+                            "gn.Graph(outputs, cost=loss)")
+    cost = gn.sum(gn.tanh(x))
+    graph = gn.Graph(cost, cost=cost)
+    for kw, name in (({"into": "yes"}, "into"), ({"on_final": 1}, "on_final")):
+        with pytest.raises(ArgumentTypeError, match=rf"^source {name} must be True or False"):
+            graph.step_source(**kw)
+
+
+def test_into_arrays_are_checked_again_when_they_change(numpy_backend):
+    x = gn.Input("x", (None, 3))
+    w = gn.Parameter(np.ones((3, 2), np.float32), name="w")
+    cost = gn.sum(gn.tanh(x @ w))
+    graph = gn.Graph(cost, cost=cost)
+    feed = {x: np.ones((2, 3), np.float32)}
+    into = {w: np.zeros((3, 2), np.float32)}
+    graph.gradients(feed, into=into)
+    for bad in (np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float64)):
+        with pytest.raises(GraphError, match="the array for 'w' must be"):
+            graph.gradients(feed, into={w: bad})
+        into[w] = bad  # the same dict, a new array in it
+        with pytest.raises(GraphError, match="the array for 'w' must be"):
+            graph.gradients(feed, into=into)
+        into[w] = np.zeros((3, 2), np.float32)
+        graph.gradients(feed, into=into)
+
+
+def test_a_forward_plan_refuses_a_node_given_alone_and_follows_check_numerics(numpy_backend):
+    x = gn.Input("x", (None, 3))
+    w = gn.Parameter(np.ones((3, 2), np.float32), name="w")
+    y = gn.relu(gn.linear(x, w))
+    graph = gn.Graph(y, cost=gn.sum(y))
+    with pytest.raises(ArgumentTypeError, match="takes a list of this graph's nodes"):
+        graph.planner.forward_plan(y)
+    assert [s.node.op for s in graph.planner.forward_plan([y]).steps] == ["linear+relu"]
+    graph.check_numerics = True
+    assert [s.node.op for s in graph.planner.forward_plan([y]).steps] == ["linear", "relu"]
+    graph.gradients({x: np.ones((2, 3), np.float32)})
+    assert graph.planner.fused_ops(graph._targets(None)) == []
+
+
+class _Scope:
+    """Two op classes with their own step scopes: a step enters both, once each."""
+
+    log: list = []
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __call__(self, backend):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def scope():
+            _Scope.log.append(("enter", self.tag))
+            yield
+            _Scope.log.append(("exit", self.tag))
+        return scope()
+
+
+def _scoped_class(tag):
+    class Scoped(gn.Node):
+        op = f"scoped_{tag}"
+        step_scope = _Scope(tag)
+
+        def __init__(self, x):
+            super().__init__((x,), shape=x.shape)
+
+        def forward(self, ctx, x):
+            _Scope.log.append(("forward", tag))
+            return x
+
+        def backward(self, ctx, g, xs, y):
+            return (g,)
+    return Scoped
+
+
+def test_a_step_enters_every_scope_its_ops_name(numpy_backend):
+    a, b = _scoped_class("a"), _scoped_class("b")
+    x = gn.Input("x", (None, 3))
+    cost = gn.sum(b(gn.tanh(a(x))))
+    graph = gn.Graph(cost, cost=cost)
+    _Scope.log.clear()
+    graph.gradients({x: np.ones((2, 3), np.float32)}, wrt=[x])
+    log = _Scope.log
+    assert {e for e in log if e[0] == "enter"} == {("enter", "a"), ("enter", "b")}
+    assert len(log) == 6 and log[:2] in ([("enter", "a"), ("enter", "b")],
+                                         [("enter", "b"), ("enter", "a")])
+    assert log[2:4] == [("forward", "a"), ("forward", "b")] and log[-2][0] == log[-1][0] == "exit"
