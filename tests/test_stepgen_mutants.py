@@ -134,3 +134,51 @@ def test_a_constant_leaf_is_read_as_it_is(backend):
                  np.broadcast_to((1 - np.tanh(0.25 * np.array([1.0, -2.0, 0.5])) ** 2)
                                  * np.array([1.0, -2.0, 0.5]), (2, 3)).astype(np.float32),
                  what="x's gradient by hand")
+
+
+# --- errors from inside a step -----------------------------------------------------------------
+class _Fails(gn.Node):
+    """Multiplies its two inputs; raises ``exc`` in ``phase``."""
+
+    op = "fails"
+
+    def __init__(self, x, y, exc, phase):
+        super().__init__((x, y), shape=x.shape)
+        self.exc, self.phase = exc, phase
+
+    def forward(self, ctx, x, y):
+        if self.phase == "forward":
+            raise self.exc
+        return x * y
+
+    def backward(self, ctx, g, xs, y):
+        if self.phase == "backward":
+            raise self.exc
+        return g * xs[1], g * xs[0]
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+@pytest.mark.parametrize("exc", [ValueError("no luck"), MemoryError("no room"),
+                                 FeedError("fed wrong"), GraphError("built wrong"),
+                                 gn.NumericsError("not finite"), gn.OutOfMemoryError("full")],
+                         ids=lambda e: type(e).__name__)
+def test_an_error_inside_a_step_is_the_references_error(numpy_backend, phase, exc):
+    """Every kind of error from a forward or a backward: the same type, message and cause as on
+    the reference executor, naming the node and its inputs' shapes where it wraps."""
+    x = gn.Input("x", (None, 3))
+    w = gn.Parameter(np.full((3, 3), 0.5, np.float32), name="w")
+    h = gn.tanh(x @ w)
+    bad = _Fails(h, gn.exp(h), exc, phase)
+    cost = gn.sum(bad * 2.0)
+    raised = []
+    for graph in _both([cost], cost):
+        with pytest.raises(Exception) as e:
+            graph.gradients({x: np.ones((4, 3), np.float32)})
+        raised.append(e.value)
+    as_is = (GraphError, gn.OutOfMemoryError) + ((FeedError, gn.NumericsError)
+                                                 if phase == "forward" else ())
+    (a, b), wraps = raised, not isinstance(exc, as_is)
+    assert type(a) is type(b) and str(a) == str(b)
+    assert (a is exc) is (not wraps) and (a.__cause__ is exc) is wraps
+    if wraps and not isinstance(exc, MemoryError):
+        assert isinstance(a, RunError) and "'fails'" in str(a) and "(4, 3)" in str(a)
