@@ -16,14 +16,16 @@ from graphnet.errors import ArgumentTypeError, GraphError
 from graphnet.planner import Arena, StepContext, register_fusion
 from graphnet.testing import assert_close
 
+from test_planner import _ran_generated
+
 
 def _same(a, b, what):
     assert_close(a, b, rtol=0, atol=0, what=what, check_dtype=gn.to_numpy(b).dtype)
 
 
 def _mixed(backend, dtype=np.float32):
-    """Leaves of every kind, a shared node, views, a fused linear + relu, three outputs (one
-    from a parameter the cost does not read)."""
+    """Leaves of every kind, a shared node, views, a fused linear + relu, several outputs:
+    parameters the cost does not read, one through an op and two as they are."""
     rng = np.random.default_rng(7)
     x = gn.Input("x", (None, 6), dtype=dtype)
     w = gn.Parameter(backend.asarray(rng.standard_normal((6, 5)).astype(dtype)), name="w")
@@ -38,7 +40,9 @@ def _mixed(backend, dtype=np.float32):
     out2 = gn.reshape(gn.transpose(t), (-1,))
     cost = gn.mean(u * u) + gn.sum(out2) * 0.25
     params = [w, b, v, unused]
-    return x, params, [u, out2, unused * 2.0], cost
+    spares = [gn.Parameter(backend.asarray(np.ones(2, dtype)), name=f"spare{k}") for k in (1, 2)]
+    params += spares  # outputs themselves: no step of the cost's reads them
+    return x, params, [u, out2, unused * 2.0, *spares], cost
 
 
 def _feed(x, n, seed, backend, dtype=np.float32):
@@ -48,6 +52,7 @@ def _feed(x, n, seed, backend, dtype=np.float32):
 
 def _pair(outputs, cost):
     return gn.Graph(outputs, cost=cost), gn.Graph(outputs, cost=cost, plan="reference")
+
 
 
 def _into(like, backend):
@@ -75,7 +80,7 @@ def test_steps_match_the_reference_bit_for_bit_across_batch_sizes(backend, dtype
         _same(c1, cost_copy, f"cost kept from step {n}")
         for p in params:
             _same(g1[p], grads_copy[p], f"gradient of {p.name} kept from step {n}")
-    assert step.planner.fused_ops(step._targets(None)) == ["linear+relu"]
+    assert step.planner.fused_ops(step._targets(None)) == ["linear+relu"] and _ran_generated(step, None, False)
 
 
 def test_steps_with_into_and_on_final_match_the_reference(backend):
@@ -99,9 +104,14 @@ def test_steps_with_into_and_on_final_match_the_reference(backend):
             if hooked:
                 order = []
                 ref.gradients(feed, wrt=wrt, into=_into(g2, backend), on_final=order.append)
-                assert [node.name for node, _ in seen] == [node.name for node in order]
+                # latest nodes first, as on the reference; the spares, which no step reads,
+                # only once backward is over (the reference reports everything then)
+                got, ref_order = [node.name for node, _ in seen], [node.name for node in order]
+                late = [name for name in ref_order if name.startswith("spare")]
+                assert got == [name for name in ref_order if name not in late] + late
                 for node, value in seen:
                     _same(value, g2[node], f"gradient of {node.name} when reported")
+            assert _ran_generated(step, wrt, True, on_final=hooked)
 
 
 def test_a_gradient_is_the_sum_over_every_consumer(backend):
@@ -127,8 +137,9 @@ def test_an_unused_target_gets_zero_and_the_cost_stays_a_fresh_array(backend):
     c1, g1 = step.gradients(feed, return_cost=True)
     into = _into(g1, backend)
     step.gradients(feed, into=into)
-    _same(g1[unused], np.zeros(3, np.float32), "unused parameter's gradient")
-    _same(into[unused], np.zeros(3, np.float32), "unused parameter's into array")
+    for p in params[3:]:
+        _same(g1[p], np.zeros(p.shape, np.float32), f"{p.name}'s gradient")
+        _same(into[p], np.zeros(p.shape, np.float32), f"{p.name}'s into array")
     assert all(id(c1) != i for i in step.planner.arena.ids)
 
 

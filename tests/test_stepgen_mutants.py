@@ -14,18 +14,8 @@ from graphnet import stepgen
 from graphnet.errors import FeedError, GraphError, RunError
 from graphnet.testing import assert_close
 
-
-def _same(a, b, what):
-    assert_close(a, b, rtol=0, atol=0, what=what, check_dtype=gn.to_numpy(b).dtype)
-
-
-def _both(outputs, cost):
-    return [gn.Graph(outputs, cost=cost, plan=plan) for plan in ("step", "reference")]
-
-
-def _generated(graph, wrt=None, into=False, final=False):
-    code = graph.planner._code.get((graph._targets(wrt), into, final))
-    return code is not None and code.run is not None
+from test_planner import _ran_generated
+from test_planner_mutants import _pair as _both, _same
 
 
 def _chain(backend, layers: int):
@@ -65,7 +55,7 @@ def test_a_long_chain_gives_the_references_values_and_gradients(backend):
                 _same(g1[p], g2[p], f"{kind} gradient of {p.name}, step {n}")
         for a, b in zip(step.values(feed, [h, cost]), ref.values(feed, [h, cost])):
             _same(a, b, f"values, step {n}")
-    assert _generated(step, wrt) and _generated(step, wrt, into=True)
+    assert _ran_generated(step, wrt, False) and _ran_generated(step, wrt, True)
 
 
 def test_the_source_with_into_alone_writes_into_the_arrays(numpy_backend):
@@ -87,7 +77,7 @@ def test_a_plan_of_exactly_max_steps_is_generated_and_one_more_is_not(numpy_back
         monkeypatch.setattr(stepgen, "MAX_STEPS", limit)
         graph = gn.Graph([h], cost=cost)
         got = graph.gradients(feed)
-        assert _generated(graph) is generated, limit
+        assert _ran_generated(graph, None, False) is generated, limit
         src = graph.step_source()
         if not generated:
             assert f"the plan has {n} steps, more than stepgen.MAX_STEPS = {limit}" in src
@@ -182,3 +172,61 @@ def test_an_error_inside_a_step_is_the_references_error(numpy_backend, phase, ex
     assert (a is exc) is (not wraps) and (a.__cause__ is exc) is wraps
     if wraps and not isinstance(exc, MemoryError):
         assert isinstance(a, RunError) and "'fails'" in str(a) and "(4, 3)" in str(a)
+
+
+def test_the_gradient_of_the_costs_own_input_is_handed_out(backend):
+    x = gn.Input("x", (None, 3))
+    h = gn.tanh(x) * 2.0
+    cost = gn.sum(h)
+    step, ref = _both([cost], cost)
+    feed = {x: backend.asarray(np.full((2, 3), 0.5, np.float32))}
+    g1, g2 = step.gradients(feed, wrt=[h, x]), ref.gradients(feed, wrt=[h, x])
+    _same(g1[h], np.ones((2, 3), np.float32), "the gradient of the cost's input")
+    _same(g1[x], g2[x], "x's gradient")
+    assert _ran_generated(step, [h, x], False)
+
+
+def test_a_step_python_cannot_compile_runs_on_the_reference_and_says_why(numpy_backend,
+                                                                        monkeypatch):
+    def refuse(*args, **kwargs):
+        raise SyntaxError("too deep")
+    x, labels, params, h, cost = _chain(numpy_backend, 1)
+    feed = _chain_feed(x, labels, 3, 0, numpy_backend)
+    expect = gn.Graph([h], cost=cost, plan="reference").gradients(feed)
+    monkeypatch.setattr(stepgen, "compile", refuse, raising=False)
+    graph = gn.Graph([h], cost=cost)
+    got = graph.gradients(feed)
+    assert not _ran_generated(graph, None, False)
+    assert graph.step_source() == ("# no generated step: Python could not compile it: "
+                                   "SyntaxError('too deep'); it runs on the reference executor\n")
+    for p in params:
+        _same(got[p], expect[p], f"gradient of {p.name}")
+
+
+def test_the_steps_lines_are_in_linecache_while_its_graph_lives(numpy_backend):
+    """Tracebacks and debuggers read the step's lines from linecache (each line with its end,
+    as linecache keeps files); the entry goes with the graph, quietly, even if linecache was
+    cleared meanwhile."""
+    import gc
+    import linecache
+    import sys
+    x, labels, params, h, cost = _chain(numpy_backend, 1)
+    unraisable = []
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        names = []
+        for clear in (False, True):
+            graph = gn.Graph([h], cost=cost)
+            graph.gradients(_chain_feed(x, labels, 2, 0, numpy_backend))
+            step = graph.planner._code[(graph._targets(None), False, False)]
+            name = step.run.__code__.co_filename
+            assert linecache.getlines(name) == step.source.splitlines(True)
+            names.append(name)
+            if clear:
+                linecache.clearcache()
+            del graph, step
+            gc.collect()
+            assert name not in linecache.cache
+        assert unraisable == [] and names[0] != names[1]
+    finally:
+        sys.unraisablehook = old_hook
