@@ -215,14 +215,18 @@ def _exp_graph(extra: str):
     y = gn.neg(e)
     outputs = [y]
     cost = gn.sum(y * y)
-    if extra == "read twice":
+    if extra == "the cost":  # the producer is the cost: its value is handed out
+        cost = gn.exp(gn.sum(x * 0.5))
+        outputs, e = [gn.neg(cost)], cost
+    elif extra == "read twice":
         cost = cost + gn.sum(e)
     elif extra == "an output":
         outputs.append(e)
     return x, e, outputs, cost
 
 
-@pytest.mark.parametrize("extra", ["", "read twice", "an output", "differentiated", "refused"])
+@pytest.mark.parametrize("extra", ["", "read twice", "an output", "differentiated", "refused",
+                                   "the cost"])
 def test_a_registered_rule_fuses_only_where_nothing_else_needs_the_producer(backend, exp_neg,
                                                                           extra):
     x, e, outputs, cost = _exp_graph(extra)

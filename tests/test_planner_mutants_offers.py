@@ -22,7 +22,7 @@ from test_planner_mutants import _into, _pair, _same
 class _Probe(gn.Node):
     """Sums its inputs (broadcast to the first's shape) and records, per run, its context: the
     training flag, the rng key, whether ``empty`` gave arena arrays, and in backward the
-    gradients needed and the arrays offered. Opts in to every offer."""
+    gradients needed, the arrays offered and what forward saved. Opts in to every offer."""
 
     op = "probe"
     seen: list = []
@@ -33,13 +33,15 @@ class _Probe(gn.Node):
     def forward(self, ctx, *xs):
         out = ctx.empty(tuple(xs[0].shape), xs[0].dtype)
         out[...] = sum(xs)
+        ctx.save(("kept by", self.name))
         _Probe.seen.append(("forward", ctx.training, ctx.rng_key, _in_arena(ctx, out)))
         return out
 
     def backward(self, ctx, g, xs, y):
         offers = [ctx.grad_out(k, x.dtype) for k, x in enumerate(xs)]
         scratch = ctx.empty(tuple(g.shape), g.dtype, slot=1)
-        _Probe.seen.append(("backward", ctx.training, ctx.needs, offers, _in_arena(ctx, scratch)))
+        _Probe.seen.append(("backward", ctx.training, ctx.needs, offers, _in_arena(ctx, scratch),
+                            ctx.saved()))
         grads = []
         for k, x in enumerate(xs):
             if not ctx.needs[k]:
@@ -82,7 +84,7 @@ def test_a_step_offers_arrays_where_the_plan_promises_them(numpy_backend):
         g2 = ref.gradients(feed, wrt=[w, bias])
         given = _into(g2, numpy_backend) if into else None
         g1 = step.gradients(feed, wrt=[w, bias], into=given)
-        (_, ref_train, ref_needs, ref_offers, _), (_, train, needs, offers, _) = \
+        (_, ref_train, ref_needs, ref_offers, _, _), (_, train, needs, offers, _, _) = \
             [e for e in _Probe.seen if e[0] == "backward"]
         assert ref_needs == needs == (True, True, True, False, True, True)
         assert ref_offers == [None] * 6 and ref_train is train is True
@@ -104,6 +106,7 @@ def test_a_step_gives_its_ops_the_flag_the_key_and_arena_arrays(numpy_backend, t
         forward, backward = _Probe.seen
         assert forward[:3] == ("forward", training, (4, 2)) and backward[1] is training
         assert forward[3] is backward[4] is (graph is step)
+        assert backward[5] == ("kept by", p.name)
 
 
 def test_the_cost_array_is_never_an_arena_array(numpy_backend):
@@ -176,3 +179,34 @@ def test_plans_code_and_forward_plans_are_built_once(numpy_backend, monkeypatch)
     assert graph.planner.forward_plan([y]) is graph.planner.forward_plan([y])
     with pytest.raises(ArgumentTypeError, match=r"^values\(nodes=\.\.\.\) takes a list"):
         graph.values(feed, y)
+
+
+def test_a_step_runs_the_kernels_of_its_backend(numpy_backend):
+    """An op calling ``ctx.kernels[k]`` gets the backend's override of ``k`` in a step too."""
+    from graphnet.kernels import kernel
+
+    @kernel
+    def twice(be, x):
+        return x * 2
+
+    @twice.override("numpy")
+    def _(be, x):
+        return x * 3
+
+    class Kernelled(gn.Node):
+        op = "kernelled"
+
+        def __init__(self, x):
+            super().__init__((x,), shape=x.shape)
+
+        def forward(self, ctx, x):
+            return ctx.kernels[twice](ctx.b, x)
+
+        def backward(self, ctx, g, xs, y):
+            return (ctx.kernels[twice](ctx.b, g),)
+
+    x = gn.Input("x", (None, 2))
+    cost = gn.sum(Kernelled(x))
+    for graph in _pair([cost], cost):
+        _same(graph.gradients({x: np.ones((2, 2), np.float32)}, wrt=[x])[x],
+              np.full((2, 2), 3, np.float32), f"{graph.plan}: the gradient by the override")
