@@ -210,3 +210,35 @@ def test_a_step_runs_the_kernels_of_its_backend(numpy_backend):
     for graph in _pair([cost], cost):
         _same(graph.gradients({x: np.ones((2, 2), np.float32)}, wrt=[x])[x],
               np.full((2, 2), 3, np.float32), f"{graph.plan}: the gradient by the override")
+
+
+class _Ident(gn.Node):
+    """The identity; records whether the gradient it gets is an arena array."""
+
+    op = "ident"
+    grads_in_arena: list = []
+
+    def __init__(self, x):
+        super().__init__((x,), shape=x.shape)
+
+    def forward(self, ctx, x):
+        return x * 1.0
+
+    def backward(self, ctx, g, xs, y):
+        _Ident.grads_in_arena.append(_in_arena(ctx, g))
+        return (g,)
+
+
+def test_a_gradient_from_several_consumers_is_summed_into_its_arena_array(numpy_backend):
+    """The first consumer (backward runs latest first: the probe) writes h's gradient into an
+    arena array; the others add into it there (no new array per contribution), and h's
+    producer gets that array."""
+    x = gn.Input("x", (None, 3))
+    h = _Ident(x)
+    cost = gn.sum(gn.tanh(h)) + gn.sum(h * h) + gn.sum(gn.tanh(_Probe(h)))  # the probe first
+    step, ref = _pair([cost], cost)
+    feed = {x: np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+    _Ident.grads_in_arena.clear()
+    for _ in range(2):
+        _same(step.gradients(feed, wrt=[x])[x], ref.gradients(feed, wrt=[x])[x], "x's gradient")
+    assert _Ident.grads_in_arena == [True, False] * 2
