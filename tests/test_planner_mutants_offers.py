@@ -242,3 +242,34 @@ def test_a_gradient_from_several_consumers_is_summed_into_its_arena_array(numpy_
     for _ in range(2):
         _same(step.gradients(feed, wrt=[x])[x], ref.gradients(feed, wrt=[x])[x], "x's gradient")
     assert _Ident.grads_in_arena == [True, False] * 2
+
+
+class _Saver(gn.Node):
+    """The identity; its forward saves a value if ``keep``; its backward records what it finds."""
+
+    op = "saver"
+    found: list = []
+
+    def __init__(self, x, keep):
+        super().__init__((x,), shape=x.shape)
+        self.keep = keep
+
+    def forward(self, ctx, x):
+        if self.keep:
+            ctx.save("from an earlier run")
+        return x * 1.0
+
+    def backward(self, ctx, g, xs, y):
+        _Saver.found.append(ctx.saved())
+        return (g,)
+
+
+def test_what_a_run_saves_stays_in_that_run(numpy_backend):
+    """A value saved by one step's forward is not seen by another graph's step."""
+    x = gn.Input("x", (None, 3))
+    feed = {x: np.ones((2, 3), np.float32)}
+    _Saver.found.clear()
+    for keep in (True, False):  # the two savers sit at the same place in their graphs
+        cost = gn.sum(_Saver(gn.tanh(x), keep))
+        gn.Graph(cost, cost=cost).gradients(feed, wrt=[x])
+    assert _Saver.found == ["from an earlier run", None]
