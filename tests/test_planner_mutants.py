@@ -54,7 +54,6 @@ def _pair(outputs, cost):
     return gn.Graph(outputs, cost=cost), gn.Graph(outputs, cost=cost, plan="reference")
 
 
-
 def _into(like, backend):
     """Arrays for ``into=``, shaped like the gradients ``like`` and full of sevens."""
     return {p: backend.xp.full(tuple(g.shape), 7.0, dtype=g.dtype) for p, g in like.items()}
@@ -76,11 +75,12 @@ def test_steps_match_the_reference_bit_for_bit_across_batch_sizes(backend, dtype
                      c1, g1))
         for a, b in zip(step.run(feed), ref.run(feed)):
             _same(a, b, f"outputs, step {n}")
-    for n, (cost_copy, grads_copy, c1, g1) in enumerate(held):  # later steps wrote nothing of theirs
+    for n, (cost_copy, grads_copy, c1, g1) in enumerate(held):  # no later step wrote over them
         _same(c1, cost_copy, f"cost kept from step {n}")
         for p in params:
             _same(g1[p], grads_copy[p], f"gradient of {p.name} kept from step {n}")
-    assert step.planner.fused_ops(step._targets(None)) == ["linear+relu"] and _ran_generated(step, None, False)
+    assert step.planner.fused_ops(step._targets(None)) == ["linear+relu"]
+    assert _ran_generated(step, None, False)
 
 
 def test_steps_with_into_and_on_final_match_the_reference(backend):
@@ -132,7 +132,6 @@ def test_a_gradient_is_the_sum_over_every_consumer(backend):
 def test_an_unused_target_gets_zero_and_the_cost_stays_a_fresh_array(backend):
     x, params, outs, cost = _mixed(backend)
     step, _ = _pair(outs, cost)
-    unused = params[3]
     feed = _feed(x, 3, 1, backend)
     c1, g1 = step.gradients(feed, return_cost=True)
     into = _into(g1, backend)
