@@ -229,7 +229,7 @@ class StepPlanner:
         ref, saved = self.ref, {}
         ctx = StepContext(ref.backend, training, self.arena, ref.index[ref.cost.id], rng_key,
                           saved, self.kernels)
-        bctx = StepContext(ref.backend, True, self.arena, saved=saved, kernels=self.kernels)
+        bctx = StepContext(ref.backend, training, self.arena, saved=saved, kernels=self.kernels)
         fed = resolve_feed(ref, feed)
         with self._scope():
             values, out = run(fed, ctx, bctx, into, on_final)
