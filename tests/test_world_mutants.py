@@ -322,3 +322,97 @@ def test_fail_together_names_every_failed_rank_and_what_it_said():
     said = ["", "", "a reason", ""]
     res = run_ranks(4, lambda w: w.fail_together(None, "stepping", text=said[w.rank], error=KeyError))
     assert all(isinstance(r, KeyError) and r.args == ("stepping failed: rank 2: a reason",) for r in res)
+
+
+# --- parameters: agreement, broadcast, average --------------------------------------------------------
+SHAPES = {"layer0.W": (4, 3), "layer0.b": (3,), "layer1.W": (3, 2), "scale": ()}
+
+
+def _params(rank: int, mode: str = "same") -> list:
+    """The parameters of rank ``rank``'s model: values ``rank`` + position; rank 1 differs by ``mode``."""
+    shapes = dict(SHAPES)
+    odd = rank == 1
+    if odd and mode == "shape":
+        shapes["layer1.W"] = (3, 5)
+    if odd and mode == "count":
+        shapes["layer1.b"] = (2,)
+    if odd and mode == "name":
+        shapes = {("encoder.W" if k == "layer0.W" else k): s for k, s in shapes.items()}
+    out = []
+    for i, (name, shape) in enumerate(shapes.items()):
+        dtype = np.float64 if (odd and mode == "dtype" and name == "layer0.b") or name == "scale" \
+            else np.float32
+        with gn.default_dtype(dtype):  # as a rank whose default dtype was set otherwise
+            out.append(gn.Parameter(np.full(shape, 10.0 * rank + i), name=name))
+    return out
+
+
+@pytest.mark.parametrize("mode, difference", [
+    ("shape", "first difference at parameter 2: rank 0 has 'layer1.W' (3, 2) float32, "
+              "rank 1 has 'layer1.W' (3, 5) float32"),
+    ("count", "rank 0 has 4 parameters, rank 1 has 5; first difference at parameter 4: "
+              "rank 0 has nothing, rank 1 has 'layer1.b' (2,) float32"),
+    ("dtype", "first difference at parameter 1: rank 0 has 'layer0.b' (3,) float32, "
+              "rank 1 has 'layer0.b' (3,) float64"),
+    ("name", "first difference at parameter 0: rank 0 has 'layer0.W' (4, 3) float32, "
+             "rank 1 has 'encoder.W' (4, 3) float32"),
+])
+@pytest.mark.parametrize("door", ["broadcast_parameters", "average_", "check_parameters"])
+def test_ranks_whose_models_differ_are_named_and_nothing_is_exchanged(mode, difference, door):
+    params = [_params(r, mode) for r in range(3)]
+    res = run_ranks(3, lambda w: getattr(w, door)(params[w.rank], **({"what": "at the start"}
+                                                                     if door != "broadcast_parameters" else {})))
+    what = "before the parameter broadcast" if door == "broadcast_parameters" else "at the start"
+    msg = f"the ranks' models differ ({what}): rank 1 differs from rank 0: {difference}"
+    assert _errors(res) == [msg] * 3
+    for r in range(3):
+        assert [float(gn.to_numpy(p.value).flat[0]) for p in params[r]] == \
+            [10.0 * r + i for i in range(len(params[r]))]
+
+
+def test_a_shorter_model_and_every_differing_rank_are_named():
+    params = [_params(0), _params(0)[:2], _params(0), _params(1, "dtype")]
+    msg = ("the ranks' models differ (checking the parameters): rank 1 differs from rank 0: rank 0 has 4 "
+           "parameters, rank 1 has 2; first difference at parameter 2: rank 0 has 'layer1.W' (3, 2) "
+           "float32, rank 1 has nothing; rank 3 differs from rank 0: first difference at parameter 1: "
+           "rank 0 has 'layer0.b' (3,) float32, rank 3 has 'layer0.b' (3,) float64")
+    assert _errors(run_ranks(4, lambda w: w.check_parameters(params[w.rank]))) == [msg] * 4
+
+
+def test_parameters_are_named_by_mapping_key_else_their_own_name():
+    p = [gn.Parameter(np.zeros((2, 1), np.float32), name="w"), gn.Parameter(np.zeros(3, np.float32))]
+    assert [d for d, _ in distributed.agreement.describe_parameters(p)] == \
+        [["w", [2, 1], "float32"], [p[1].name, [3], "float32"]]  # an unnamed one: its own name
+    named = distributed.agreement.describe_parameters({"enc": p[0], "dec": p[1]})
+    assert [(d[0], q) for d, q in named] == [("enc", p[0]), ("dec", p[1])]
+    with pytest.raises(TypeError, match=r"params\[dec\] must be a graphnet Parameter, got ndarray"):
+        distributed.agreement.describe_parameters({"enc": p[0], "dec": np.zeros(3)})
+    mpi = FakeMPI()
+    assert distributed.World(mpi, mpi.COMM_WORLD).check_parameters({"enc": p[0]}) == [p[0]]
+
+
+def test_a_broadcast_gives_every_rank_rank_0s_values_in_their_shapes_and_dtypes(backend):
+    params = [_params(r) for r in range(3)]
+    expected = [(gn.to_numpy(p.value).copy(), p.dtype) for p in params[0]]
+    assert _ok(run_ranks(3, lambda w: w.broadcast_parameters(params[w.rank]))) == [None] * 3
+    for r in range(3):
+        for p, (value, dtype) in zip(params[r], expected):
+            assert p.dtype == dtype and p.value.shape == value.shape
+            assert_close(p.value, value, rtol=0, atol=0, what=f"rank {r} {p.name}")
+
+
+def test_average_sets_each_parameter_to_its_mean_over_the_ranks(backend):
+    params = [_params(r) for r in range(3)]
+    assert _ok(run_ranks(3, lambda w: w.average_(params[w.rank]))) == [None] * 3
+    for r in range(3):
+        for i, p in enumerate(params[r]):
+            assert p.dtype == params[0][i].dtype
+            assert_close(p.value, np.full(SHAPES[p.name], 10.0 + i), rtol=1e-6, what=p.name)
+
+
+def test_broadcast_array_gives_every_rank_a_host_copy_of_rank_0s(backend):
+    xs = [backend.asarray(np.arange(6, dtype=np.float32).reshape(2, 3) * (r + 1)) for r in range(3)]
+    for r, out in enumerate(_ok(run_ranks(3, lambda w: w.broadcast_array(xs[w.rank])))):
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, np.arange(6, dtype=np.float32).reshape(2, 3))
+        assert_close(xs[r], np.arange(6, dtype=np.float32).reshape(2, 3) * (r + 1), what="the input")
