@@ -188,6 +188,22 @@ def test_mpi_sums_each_bucket_on_every_rank_step_after_step(backend):
             assert_close(b, np.full(s, 18.0, np.float32), rtol=0, atol=0, check_dtype=np.float32)
 
 
+def test_mpi_sums_in_the_bucket_itself_or_in_one_host_copy_kept_for_every_step(backend):
+    """NumPy buckets are summed where they are; CuPy ones through a host array made once."""
+    mpi = FakeMPI()
+    reducer = transport._MpiReducer(transport.World(mpi, mpi.COMM_WORLD))
+    buckets = [backend.asarray(np.ones(s, np.float32)) for s in (3, 5)]
+    for _ in range(3):
+        for b in buckets:
+            reducer.start(b)
+        reducer.finish("the gradient sum")
+    first, *later = [mpi.COMM_WORLD.reduced[i:i + 2] for i in (0, 2, 4)]
+    assert all(a is b for step in later for a, b in zip(step, first)), "a new host array per step"
+    assert all(isinstance(h, np.ndarray) and h.dtype == np.float32 for h in first)
+    if isinstance(buckets[0], np.ndarray):
+        assert first[0] is buckets[0] and first[1] is buckets[1]
+
+
 def test_mpi_sum_past_its_deadline_names_the_buffer(capsys, monkeypatch):
     monkeypatch.setattr("graphnet.distributed.world.ABORT_GRACE_SECONDS", 0)
     mpi = FakeMPI(stall_after=1)

@@ -207,7 +207,7 @@ def test_any_is_true_on_every_rank_when_one_rank_says_so():
 
 
 def _names_and_values(rank: int) -> dict:
-    return {"data": Path("/data") / str(rank % 1), "lr": 0.1, "seed": 1}
+    return {"data": Path("/data") / str(rank % 1), "lr": 0.1, "seed": 1, "resume": None}
 
 
 def test_equal_configs_agree_whatever_their_key_order_or_types():
@@ -220,10 +220,11 @@ def test_equal_configs_agree_whatever_their_key_order_or_types():
 
 
 @pytest.mark.parametrize("config2, differs", [
-    ({"data": "/data/0", "lr": 0.2}, "lr (0.1 vs 0.2), seed (1 vs '<missing>')"),
+    ({"data": "/data/0", "lr": 0.2, "resume": None}, "lr (0.1 vs 0.2), seed (1 vs '<missing>')"),
     ({"data": Path("/other"), "lr": 0.1, "seed": 1, "extra": None},
-     "data ('/data/0' vs '/other'), extra ('<missing>' vs None)"),
-    ([1, 2], "the whole configuration ({'data': '/data/0', 'lr': 0.1, 'seed': 1} vs [1, 2])"),
+     "data ('/data/0' vs '/other'), extra ('<missing>' vs None), resume (None vs '<missing>')"),
+    ([1, 2], "the whole configuration ({'data': '/data/0', 'lr': 0.1, 'resume': None, 'seed': 1} "
+             "vs [1, 2])"),
 ])
 def test_a_rank_whose_config_differs_is_named_with_the_keys_on_every_rank(config2, differs):
     def step(w):
@@ -273,6 +274,14 @@ def test_ranks_that_reduce_different_names_are_refused(weights):
         return
     msg = "reduce_mean: the ranks reduce different names: rank 0 ['loss'], rank 1 ['acc']"
     assert _errors(res) == [msg] * 2
+
+
+@pytest.mark.parametrize("value", [True, "low", b"1", None, 1j])
+def test_reduce_mean_refuses_a_value_that_is_not_a_real_number(value):
+    mpi = FakeMPI()
+    with pytest.raises(TypeError, match=f"reduce_mean value 'loss' must be a real number, got "
+                                        f"{type(value).__name__} "):
+        distributed.World(mpi, mpi.COMM_WORLD).reduce_mean({"loss": value, "acc": 1.0})
 
 
 def test_reduce_mean_with_no_weight_anywhere_is_an_error():
