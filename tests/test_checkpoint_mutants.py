@@ -85,6 +85,18 @@ def test_an_unkeyed_optimizer_resumes_its_dropout_draws_exactly(tmp_path, backen
         assert_close(p.value, q.value, rtol=0, atol=0, what=p.name)
 
 
+
+@pytest.mark.gpu
+def test_a_generator_state_saved_by_another_backend_is_left_alone(tmp_path, cupy_backend):
+    x, y = blobs(48)
+    with gn.use_backend("numpy"):
+        _trainer(tmp_path / "a", dropout=0.5, opt=UnkeyedSGD).fit(x, y, epochs=1)
+    here = _trainer(tmp_path / "b", dropout=0.5, opt=UnkeyedSGD)
+    before = cupy_backend.rng_state()
+    here.load_checkpoint(tmp_path / "a" / CHECKPOINT)
+    assert cupy_backend.rng_state() == before
+    assert here.state.epoch == 1
+
 def test_resume_model_rebuilds_the_saved_architecture(tmp_path):
     path = _written(tmp_path)
     model = resume_model(path)
