@@ -195,3 +195,84 @@ def test_fit_trains_ten_epochs_by_default():
     model.fit_preprocessing(x)
     h = fit(model, optim.SGD(model.parameters(), lr=LR), x, y, batch_size=8, progress=False)
     assert h.epoch == list(range(1, 11))
+
+
+# --- construction, settings history, where checkpoints go ----------------------------------
+
+class _Partial:
+    """A strategy with a plain ``writes`` flag whose ``step`` is not callable."""
+
+    writes = True
+    step = 3
+
+    def attach(self, trainer): ...
+    def sampler(self, batch_size): ...
+    def evaluate(self, model, x, y): ...
+    def end_epoch(self, model): ...
+
+
+def test_a_strategy_is_refused_naming_exactly_what_it_lacks():
+    with pytest.raises(TypeError, match=r"got _Partial, which lacks step$"):
+        _trainer(strategy=_Partial())
+    ok = _Partial()
+    ok.step = lambda *a: None
+    assert _trainer(strategy=ok).strategy is ok
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"batch_size": 0}, "batch_size must be an integer > 0, got 0"),
+    ({"curve_subset": 0}, "curve_subset must be an integer > 0, got 0"),
+    ({"optimizer": None}, "optimizer: expected a graphnet.optim.Optimizer"),
+])
+def test_trainer_settings_are_refused_by_name(kw, message):
+    model = tiny_model(layers=(4, 10))
+    args = {"optimizer": optim.SGD(model.parameters(), lr=LR), **kw}
+    with pytest.raises(ValueError, match=message):
+        Trainer(model, **args)
+
+
+def test_a_model_without_the_training_members_is_refused_naming_them():
+    with pytest.raises(TypeError, match=r"model: expected a TrainableModel .* got object, which "
+                                        r"lacks .*train_graph"):
+        Trainer(object(), optim.SGD(tiny_model(layers=(4, 10)).parameters(), lr=LR))
+
+
+def test_augment_gets_the_key_when_it_takes_one():
+    calls: list = []
+    x, y = blobs(N)
+    for hook, keyed in ((lambda xb: calls.append("plain") or xb, False),
+                        (lambda xb, rng_key: calls.append(rng_key) or xb, True),
+                        (lambda xb, **kw: calls.append(kw["rng_key"]) or xb, True)):
+        calls.clear()
+        t = _trainer(augment=hook, seed=4)
+        t.fit(x, y, epochs=1)
+        assert calls == ([(4, 0, 0), (4, 0, 16), (4, 0, 32)] if keyed else ["plain"] * 3)
+
+
+def test_segments_record_each_change_of_settings_once():
+    x, y = blobs(N)
+    t = _trainer()
+    t.fit(x, y, epochs=1)
+    t.fit(x, y, epochs=2)  # nothing changed: no new segment
+    assert [s["from_epoch"] for s in t.history.segments] == [0.0]
+    t.replan(batch_size=8)
+    t.replan(lr=0.2)  # at the same position: replaces the one before
+    t.fit(x, y, epochs=3)
+    segs = t.history.segments
+    assert segs[0] == {"from_epoch": 0.0, "batch_size": BATCH, "lr": LR,
+                       "schedule": optim.Schedule().config(), "schedule_from": 0.0}
+    assert segs[1:] == [{"from_epoch": 2.0, "batch_size": 8, "lr": 0.2,
+                         "schedule": optim.Schedule().config(), "schedule_from": 2.0}]
+
+
+def test_save_checkpoint_writes_where_asked_and_only_from_the_writing_process(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = _trainer()
+    assert t.save_checkpoint() == Path(CHECKPOINT) and Path(CHECKPOINT).is_file()
+    assert t.save_checkpoint(tmp_path / "x.npz") == tmp_path / "x.npz"
+    t = _trainer(tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    t.strategy.writes = False  # e.g. rank 1 of a data-parallel run
+    assert t.save_checkpoint() == tmp_path / "runs" / CHECKPOINT
+    assert not (tmp_path / "runs" / CHECKPOINT).exists()
