@@ -145,8 +145,11 @@ def test_epoch_permutation_of_tiny_sets(n):
     assert sorted(epoch_permutation(7, 1, np.int64(n)).tolist()) == list(range(n))
 
 
-def test_tied_keys_of_a_long_order_keep_their_order():
-    keys = np.random.default_rng(0).integers(0, 40, size=5000).astype(np.uint64)
+@pytest.mark.parametrize("lowest", [None, "unique"])
+def test_tied_keys_of_a_long_order_keep_their_order(lowest):
+    keys = np.random.default_rng(0).integers(1, 40, size=5000).astype(np.uint64)
+    if lowest:  # ties only above a unique smallest key
+        keys[1234] = 0
     order = _stable_order(keys)
     assert order.dtype == np.int64
     assert order.tolist() == sorted(range(5000), key=lambda i: (int(keys[i]), i))
