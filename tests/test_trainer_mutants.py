@@ -276,3 +276,20 @@ def test_save_checkpoint_writes_where_asked_and_only_from_the_writing_process(tm
     t.strategy.writes = False  # e.g. rank 1 of a data-parallel run
     assert t.save_checkpoint() == tmp_path / "runs" / CHECKPOINT
     assert not (tmp_path / "runs" / CHECKPOINT).exists()
+
+
+class _Unreadable:
+    """A callable whose signature Python cannot read (as some C extensions' are)."""
+
+    __signature__ = "not a signature"
+
+    def __call__(self, xb, *args, **kw):
+        if args or kw:
+            raise TypeError("this augment takes the batch only")
+        return xb
+
+
+def test_an_augment_with_an_unreadable_signature_gets_the_batch_only():
+    x, y = blobs(N)
+    t = _trainer(augment=_Unreadable())
+    assert t.fit(x, y, epochs=1).epoch == [1]
