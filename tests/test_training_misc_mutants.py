@@ -122,6 +122,13 @@ def test_epoch_permutation_takes_every_key_in_range(seed, epoch):
     assert sorted(order.tolist()) == list(range(50))
 
 
+
+def test_epoch_permutation_is_the_same_for_the_same_key_and_differs_for_another():
+    first = epoch_permutation(11, 2, 200)
+    assert first.tolist() == epoch_permutation(11, 2, 200).tolist()
+    assert first.tolist() != epoch_permutation(11, 3, 200).tolist()
+    assert first.tolist() != epoch_permutation(12, 2, 200).tolist()
+
 @pytest.mark.parametrize("name, args", [
     ("seed", (-1, 0, 5)), ("seed", (2**64, 0, 5)), ("seed", ("1", 0, 5)), ("seed", (True, 0, 5)),
     ("seed", (1.0, 0, 5)), ("epoch", (0, -1, 5)), ("epoch", (0, 2**64, 5)), ("epoch", (0, "0", 5)),
