@@ -191,3 +191,28 @@ def test_schedule_from_config_names_a_bad_field_and_the_default_source():
     assert "step_size" in str(err.value)
     with pytest.raises(CheckpointError, match=r"^run.npz: bad schedule .*'cosine'.*: .*epochs"):
         schedule_from_config({"type": "cosine", "floor": 0.0, "warmup": 0}, "run.npz")
+
+
+# --- version 1 ----------------------------------------------------------------------------
+
+def _as_version_1(meta: dict) -> None:
+    run, state = meta.pop("run"), meta.pop("state")
+    for key in ("checkpoint_version", "format", "version"):
+        meta.pop(key, None)
+    meta.update(base_lr=run["base_lr"], schedule=run["schedule"],
+                state={"epoch": state["epoch"], "batch": 0, "loss_sum": 0.0,
+                       "batches_seen": state["batches_seen"]})
+
+
+def test_a_version_1_checkpoint_starts_its_schedule_at_epoch_0(tmp_path):
+    path = _rewrite(_written(tmp_path, optim.StepLR(1, 0.5)), _as_version_1)
+    old = _trainer(tmp_path / "other", optim.StepLR(1, 0.5))
+    old.load_checkpoint(path)
+    assert (old.state.epoch, old.schedule_from) == (1, 0.0)
+    assert old.current_lr() == pytest.approx(0.05 * 0.5)
+
+
+def test_a_malformed_version_1_checkpoint_is_named_as_such(tmp_path):
+    path = _rewrite(_written(tmp_path), lambda m: (_as_version_1(m), m.pop("base_lr")))
+    assert _load_error(tmp_path, path).startswith(
+        f"{path}: malformed version-1 checkpoint (KeyError('base_lr'))")

@@ -243,3 +243,19 @@ def test_a_trainer_with_the_default_strategy_trains_on_every_row():
     h = t.fit(x, y, epochs=1)
     assert seen == [8, 8, 4] and t.state.batches_seen == 3
     assert h.to_dict()["epoch"] == [1] and len(h.to_dict()) == 13
+
+
+class _Unkeyed(optim.SGD):
+    def minimize(self, graph, feed, gradients=None):  # type: ignore[override]
+        return super().minimize(graph, feed, gradients=gradients)
+
+
+def test_single_process_step_without_a_key_calls_an_optimizer_that_takes_none():
+    model = tiny_model(layers=(4, 10), seed=1)
+    x, y = blobs(8)
+    model.fit_preprocessing(x)
+    data, targets = model.inputs
+    feed = {data: model.prepare(x), targets: model.prepare_targets(y, 8, "y")}
+    cost, stop = SingleProcess().step(_Unkeyed(model.parameters(), lr=0.1), model.train_graph,
+                                      feed, None, 8, lambda: False)
+    assert np.isfinite(float(cost)) and stop is False
