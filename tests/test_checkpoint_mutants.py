@@ -216,3 +216,14 @@ def test_a_malformed_version_1_checkpoint_is_named_as_such(tmp_path):
     path = _rewrite(_written(tmp_path), lambda m: (_as_version_1(m), m.pop("base_lr")))
     assert _load_error(tmp_path, path).startswith(
         f"{path}: malformed version-1 checkpoint (KeyError('base_lr'))")
+
+
+def test_a_mid_epoch_version_1_checkpoint_is_refused_naming_where_it_stopped(tmp_path):
+    def mid_epoch(meta: dict) -> None:
+        _as_version_1(meta)
+        meta["state"]["batch"] = 2
+
+    path = _rewrite(_written(tmp_path), mid_epoch)
+    assert _load_error(tmp_path, path).startswith(
+        f"{path}: a version-1 checkpoint written part-way through epoch 2 (batch 2) cannot be "
+        "continued exactly")
