@@ -206,6 +206,7 @@ def _as_version_1(meta: dict) -> None:
 
 def test_a_version_1_checkpoint_starts_its_schedule_at_epoch_0(tmp_path):
     path = _rewrite(_written(tmp_path, optim.StepLR(1, 0.5)), _as_version_1)
+    assert checkpoint_position(path) == (1, 0, 0)  # version 1 did not record the set's size
     old = _trainer(tmp_path / "other", optim.StepLR(1, 0.5))
     old.load_checkpoint(path)
     assert (old.state.epoch, old.schedule_from) == (1, 0.0)
@@ -227,3 +228,6 @@ def test_a_mid_epoch_version_1_checkpoint_is_refused_naming_where_it_stopped(tmp
     assert _load_error(tmp_path, path).startswith(
         f"{path}: a version-1 checkpoint written part-way through epoch 2 (batch 2) cannot be "
         "continued exactly")
+    assert _load_error(tmp_path, path).endswith(  # what to do instead
+        "Resume it with the graphnet that wrote it, or start the run again; version-1 "
+        "checkpoints written at the end of an epoch are converted")
