@@ -65,6 +65,8 @@ def read(trainer: "Trainer", path: PathLike) -> None:
         raise CheckpointError(f"{path}: optimizer state does not fit: {exc}") from None
     try:
         _restore(trainer, meta, path)
+    except CheckpointError:  # already says what is wrong with the file, in its own words
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc!r})") from None
 
