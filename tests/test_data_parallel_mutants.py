@@ -201,6 +201,20 @@ def test_the_graph_is_given_the_rank_key_and_the_hook_it_takes(graph_type, keyed
         assert [p.name for p in calls[0]["wrt"]] == [p.name for p in params]
 
 
+def test_a_global_batch_without_samples_and_a_wrapped_wrapper_are_refused():
+    def rank(world):
+        params = make_params(VALUES)
+        opt = distributed.DistributedOptimizer(optim.SGD(params, lr=1.0), world)
+        with pytest.raises(ValueError, match="^optimizer is already a DistributedOptimizer$"):
+            distributed.DistributedOptimizer(opt, world)
+        with pytest.raises(distributed.DistributedError,
+                           match="^no rank had any samples in this global batch$"):
+            opt.minimize(ScriptedGraph(params, _grads(1.0)), {}, samples=0)
+        _assert_unchanged(params)
+
+    assert run_ranks(rank)[1] == [None, None]
+
+
 def test_buckets_of_a_graph_using_part_of_the_parameters():
     """buckets(graph): byte sizes for the parameters the graph uses; two float32 arrays that
     fill bucket_bytes exactly share one bucket; none used is a clear error."""
@@ -265,6 +279,27 @@ def test_non_finite_gradients_or_cost_on_one_rank_are_named_and_taken_nowhere(ba
         assert str(e) == NOWHERE + "rank 1: non-finite cost or gradients"
 
 
+def test_a_rank_without_samples_after_a_refused_step_adds_nothing():
+    """After a step refused for a NaN (every rank's buffers then hold the NaN sum), a rank
+    with no rows in the next global batch must not send the stale buffers again."""
+    def rank(world):
+        params = make_params(VALUES)
+        opt = distributed.DistributedOptimizer(optim.SGD(params, lr=1.0), world, bucket_bytes=8)
+        graph = ScriptedGraph(params, _grads(1.0))
+        graph.grads["p2"][0] = np.nan if world.rank == 1 else 1.0
+        with pytest.raises(distributed.NonFiniteGradientsError):
+            opt.minimize(graph, {})
+        graph.grads = _grads(1.0)  # the same graph: its buffers are reused
+        opt.minimize(graph, {}, samples=(2, 0)[world.rank])
+        return _host(params)
+
+    results, errors = run_ranks(rank)
+    assert errors == [None, None]
+    for values in results:
+        for i, v in enumerate(VALUES):
+            assert_close(values[f"p{i}"], np.asarray(v, np.float32) - _grads(1.0)[f"p{i}"])
+
+
 def test_a_peer_that_never_comes_to_the_all_reduce_is_named_in_the_abort():
     def rank(world):
         _, _, _, _ = _scripted_step(world, [_grads(1.0)] * 2, steps=1 if world.rank else 2)
@@ -305,17 +340,18 @@ def test_a_stop_asked_on_one_rank_is_agreed_on_every_rank_for_that_step_only():
                  opt.overlapped)
         graph = ScriptedGraph(params, _grads(1.0))
         agreed = []
-        for ask in (False, (lambda: world.rank == 1), False, world.rank == 0):
+        for ask in (False, (lambda: world.rank == 1), (lambda: False), world.rank == 0):
             opt.stop_requested = ask
             opt.minimize(graph, {})
             agreed.append(opt.stop_agreed)
-        return fresh, agreed
+        return fresh, agreed, opt.overlapped
 
     results, errors = run_ranks(rank)
     assert errors == [None, None]
-    for fresh, agreed in results:
+    for fresh, agreed, overlapped in results:
         assert fresh == (False, False, 0.0, 0.0, 0)
         assert agreed == [False, True, False, True]
+        assert overlapped == 4  # by default, the one bucket goes from backward at each step
 
 
 class _Clock:
