@@ -48,25 +48,30 @@ class _Activated(Epilogue):
         per_image = self.y.size // max(len(self.y), 1)  # (self.y[0] fails on 0 images)
         return xp.empty((per_image * geo.step,), dtype=self.g.dtype)  # one chunk's gz
 
-    def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
-        super().forward_block(ctx, y4, n0, n1, extra)
+    def _activate(self, ctx: Any, n0: int, n1: int) -> None:
         block = self.out[n0:n1]
         self.activation.apply(ctx.xp, block, out=block)
 
-    def backward_chunk(self, ctx: Any, g4: Any, n0: int, n1: int, extra: Any) -> None:
+    def _grad_args(self, n0: int, n1: int, extra: Any) -> tuple:
+        """``(y, g, out)`` of images ``n0:n1`` for the activation's gradient (out in ``extra``).
+
+        (Returned, not called from here: the call chain below a conv op stays 5 frames.)"""
         y = self.y[n0:n1]
-        gz = extra[:y.size].reshape(y.shape)
-        self.fill(g4, self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
+        return y, self.g[n0:n1], extra[:y.size].reshape(y.shape)
+
+    def forward_block(self, ctx: Any, y4: Any, n0: int, n1: int, extra: Any) -> None:
+        super().forward_block(ctx, y4, n0, n1, extra)
+        self._activate(ctx, n0, n1)
+
+    def backward_chunk(self, ctx: Any, g4: Any, n0: int, n1: int, extra: Any) -> None:
+        self.fill(g4, self.activation.grad_from_output(ctx, *self._grad_args(n0, n1, extra)))
 
     def forward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> None:
         super().forward_tiles(ctx, tiles, n0, n1, extra)
-        block = self.out[n0:n1]
-        self.activation.apply(ctx.xp, block, out=block)
+        self._activate(ctx, n0, n1)
 
     def backward_tiles(self, ctx: Any, tiles: Any, n0: int, n1: int, extra: Any) -> Any:
-        y = self.y[n0:n1]
-        gz = extra[:y.size].reshape(y.shape)
-        tiles.from_nchw(self.activation.grad_from_output(ctx, y, self.g[n0:n1], gz))
+        tiles.from_nchw(self.activation.grad_from_output(ctx, *self._grad_args(n0, n1, extra)))
         return None
 
 
