@@ -23,7 +23,8 @@ CONSTRUCTORS = {"ElementwiseKernel": 3, "RawKernel": 1, "ReductionKernel": 7, "R
 
 
 def package_source(checkout: Path = Path(__file__).resolve().parents[2]) -> Path:
-    """graphnet's own source files, also when mutmut runs the tests from its ``mutants/`` copy.
+    """graphnet's own source files, also when mutmut runs the tests from its ``mutants/`` copy
+    (the tests that read the source, not run it, take it from here).
 
     mutmut rewrites the copy (each function beside its mutated variants, whose kernel names
     are mutated too), so the scan reads the unmutated package the copy was made from.
