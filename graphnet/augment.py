@@ -1,4 +1,4 @@
-"""Data augmentation on the backend that holds the images: random shifts and small rotations."""
+"""Data augmentation on the backend that holds the images: random shifts, small rotations and zooms."""
 from __future__ import annotations
 
 import math
@@ -14,8 +14,10 @@ _STREAM = 0x617567  # separates these draws from any other use of the same key
 
 
 def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
-                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None) -> Array:
-    """Each image moved by up to ``max_shift`` pixels (and turned by up to ``rotate`` degrees).
+                 rotate: float = 0.0, rng_key: Optional[Sequence[int]] = None,
+                 zoom: float = 0.0) -> Array:
+    """Each image moved by up to ``max_shift`` pixels (and turned by up to ``rotate`` degrees,
+    and scaled about its centre by a factor in ``[1 - zoom, 1 + zoom]``).
 
     ``x`` is a batch of prepared images, shape ``(N, *image_shape)``; uncovered pixels
     take the batch's background value (its minimum). One gather per batch; nearest-pixel
@@ -24,6 +26,7 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     come from the backend's generator. ``image_shape=None``: the last two axes of ``x``
     (a batch of flat images needs it given; 28x28 is assumed for now, deprecated).
     """
+    _check_ranges(max_shift, rotate, zoom)
     image_shape = _image_shape(x, image_shape)
     b = backend_of(x)
     xp = b.xp
@@ -31,14 +34,18 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     h, w = int(image_shape[-2]), int(image_shape[-1])
     flat = x.reshape(n, -1, h * w)
     c = flat.shape[1]
-    u = b.uniform((n, 3), x.dtype) if rng_key is None else b.asarray(keyed_uniform(rng_key, (n, 3)),
-                                                                     x.dtype)
+    draws = (n, 4 if zoom else 3)  # without a zoom: the same draws as before it existed
+    u = b.uniform(draws, x.dtype) if rng_key is None else b.asarray(keyed_uniform(rng_key, draws),
+                                                                    x.dtype)
     dy = xp.floor(u[:, 0] * (2 * max_shift + 1)) - max_shift
     dx = xp.floor(u[:, 1] * (2 * max_shift + 1)) - max_shift
     theta = (u[:, 2] * 2 - 1) * (rotate * math.pi / 180)
     yy, xx = xp.meshgrid(xp.arange(h, dtype=x.dtype) - (h - 1) / 2,
                          xp.arange(w, dtype=x.dtype) - (w - 1) / 2, indexing="ij")
     cos, sin = xp.cos(theta)[:, None, None], xp.sin(theta)[:, None, None]
+    if zoom:  # inverse map: a factor s draws the output from the source at 1/s the distance
+        inv = 1 / (1 + (u[:, 3] * 2 - 1) * zoom)[:, None, None]
+        cos, sin = cos * inv, sin * inv
     # source coordinates of each output pixel (inverse map: rotate back, then shift back)
     sy = cos * yy[None] - sin * xx[None] + (h - 1) / 2 - dy[:, None, None]
     sx = sin * yy[None] + cos * xx[None] + (w - 1) / 2 - dx[:, None, None]
@@ -49,6 +56,16 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     background = flat.min()
     out = xp.where(inside.reshape(n, 1, h * w), out, background)
     return out.reshape(x.shape)
+
+
+def _check_ranges(max_shift: int, rotate: float, zoom: float) -> None:
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative integer (pixels), got {max_shift!r}")
+    for name, value, high in (("rotate", rotate, 180.0), ("zoom", zoom, 1.0)):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and 0 <= value <= high and (name != "zoom" or value < 1)):
+            want = "in [0, 180] degrees" if name == "rotate" else "in [0, 1) (a fraction of the size)"
+            raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 def keyed_uniform(rng_key: Sequence[int], shape: tuple) -> np.ndarray:

@@ -178,6 +178,9 @@ def test_resume_refuses_flags_it_cannot_honour(tmp_path, flags, message):
     ('{"lr": "0.1"}', "config.json: 'lr' must be a finite number, got '0.1'"),
     ('{"batchsize": 64}', "config.json: unknown setting 'batchsize'"),
     ('{"layers": [10], "epochs": 0}', "config.json: 'epochs' must be >= 1, got 0"),
+    ('{"zoom": 1.5}', "config.json: 'zoom' must be in [0, 1) (a fraction of the size), got 1.5"),
+    ('{"zoom": null}', "config.json: 'zoom' must be a finite number, got None"),
+    ('{"rotate": -3}', "config.json: 'rotate' must be in [0, 180] degrees, got -3"),
 ])
 def test_resume_with_a_broken_config_json(tmp_path, text, message):
     _fake_run(tmp_path)
@@ -228,6 +231,15 @@ def test_seed_10_preset_reproduces_reference_and_writes_outputs(tmp_path):
         assert key in metrics
     assert abs(metrics["test_accuracy"] - 0.915) <= 0.005
     assert (tmp_path / "model.npz").exists() and not (tmp_path / ".lock").exists()
+    # the reused end-of-epoch figures are those of the saved weights
+    from graphnet.datasets import mnist
+    x_train, y_train, x_test, y_test = mnist.load()
+    saved = nn.load(tmp_path / "model.npz")
+    assert saved.evaluate(x_test, y_test)["accuracy"] == pytest.approx(metrics["test_accuracy"],
+                                                                       abs=1e-12)
+    assert metrics["train_images_evaluated"] == 10000
+    assert saved.evaluate(x_train[:10000], y_train[:10000])["accuracy"] == pytest.approx(
+        metrics["train_accuracy"], abs=1e-12)
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("done in ") and "test accuracy" in last and "model.npz" in last
     assert "it/s" not in res.stderr and "img/s" not in res.stderr  # no progress bar off a terminal

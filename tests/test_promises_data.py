@@ -85,6 +85,43 @@ def test_rotations_turn_about_the_centre_within_the_limit(backend):
     assert min(angles) < -limit / 2 and max(angles) > limit / 2, "angles do not span the range"
 
 
+def test_zooms_scale_about_the_centre_within_the_limit(backend):
+    n, size, radius, limit = 300, 41, 12, 0.2  # odd size: the centre is pixel (20, 20)
+    x = np.zeros((n, 1, size, size), dtype=np.float32)
+    x[:, 0, 19:22, 19 + radius:22 + radius] = 1.0  # a 3x3 spot on the centre row
+    out = gn.to_numpy(random_shift(backend.asarray(x), max_shift=0, image_shape=(1, size, size),
+                                   zoom=limit, rng_key=(7, 0, 0)))
+    radii = []
+    for img in out[:, 0]:
+        rows, cols = np.nonzero(img)
+        assert rows.mean() == pytest.approx(20, abs=0.5), "a zoom moved the spot off its row"
+        radii.append(cols.mean() - 20)
+    factors = np.array(radii) / radius
+    assert factors.min() >= 1 - limit - 1 / radius and factors.max() <= 1 + limit + 1 / radius
+    assert factors.min() < 1 - limit / 2 and factors.max() > 1 + limit / 2, "factors do not span"
+
+
+def test_no_zoom_draws_what_it_drew_before_zooms_existed(backend):
+    x = backend.asarray(np.random.default_rng(1).random((6, 1, 12, 12), dtype=np.float32))
+    plain = gn.to_numpy(random_shift(x, 2, rotate=10.0, rng_key=(1, 2, 3)))
+    assert np.array_equal(plain, gn.to_numpy(random_shift(x, 2, rotate=10.0, rng_key=(1, 2, 3),
+                                                           zoom=0.0)))
+    assert not np.array_equal(plain, gn.to_numpy(random_shift(x, 2, rotate=10.0,
+                                                              rng_key=(1, 2, 3), zoom=0.1)))
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    (dict(max_shift=-1), "max_shift"), (dict(max_shift=1.5), "max_shift"),
+    (dict(max_shift=True), "max_shift"), (dict(rotate=-5.0), "rotate"),
+    (dict(rotate=float("nan")), "rotate"), (dict(rotate=200), "rotate"),
+    (dict(zoom=1.0), "zoom"), (dict(zoom=-0.1), "zoom"), (dict(zoom="0.1"), "zoom"),
+    (dict(zoom=float("inf")), "zoom")])
+def test_augmentation_ranges_are_refused_by_name(numpy_backend, kwargs, names):
+    x = gn.backend().asarray(np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=rf"^{names} must be .* got "):
+        random_shift(x, **{"max_shift": 1, **kwargs})
+
+
 # --- python -m graphnet -------------------------------------------------------------------
 def test_python_m_graphnet_lists_only_backends_that_run():
     usable = []

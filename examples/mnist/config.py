@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = dict(layers=[512, 256, 10], activation="relu", epochs=12, batch_size=128,
                                 optimizer="sgd", lr=0.05, momentum=0.0, nesterov=False,
                                 weight_decay=0.0, dropout=0.0, schedule="constant", seed=0,
-                                augment=False, model="mlp", rotate=0.0)
+                                augment=False, model="mlp", rotate=0.0, zoom=0.0)
 FLAG_KEYS = ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "momentum",
              "nesterov", "weight_decay", "dropout", "schedule", "seed", "augment")
 CHANGEABLE_ON_RESUME = ("epochs", "batch_size", "lr", "schedule", "augment")

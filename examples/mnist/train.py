@@ -202,6 +202,8 @@ def validate(cfg: dict[str, Any], name: Any = None) -> list[str]:
         bad.append(f"{name('weight_decay')} must be >= 0, got {cfg['weight_decay']}")
     if not 0 <= cfg["rotate"] <= 180:
         bad.append(f"{name('rotate')} must be in [0, 180] degrees, got {cfg['rotate']}")
+    if not 0 <= cfg["zoom"] < 1:
+        bad.append(f"{name('zoom')} must be in [0, 1) (a fraction of the size), got {cfg['zoom']}")
     if cfg["optimizer"] == "sgd" and cfg["nesterov"] and not cfg["momentum"] > 0:
         bad.append(f"{name('nesterov')} needs {name('momentum')} > 0 (or --no-nesterov)")
     return bad
@@ -217,7 +219,7 @@ def _expected_type(key: str, value: Any) -> Optional[str]:
             "a non-empty list of integers"
     elif key in ("epochs", "batch_size", "seed"):
         ok, want = is_int(value), "an integer"
-    elif key in ("lr", "momentum", "weight_decay", "dropout", "rotate"):
+    elif key in ("lr", "momentum", "weight_decay", "dropout", "rotate", "zoom"):
         ok, want = (is_int(value) or isinstance(value, float)) and math.isfinite(value), \
             "a finite number"
     elif key in ("nesterov", "augment"):
