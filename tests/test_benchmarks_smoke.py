@@ -70,3 +70,19 @@ def test_cli_benchmark_quick(tmp_path):
     assert r["results"]["engine"]["median"] > 0 and r["results"]["end"]["median"] > 0
     assert "cli_loop/engine" in r["ratios"] and r["targets"][0]["ratio"] == "cli_loop/engine"
     assert "_run_epoch" in (out / "profile_cli_small.txt").read_text()
+
+
+def test_cnn_cli_benchmark_quick(tmp_path):
+    """The CNN's CLI-epoch benchmark trains the preset's Trainer for the rounds asked and
+    reports the epoch times the Trainer recorded."""
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cnn_cli.py"), "--quick",
+                        "--rounds", "2", "--threads", "1", "--no-torch", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "cnn_cli_threads1.json").read_text())
+    assert r["config"]["augment"] is True and r["config"]["model"] == "cnn"
+    assert r["images_per_epoch"] == 1280 and list(r["contenders"]) == ["cli"]
+    times = r["contenders"]["cli"]["rounds"]
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert "ratio_cli_over_pytorch" not in r
