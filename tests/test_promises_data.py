@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet.augment import random_shift
+from graphnet.augment import keyed_uniform, random_shift
 from graphnet.datasets import mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,23 @@ def test_rotations_turn_about_the_centre_within_the_limit(backend):
     slack = math.degrees(math.atan(1 / radius))  # nearest-pixel sampling: up to a pixel
     assert max(abs(a) for a in angles) <= limit + slack
     assert min(angles) < -limit / 2 and max(angles) > limit / 2, "angles do not span the range"
+
+
+@pytest.mark.parametrize("max_shift, shape", [(2, (5, 2, 9, 7)), (1, (3, 1, 4, 4)), (0, (2, 1, 3, 3))])
+def test_shifts_match_a_loop_of_rolled_images_bit_for_bit(backend, max_shift, shape):
+    x = np.random.default_rng(3).random(shape, dtype=np.float32)
+    key = (5, 1, 640)
+    out = gn.to_numpy(random_shift(backend.asarray(x), max_shift, rng_key=key))
+    u = keyed_uniform(key, (shape[0], 3))
+    bg = x.min()
+    for i in range(shape[0]):
+        dy, dx = (int(np.floor(u[i, k] * np.float32(2 * max_shift + 1))) - max_shift
+                  for k in (0, 1))
+        want = np.full(shape[1:], bg, np.float32)
+        h, w = shape[2:]
+        want[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[i, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        np.testing.assert_array_equal(out[i], want, err_msg=f"image {i}, shift ({dy}, {dx})")
 
 
 def test_zooms_scale_about_the_centre_within_the_limit(backend):
