@@ -1,19 +1,22 @@
-"""Benchmark: training the MNIST "cnn" preset network, graphnet (NumPy backend) vs PyTorch CPU.
+"""Benchmark: training the MNIST example's CNNs, graphnet (NumPy backend) vs PyTorch CPU.
 
     python benchmarks/bench_cnn.py                 # 100 batches per round, scaled to an epoch
     python benchmarks/bench_cnn.py --full          # whole epochs (469 batches) per round
     python benchmarks/bench_cnn.py --threads 1     # BLAS / torch threads (default: all cores)
+    python benchmarks/bench_cnn.py --model cnn-pool   # the cnn preset's network
 
-The network is ``examples.mnist.config.mnist_cnn({"model": "cnn"})``: conv 32 3x3, ReLU, conv 64 3x3,
-max-pool 2, ReLU, dropout 0.25, dense 128, ReLU, dropout 0.5, dense 10; PyTorch gets the
-same layers in the same order, the same initial weights (checked: both give the same
-logits), Adam lr 1e-3 and the same pre-permuted contiguous batches of 128 of real MNIST,
-float32. The contenders take turns of ``CHUNK`` steps, round-robin with the order rotating,
-so a burst of load on a shared machine hits both; a contender's round time is the sum of
+``--model cnn`` (default; ``cnn-classic`` preset): ``mnist_cnn({"model": "cnn"})``, conv 32 3x3,
+ReLU, conv 64 3x3, max-pool 2, ReLU, dropout 0.25, dense 128, ReLU, dropout 0.5, dense 10.
+``--model cnn-pool`` (the ``cnn`` preset): the same with a max-pool after each convolution.
+PyTorch gets the same layers in the same order, the same initial weights (checked: both
+give the same logits), Adam lr 1e-3 and the same pre-permuted contiguous batches of 128 of
+real MNIST, float32. The contenders take turns of ``CHUNK`` steps, round-robin with the
+order rotating, so a burst of load on a shared machine hits both; a contender's round time is the sum of
 its turns. After a warm-up round, each figure is the median over the timed rounds;
 ``ratio`` is the median over rounds of graphnet's time / PyTorch's time in the same round.
 PyTorch is optional: without it the PyTorch column is skipped with a message. Results go
-to ``benchmarks/results/cnn.json`` (``cnn_threadsN.json`` with ``--threads N`` below all cores).
+to ``benchmarks/results/cnn.json`` or ``cnn_pool.json`` (``..._threadsN.json`` with
+``--threads N`` below all cores).
 On a machine shared with other work, compare ``--threads 1`` too: multi-threaded BLAS
 slows down sharply when the cores are oversubscribed.
 """
@@ -45,6 +48,7 @@ from benchmarks.common import (REPO, Config, batches_per_epoch, fmt_s, fmt_x, in
 
 BATCH = 128
 LR = 1e-3
+NETWORKS = {"cnn": "conv32-conv64-pool-dense128", "cnn-pool": "conv32-pool-conv64-pool-dense128"}
 CHUNK = 10  # steps per turn
 
 
@@ -61,11 +65,11 @@ def mnist_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class GraphnetCNN:
-    """The preset network on graphnet's NumPy backend: one ``Adam.minimize`` per batch (as the Trainer)."""
+    """An example network on graphnet's NumPy backend: one ``Adam.minimize`` per batch (as the Trainer)."""
 
     name = "graphnet"
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, seed: int) -> None:
+    def __init__(self, X: np.ndarray, Y: np.ndarray, seed: int, model: str = "cnn") -> None:
         import graphnet as gn
         from graphnet import optim
 
@@ -73,7 +77,7 @@ class GraphnetCNN:
         gn.set_backend("numpy")
         gn.seed(seed)
         self.gn = gn
-        self.net = mnist_cnn({"model": "cnn"})
+        self.net = mnist_cnn({"model": model})
         self.x = gn.Input("images", shape=(None, 1, 28, 28))
         self.y = gn.Input("labels", shape=(None,), dtype="int64")
         self.logits = self.net(self.x)
@@ -93,27 +97,37 @@ class GraphnetCNN:
         return [np.array(self.gn.to_numpy(p.value)) for p in self.net.parameters()]
 
 
+def torch_layers(nn: Any, model: str) -> list:
+    """PyTorch's layers for an example network, in graphnet's order."""
+    if model == "cnn":
+        return [nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.MaxPool2d(2), nn.ReLU(),
+                nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
+                nn.Linear(128, 10)]
+    if model == "cnn-pool":
+        return [nn.Conv2d(1, 32, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(32, 64, 3),
+                nn.MaxPool2d(2), nn.ReLU(), nn.Dropout(0.25), nn.Flatten(), nn.Linear(1600, 128),
+                nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10)]
+    raise ValueError(f"no PyTorch twin for model {model!r}; choose 'cnn' or 'cnn-pool'")
+
+
 class TorchCNN:
     """The same layers in PyTorch (CPU), started from graphnet's initial weights."""
 
     name = "pytorch"
 
-    def __init__(self, torch: Any, X: np.ndarray, Y: np.ndarray, weights: list[np.ndarray]) -> None:
+    def __init__(self, torch: Any, X: np.ndarray, Y: np.ndarray, weights: list[np.ndarray],
+                 model: str = "cnn", lr: float = LR) -> None:
         nn = torch.nn
         self.torch = torch
-        self.model = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(128, 10))
-        w1, b1, w2, b2, w3, b3, w4, b4 = weights
+        self.model = nn.Sequential(*torch_layers(nn, model))
+        layers = [m for m in self.model if isinstance(m, (nn.Conv2d, nn.Linear))]
         with torch.no_grad():
-            for layer, w, b in ((self.model[0], w1, b1), (self.model[2], w2, b2)):
+            for layer, w, b in zip(layers, weights[0::2], weights[1::2]):
+                if isinstance(layer, nn.Linear):
+                    w = np.ascontiguousarray(w.T)  # graphnet: (in, out)
                 layer.weight.copy_(torch.from_numpy(w))
                 layer.bias.copy_(torch.from_numpy(b))
-            for layer, w, b in ((self.model[7], w3, b3), (self.model[10], w4, b4)):
-                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))  # graphnet: (in, out)
-                layer.bias.copy_(torch.from_numpy(b))
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.loss = nn.CrossEntropyLoss()
         self.X, self.Y = torch.from_numpy(X), torch.from_numpy(Y)
 
@@ -131,17 +145,18 @@ class TorchCNN:
             return self.model(self.torch.from_numpy(xb)).numpy()
 
 
-def run(cfg: Config, steps: Optional[int] = None, rounds: Optional[int] = None) -> dict:
+def run(cfg: Config, steps: Optional[int] = None, rounds: Optional[int] = None,
+        model: str = "cnn") -> dict:
     full_steps = batches_per_epoch(BATCH)
     steps = min(steps or cfg.pick(100, 6), full_steps)
     rounds = rounds or cfg.pick(5, 2)
     torch, why_no_torch = torch_or_reason(cfg)
     notes = [why_no_torch] if why_no_torch else []
     X, Y = mnist_images(cfg.seed)
-    cs: dict[str, Any] = {"graphnet": GraphnetCNN(X, Y, cfg.seed)}
+    cs: dict[str, Any] = {"graphnet": GraphnetCNN(X, Y, cfg.seed, model)}
     agreement = None
     if torch is not None:
-        cs["pytorch"] = TorchCNN(torch, X, Y, cs["graphnet"].weights())
+        cs["pytorch"] = TorchCNN(torch, X, Y, cs["graphnet"].weights(), model)
         xb = X[-256:]
         a, b = cs["graphnet"].eval_logits(xb), cs["pytorch"].eval_logits(xb)
         agreement = float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))
@@ -153,7 +168,8 @@ def run(cfg: Config, steps: Optional[int] = None, rounds: Optional[int] = None) 
     wall = time.perf_counter() - t0
     scale = full_steps / steps
     res: dict[str, Any] = {
-        "benchmark": "cnn", "network": "mnist_cnn cnn (conv32-conv64-pool-dense128)",
+        "benchmark": "cnn" if model == "cnn" else "cnn_pool", "model": model,
+        "network": f"mnist_cnn {model} ({NETWORKS[model]})",
         "batch": BATCH, "optimizer": f"adam lr={LR}", "dtype": "float32", "threads": cfg.threads,
         "steps_timed_per_round": steps, "steps_per_epoch": full_steps, "rounds": rounds,
         "warmup_rounds": 1, "chunk": CHUNK, "wall_seconds": wall,
@@ -170,10 +186,11 @@ def run(cfg: Config, steps: Optional[int] = None, rounds: Optional[int] = None) 
 def summary(res: dict) -> list[list[str]]:
     rows = []
     for name, c in res["contenders"].items():
-        rows.append(["cnn", name, fmt_s(c["seconds_per_epoch"]["median"]) + "/epoch",
+        rows.append([res["benchmark"], name, fmt_s(c["seconds_per_epoch"]["median"]) + "/epoch",
                      f"{c['ms_per_step']['median']:.0f} ms/step"])
     if res.get("ratio_graphnet_over_pytorch") is not None:
-        rows.append(["cnn", "graphnet / pytorch", fmt_x(res["ratio_graphnet_over_pytorch"]), ""])
+        rows.append([res["benchmark"], "graphnet / pytorch",
+                     fmt_x(res["ratio_graphnet_over_pytorch"]), ""])
     return rows
 
 
@@ -184,13 +201,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, help="timed rounds after the warm-up (default 5)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="BLAS and torch threads (default: all cores)")
+    p.add_argument("--model", choices=sorted(NETWORKS), default="cnn",
+                   help="the example network (default: cnn, the classic one)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for cnn.json")
     args = p.parse_args(argv)
     cfg = Config(quick=args.quick, threads=args.threads, out=Path(args.out), use_torch=not args.no_torch)
     machine = start(cfg, "cnn benchmark")
-    res = run(cfg, steps=batches_per_epoch(BATCH) if args.full else args.steps, rounds=args.rounds)
+    res = run(cfg, steps=batches_per_epoch(BATCH) if args.full else args.steps, rounds=args.rounds,
+              model=args.model)
     res["machine"] = machine
     res["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for note in res["notes"]:
@@ -204,7 +224,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"   graphnet / pytorch = {r:.2f}x (median of paired rounds; logits agree to "
               f"{res['logits_max_relative_difference']:.1e} relative)")
     default_threads = args.threads == (os.cpu_count() or 1)
-    path = Path(args.out) / ("cnn.json" if default_threads else f"cnn_threads{args.threads}.json")
+    stem = res["benchmark"]
+    path = Path(args.out) / (f"{stem}.json" if default_threads else f"{stem}_threads{args.threads}.json")
     write_json(path, res)
     print(f"   wrote {path}")
     return 0

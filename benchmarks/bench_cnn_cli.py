@@ -10,9 +10,9 @@ Contenders, in one process, whole epochs taking turns (the order alternating eac
   checkpoint folder), training one more epoch through ``fit``; its time is the epoch time
   the CLI prints (``History.seconds``: the step loop with its augmentation and curve points,
   not the end-of-epoch evaluation and checkpoint).
-* *pytorch*: bench_cnn's PyTorch network (same layers and initial weights), Adam at the
-  preset's rate, over the training set as contiguous batches of 128: a bare training loop,
-  no augmentation or evaluation.
+* *pytorch*: bench_cnn's PyTorch twin of the preset's network (same layers and initial
+  weights), Adam at the preset's rate, over the training set as contiguous batches of 128:
+  a bare training loop, no augmentation or evaluation.
 
 So the comparison is the CLI's whole epoch against PyTorch's bare one. ``ratio`` is the
 median over rounds of cli / pytorch in the same round.
@@ -73,11 +73,10 @@ class TorchEpochs:
 
     name = "pytorch"
 
-    def __init__(self, torch: Any, n_images: int, weights: list, lr: float, seed: int) -> None:
+    def __init__(self, torch: Any, n_images: int, weights: list, model: str, lr: float,
+                 seed: int) -> None:
         X, Y = mnist_images(seed)
-        self.net = TorchCNN(torch, X[:n_images], Y[:n_images], weights)
-        for group in self.net.opt.param_groups:
-            group["lr"] = lr
+        self.net = TorchCNN(torch, X[:n_images], Y[:n_images], weights, model, lr)
         self.steps = -(-n_images // BATCH)
 
     def epoch(self) -> float:
@@ -95,7 +94,8 @@ def run(cfg: Config, rounds: Optional[int] = None) -> dict:
         cli = CliEpochs(n_images, Path(folder))
         cs: dict[str, Any] = {"cli": cli}
         if torch is not None:
-            cs["pytorch"] = TorchEpochs(torch, n_images, cli.weights(), cli.cfg["lr"], cfg.seed)
+            cs["pytorch"] = TorchEpochs(torch, n_images, cli.weights(), cli.cfg["model"],
+                                        cli.cfg["lr"], cfg.seed)
         times: dict[str, list[float]] = {name: [] for name in cs}
         order = list(cs)
         for r in range(rounds):

@@ -3,7 +3,7 @@
     python benchmarks/run.py                    # everything (about 5-10 minutes on 2 cores)
     python benchmarks/run.py --quick            # a few steps of each, under a minute
     python benchmarks/run.py --only mlp_large   # names: see --list; 'mlp' (or 'cli') selects both sizes
-    python benchmarks/run.py --only cnn         # the CNN step by step and the CLI epoch, vs PyTorch
+    python benchmarks/run.py --only cnn         # both CNNs step by step and the cnn preset's CLI epoch, vs PyTorch
     GRAPHNET_BACKEND=cupy python benchmarks/run.py --only gpu   # on a CUDA machine
 
 Figures are medians over timed rounds after a warm-up, with all contenders interleaved
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Config], dict], Callable[[dict], list]]] =
     "profile": (profile_step.run, profile_step.summary),
     "gpu": (bench_gpu.run, bench_gpu.summary),
     "cnn": (bench_cnn.run, bench_cnn.summary),
+    "cnn_pool": (lambda cfg: bench_cnn.run(cfg, model="cnn-pool"), bench_cnn.summary),
     "cnn_cli": (bench_cnn_cli.run, bench_cnn_cli.summary),
     "cli_small": (lambda cfg: bench_cli.run(cfg, "cli_small"), bench_cli.summary),
     "cli_large": (lambda cfg: bench_cli.run(cfg, "cli_large"), bench_cli.summary),

@@ -81,7 +81,7 @@ def test_cnn_cli_benchmark_quick(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "cnn_cli_threads1.json").read_text())
-    assert r["config"]["augment"] is True and r["config"]["model"] == "cnn"
+    assert r["config"]["augment"] is True and r["config"]["model"] == "cnn-pool"
     assert r["images_per_epoch"] == 1280 and list(r["contenders"]) == ["cli"]
     times = r["contenders"]["cli"]["rounds"]
     assert len(times) == 2 and all(t > 0 for t in times)

@@ -354,7 +354,7 @@ def test_mnist_cnn_first_parameter_is_first_conv_weight():
         mnist_cnn({"model": "resnet"})
 
 
-@pytest.mark.parametrize("model", ["cnn", "cnn-best"])
+@pytest.mark.parametrize("model", ["cnn", "cnn-pool", "cnn-best"])
 def test_cnn_classifier_trains_saves_and_loads(tmp_path, numpy_backend, model):
     gn.seed(0)
     net = mnist_cnn({"model": model})
