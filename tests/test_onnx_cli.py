@@ -126,8 +126,8 @@ def test_mnist_networks_agree_with_onnx_runtime_on_the_real_test_set(numpy_backe
     rng = np.random.default_rng(7)
     model = _classifier(preset, rng)
     model.fit_preprocessing(x_test)
-    fit(model, optim.SGD(model.parameters(), lr=0.05), x_test[:2000], y_test[:2000], epochs=1,
-        batch_size=100, progress=False)
+    fit(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9), x_test[:2000],
+        y_test[:2000], epochs=1, batch_size=100, progress=False)
     proto = onnx.load(str(gx.export(model, tmp_path / "m.onnx")))
     onnx.checker.check_model(proto, full_check=True)
     got = ort_run(proto, {"images": x_test.astype(np.float32)})[0]
