@@ -1,6 +1,6 @@
 """Benchmark: conv2d by im2col vs Winograd F(2x2, 3x3) on the NumPy backend.
 
-    python benchmarks/bench_winograd.py conv     # the classic cnn network's conv2 (preset cnn-classic) (+ max-pool), fwd + bwd
+    python benchmarks/bench_winograd.py conv     # cnn-classic's conv2 (+ max-pool), fwd + bwd
     python benchmarks/bench_winograd.py step     # a whole training step of bench_cnn's network
     python benchmarks/bench_winograd.py channels # conv fwd + bwd for a few C_in (auto's threshold)
     python benchmarks/bench_winograd.py pieces   # conv2's Winograd and im2col steps, one by one
