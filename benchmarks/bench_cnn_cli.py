@@ -39,7 +39,7 @@ QUICK_IMAGES = 1280  # quick mode: 10 steps per epoch
 
 
 class CliEpochs:
-    """The CLI's Trainer for the ``cnn`` preset; ``epoch()`` trains one more and returns its time."""
+    """The CLI's Trainer for the ``cnn`` preset; ``epoch()`` trains one more, returns its time."""
 
     name = "cli"
 

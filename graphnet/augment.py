@@ -1,4 +1,4 @@
-"""Data augmentation on the backend that holds the images: random shifts, small rotations and zooms."""
+"""Data augmentation on the backend that holds the images: shifts, small turns and zooms."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .backends import backend_of
+from .checks import integer, real
 from .hints import Array
 
 _STREAM = 0x617567  # separates these draws from any other use of the same key
@@ -81,13 +82,9 @@ def _resampled(flat: Array, dy: Array, dx: Array, u: Array, rotate: float, zoom:
 
 
 def _check_ranges(max_shift: int, rotate: float, zoom: float) -> None:
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-        raise ValueError(f"max_shift must be a non-negative integer (pixels), got {max_shift!r}")
-    for name, value, high in (("rotate", rotate, 180.0), ("zoom", zoom, 1.0)):
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value) and 0 <= value <= high and (name != "zoom" or value < 1)):
-            want = "in [0, 180] degrees" if name == "rotate" else "in [0, 1) (a fraction of the size)"
-            raise ValueError(f"{name} must be {want}, got {value!r}")
+    integer(max_shift, "max_shift", 0)
+    real(rotate, "rotate", 0.0, 180.0)
+    real(zoom, "zoom", 0.0, 1.0, high_open=True)
 
 
 def keyed_uniform(rng_key: Sequence[int], shape: tuple) -> np.ndarray:

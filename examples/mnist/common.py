@@ -350,7 +350,7 @@ def final_metrics(model: nn.Classifier, trainer: Trainer, cfg: dict, b: Any, dat
                   ) -> dict[str, Any]:
     """The run's figures. The last epoch evaluated the final weights on the whole test set and
     the first ``trainer.eval_subset`` training images: those are reused, not rerun (rerunning
-    them on all 70000 images cost the ``cnn`` preset 18 s, 4% of its run). A history without
+    them on all 70000 images cost the classic ``cnn`` preset 18 s, 4% of its run). A history without
     them (a finished run's outputs rewritten from a checkpoint that lacks them) is evaluated."""
     history, (x_train, y_train, x_test, y_test) = trainer.history, data
     n_train = min(trainer.eval_subset, len(x_train))

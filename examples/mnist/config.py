@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3/4 of its work on its second convolution at full resolution: about 50 s an epoch here,
     # so 6 minutes allow 6 epochs, which gave 99.15-99.35% by seed. Pooling after each
     # convolution (cnn-pool) costs a fifth as much per image and trains 12 epochs of shifted
-    # digits in about 3 minutes: see README "Results" for seeds 0-2.
+    # digits in about 5 minutes in all: see README "Results" for seeds 0-2.
     "cnn": dict(model="cnn-pool", epochs=12, batch_size=128, optimizer="adam", lr=3e-3,
                 schedule="cosine", augment=True),
     # The classic network: Adam at 3e-3 with a cosine decay over 8 epochs of digits shifted
@@ -64,7 +64,8 @@ CHANGEABLE_ON_RESUME = ("epochs", "batch_size", "lr", "schedule", "augment")
 MLP_ONLY = ("layers", "activation", "dropout")
 SGD_ONLY = ("momentum", "nesterov")
 CHOICES = {"activation": ("tanh", "relu", "sigmoid"), "optimizer": ("sgd", "adam"),
-           "schedule": ("constant", "step", "cosine"), "model": ("mlp", "cnn", "cnn-pool", "cnn-best")}
+           "schedule": ("constant", "step", "cosine"),
+           "model": ("mlp", "cnn", "cnn-pool", "cnn-best")}
 MAX_SEED = 2**32 - 1
 
 
