@@ -120,10 +120,16 @@ def summary(res: dict) -> list[list[str]]:
     return rows
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, help="epochs per contender (default 3)")
+    p.add_argument("--rounds", type=_positive, help="epochs per contender (default 3)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="BLAS and torch threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="epochs of 1280 images (smoke test)")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import graphnet as gn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,3 +88,12 @@ def test_cnn_cli_benchmark_quick(tmp_path):
     times = r["contenders"]["cli"]["rounds"]
     assert len(times) == 2 and all(t > 0 for t in times)
     assert "ratio_cli_over_pytorch" not in r
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2", "1.5", "x"])
+def test_cnn_cli_benchmark_refuses_a_bad_round_count(rounds):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cnn_cli.py"),
+                        "--rounds", rounds, "--no-torch", "--quick"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--rounds" in p.stderr and repr(rounds) in p.stderr
+    assert "Traceback" not in p.stderr
