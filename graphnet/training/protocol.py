@@ -16,8 +16,8 @@ class TrainableModel(Protocol):
     """What :class:`graphnet.training.Trainer` trains: a loss graph, its two inputs, and the
     preparation, evaluation and saving of the model's arrays. :class:`Classifier` is one."""
 
-    # "pragma: no mutate": a stub's defaults do nothing, and mutmut's copies of a mutated
-    # method would become members that isinstance() then requires
+    # Defaults are written "...", as in stubs: the implementations hold them (and mutation
+    # testing would otherwise add copies of these methods that isinstance() then requires).
     backend: Backend
     train_graph: Graph
 
@@ -28,13 +28,14 @@ class TrainableModel(Protocol):
     def prepare(self, x: Data) -> Array:
         """Raw data -> what the ``data`` input takes, on the model's backend."""
 
-    def prepare_targets(self, y: Data, n: int,
-                        argument: str = "targets") -> Array:  # pragma: no mutate
-        """``n`` raw targets -> what the ``targets`` input takes (ValueError if they do not fit)."""
+    def prepare_targets(self, y: Data, n: int, argument: str = ...) -> Array:
+        """``n`` raw targets -> what the ``targets`` input takes (ValueError naming
+        ``argument``, by default "targets", if they do not fit)."""
 
-    def evaluate(self, x: Data, y: Data, batch_size: int = 2000,  # pragma: no mutate
-                 prepared: bool = False) -> dict[str, float]:  # pragma: no mutate
-        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x``."""
+    def evaluate(self, x: Data, y: Data, batch_size: int = ...,
+                 prepared: bool = ...) -> dict[str, float]:
+        """At least ``{"loss": ..., "accuracy": ...}`` over the whole of ``x`` (in batches of
+        ``batch_size``, by default 2000; ``prepared``: ``x`` already went through ``prepare``)."""
 
     def parameters(self) -> list[Parameter]:
         """The trainable parameters."""
@@ -48,9 +49,8 @@ class TrainableModel(Protocol):
     def host_arrays(self) -> dict[str, np.ndarray]:
         """Host copies of :meth:`named_arrays`."""
 
-    def load_host_arrays(self, arrays: Mapping[str, np.ndarray],
-                         source: str = "checkpoint") -> None:  # pragma: no mutate
-        """Set every array from host copies."""
+    def load_host_arrays(self, arrays: Mapping[str, np.ndarray], source: str = ...) -> None:
+        """Set every array from host copies (errors name ``source``, by default "checkpoint")."""
 
 
 #: The members a TrainableModel has (checked by name: ``Trainer`` says which are missing).
