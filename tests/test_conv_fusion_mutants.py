@@ -19,10 +19,15 @@ from test_conv_fusion import _assert_bits, _compare
 from test_conv_winograd import algorithm
 
 
-@pytest.mark.parametrize("pool", [(2, 3), (3, 2)])
-def test_rectangular_windows_on_winograd_tiles_give_the_bits_of_the_two_nodes(backend, pool):
+@pytest.mark.parametrize("x_shape,pool", [
+    ((3, 2, 11, 16), (2, 3)),  # conv output 9x14: 5 tile rows, 7 tile columns
+    ((3, 2, 11, 16), (3, 2)),
+    ((3, 2, 11, 10), 3),       # 9x8: an odd number of rows, 4 tile columns
+])
+def test_windows_other_than_the_tiles_on_winograd_give_the_bits_of_the_two_nodes(backend, x_shape,
+                                                                                   pool):
     with algorithm("winograd"):
-        fused = _compare(x_shape=(3, 2, 11, 12), w_shape=(3, 2, 3, 3), pool=pool, flat=True)
+        fused = _compare(x_shape=x_shape, w_shape=(3, 2, 3, 3), pool=pool, flat=True)
     assert fused == ["conv2d+max_pool2d"]
 
 
