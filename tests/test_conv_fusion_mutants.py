@@ -63,9 +63,9 @@ def test_inputs_of_two_dtypes_give_float64_like_the_two_nodes(numpy_backend, the
         feed[w] = rng.standard_normal((3, 2, 3, 3))
     fast = gn.Graph(y, cost=cost)
     ref = gn.Graph(y, cost=cost, plan="reference")
-    out = fast.run(feed)[0]
+    out = fast.run(feed)
     assert out.dtype == np.float64
-    _assert_bits(out, ref.run(feed)[0], "output")
+    _assert_bits(out, ref.run(feed), "output")
     c1, g1 = fast.gradients(feed, wrt=[w, b], return_cost=True)
     c2, g2 = ref.gradients(feed, wrt=[w, b], return_cost=True)
     _assert_bits(c1, c2, "cost")
