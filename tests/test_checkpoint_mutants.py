@@ -231,3 +231,40 @@ def test_a_mid_epoch_version_1_checkpoint_is_refused_naming_where_it_stopped(tmp
     assert _load_error(tmp_path, path).endswith(  # what to do instead
         "Resume it with the graphnet that wrote it, or start the run again; version-1 "
         "checkpoints written at the end of an epoch are converted")
+
+
+# --- found by the 2026-12-07 (session 9) mutation run -------------------------------------
+def test_a_keyed_run_leaves_the_backend_generator_alone_on_resume(tmp_path, backend):
+    """Keyed steps draw nothing from the backend's generator, so loading does not rewind it."""
+    x, y = blobs(48)
+    trainer = _trainer(tmp_path / "a")
+    assert trainer.keyed_step
+    trainer.fit(x, y, epochs=1)
+    resumed = _trainer(tmp_path / "b")  # (building the model seeds the generator)
+    backend.uniform((5,), "float32")  # the generator moves on from the state saved
+    before = backend.rng_state()
+    resumed.load_checkpoint(tmp_path / "a" / CHECKPOINT)
+    assert backend.rng_state() == before
+
+
+def test_loading_a_saved_model_as_a_checkpoint_says_what_it_is(tmp_path):
+    model = tiny_model(layers=(8, 10))
+    model.fit_preprocessing(blobs(16)[0])
+    model.save(tmp_path / "m.npz")
+    with pytest.raises(CheckpointError,
+                       match=f"^{tmp_path / 'm.npz'}: is a saved model, not a training checkpoint$"):
+        _trainer(tmp_path / "t").load_checkpoint(tmp_path / "m.npz")
+
+
+def test_another_architecture_is_named_both_ways(tmp_path):
+    path = _written(tmp_path)
+    other = tiny_model(layers=(12, 10), seed=3)
+    other.fit_preprocessing(blobs(48)[0])
+    trainer = Trainer(other, optim.SGD(other.parameters(), lr=0.05), batch_size=16,
+                      progress=False)
+    saved = _trainer(tmp_path / "x").model.config()["network"]
+    with pytest.raises(CheckpointError) as err:
+        trainer.load_checkpoint(path)
+    assert str(err.value) == (f"{path}: was written for a different architecture: "
+                              f"{saved} vs {other.config()['network']}")
+    assert saved != other.config()["network"]

@@ -6,6 +6,7 @@ spread over worker threads in both passes.
 """
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import graphnet as gn
 from graphnet import ops, parallel
 from graphnet.errors import ArgumentError, ArgumentTypeError
-from graphnet.ops.conv import set_im2col_limit, winograd
+from graphnet.ops.conv import engine, set_im2col_limit, winograd
 from graphnet.testing import assert_close, reference_conv2d, reference_conv2d_grads
 
 from test_conv_reference import _feed_and_grads, _operands
@@ -131,3 +132,44 @@ def test_chunks_of_both_passes_run_on_two_worker_threads(numpy_backend, monkeypa
     finally:
         parallel.set_workers(None)
     assert len(seen["forward"]) == 2 and len(seen["backward"]) == 2, seen
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding", [
+    ((1, 3, 6, 6), (2, 2, 3, 3), (0, 0)),  # channels differ
+    ((1, 1, 6, 2), (1, 1, 3, 3), (0, 0)),  # too narrow, tall enough
+    ((1, 1, 2, 6), (1, 1, 3, 3), (0, 0)),  # too short, wide enough
+    ((1, 1, 1, 6), (1, 1, 4, 3), (1, 0)),  # 1 + 2 * 1 rows < 4
+    ((1, 1, 6, 1), (1, 1, 3, 4), (0, 1)),  # 1 + 2 * 1 columns < 4
+])
+def test_images_that_do_not_fit_the_kernel_are_refused_when_the_step_runs(numpy_backend, x_shape,
+                                                                          w_shape, padding):
+    x = gn.Input("x")  # no shape: only the run can tell
+    y = ops.conv2d(x, gn.Constant(np.ones(w_shape)), padding=padding)
+    message = (f"conv2d: input {x_shape} does not fit weight {w_shape} (stride (1, 1), "
+               f"padding {padding})")
+    for plan in ("step", "reference"):
+        with pytest.raises(gn.ShapeError, match=re.escape(message)):
+            gn.Graph(y, plan=plan).run({x: np.ones(x_shape)})
+
+
+@pytest.mark.parametrize("n", range(1, 41))
+def test_chunks_are_grouped_into_blocks_only_from_16_on_and_then_into_at_least_8(n):
+    chunks = [(i, i + 1) for i in range(n)]
+    blocks = engine.blocks_of(chunks)
+    assert [c for b0, b1 in blocks for c in range(b0, b1)] == list(range(n))  # in order, once
+    sizes = [b1 - b0 for b0, b1 in blocks]
+    if n < 16:
+        assert sizes == [1] * n
+    else:
+        assert len(blocks) >= 8 and max(sizes) >= 2 and max(sizes) <= engine.BLOCK_CHUNKS
+
+
+def test_chunks_without_a_backend_take_the_default_size():
+    before = set_im2col_limit(1000)
+    try:
+        assert engine.chunks_of(10, 300) == [(0, 3), (3, 6), (6, 9), (9, 10)]  # 3 fit in 1000
+        set_im2col_limit(engine.DEFAULT_CHUNK_BYTES * 2)  # then the default is the smaller
+        assert engine.chunks_of(3, engine.DEFAULT_CHUNK_BYTES // 2) == [(0, 2), (2, 3)]
+        assert engine.chunks_of(0, 300) == [(0, 0)]
+    finally:
+        set_im2col_limit(before)
