@@ -268,3 +268,30 @@ def test_another_architecture_is_named_both_ways(tmp_path):
     assert str(err.value) == (f"{path}: was written for a different architecture: "
                               f"{saved} vs {other.config()['network']}")
     assert saved != other.config()["network"]
+
+
+def _rewrite_arrays(path: Path, change: Callable[[dict], None]) -> Path:
+    arrays, meta = read_npz(path)
+    change(arrays)
+    atomic_write_npz(path, arrays, meta)
+    return path
+
+
+def test_a_model_array_that_does_not_fit_names_the_file(tmp_path):
+    path = _written(tmp_path)
+
+    def shrink(arrays):
+        key = next(k for k in arrays if k.startswith("model/"))
+        arrays[key] = arrays[key][..., :1]
+    _rewrite_arrays(path, shrink)
+    assert _load_error(tmp_path, path).startswith(f"{path}")
+
+
+def test_an_optimizer_state_that_does_not_fit_names_the_file(tmp_path):
+    path = _written(tmp_path)
+
+    def shrink(arrays):
+        arrays["optim/velocity.0"] = arrays["optim/velocity.0"][..., :1]
+    _rewrite_arrays(path, shrink)
+    assert _load_error(tmp_path, path).startswith(f"{path}: optimizer state does not fit: "
+                                                  "optimizer slot velocity.0 has shape ")
