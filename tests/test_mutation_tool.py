@@ -1,6 +1,7 @@
 """tools.mutation: which files mutmut rewrites and which mutants it runs (no mutmut run here)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,15 @@ def test_the_wrapper_limits_openmp_but_not_openblas(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
     mutation._fresh_chunk_pool_after_fork()
     assert os.environ["OPENBLAS_NUM_THREADS"] == "3"  # a user's own choice stays
+
+
+def test_scores_count_each_verdict_of_package_and_example_modules(tmp_path):
+    verdicts = {"m.f__mutmut_1": 1, "m.f__mutmut_2": 0, "m.f__mutmut_3": 33, "m.f__mutmut_4": 36,
+                "m.f__mutmut_5": None, "m.f__mutmut_6": -11}
+    for rel in ("graphnet/a.py.meta", "examples/mnist/b.py.meta"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps({"exit_code_by_key": verdicts}))
+    table = mutation.scores(tmp_path).splitlines()
+    # killed 2 (exit 1 and a crash), survived 1, no tests 1, timeout 1, not run 1: 2 / 4
+    assert table[2:] == ["| examples/mnist/b.py | 6 | 2 | 1 | 1 | 1 | 1 | 50% |",
+                         "| graphnet/a.py | 6 | 2 | 1 | 1 | 1 | 1 | 50% |"]
