@@ -37,31 +37,32 @@ def test_a_float32_conv_gives_float32_output_and_gradients(backend, plan, method
         assert_close(got, ref, rtol=1e-4, atol=1e-4, what=what, check_dtype="float32")
 
 
-def test_float32_images_and_float64_weights_compute_in_float64(numpy_backend):
-    """The output and the weights' gradients are float64, as exact as a float64 conv (im2col:
-    Winograd takes one dtype)."""
+@pytest.mark.parametrize("x_dtype,w_dtype", [("float32", "float64"), ("float64", "float32")])
+def test_operands_of_two_dtypes_compute_in_float64(numpy_backend, x_dtype, w_dtype):
+    """The output is float64, as exact as a float64 conv (im2col: Winograd takes one dtype);
+    each operand's gradient has the operand's dtype, computed in float64 and rounded once."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 2, 7, 8)).astype(np.float32)
-    w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
-    xi = gn.Input("x", shape=x.shape, dtype="float32")
-    wi, bi = gn.Input("w", shape=w.shape, dtype="float64"), gn.Input("b", shape=(4,), dtype="float64")
+    x = rng.standard_normal((3, 2, 7, 8)).astype(x_dtype)
+    w, b = rng.standard_normal((4, 2, 3, 3)).astype(w_dtype), rng.standard_normal(4)
+    xi = gn.Input("x", shape=x.shape, dtype=x_dtype)
+    wi, bi = gn.Input("w", shape=w.shape, dtype=w_dtype), gn.Input("b", shape=(4,), dtype="float64")
     y = ops.conv2d(xi, wi, bi, padding=1)
     up = gn.Input("up", shape=y.shape, dtype="float64")
     g = rng.standard_normal(y.shape)
     feed = {xi: x, wi: w, bi: b, up: g}
-    want_y = reference_conv2d(x.astype(np.float64), w, b, 1, 1)
-    want = reference_conv2d_grads(x.astype(np.float64), w, g, 1, 1)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want_y = reference_conv2d(x64, w64, b, 1, 1)
+    want = reference_conv2d_grads(x64, w64, g, 1, 1)
     for plan in ("step", "reference"):
         graph = gn.Graph(y, cost=gn.sum(y * up), plan=plan)
         assert_close(graph.run(feed), want_y, rtol=1e-12, atol=1e-12, what="output",
                      check_dtype="float64")
         grads = graph.gradients(feed, wrt=[xi, wi, bi])
-        for node, ref, what in zip((wi, bi), want[1:], ("gw", "gb")):
-            assert_close(grads[node], ref, rtol=1e-12, atol=1e-12, what=f"{plan} {what}",
-                         check_dtype="float64")
-        # an input's gradient has the input's dtype: computed in float64, rounded once
-        assert_close(grads[xi], want[0], rtol=1.2e-7, atol=1e-12, what=f"{plan} gx",
-                     check_dtype="float32")
+        for node, ref, dtype, what in zip((xi, wi, bi), want, (x_dtype, w_dtype, "float64"),
+                                          ("gx", "gw", "gb")):
+            tol = 1e-12 if dtype == "float64" else 1.2e-7
+            assert_close(grads[node], ref, rtol=tol, atol=1e-12, what=f"{plan} {what}",
+                         check_dtype=dtype)
 
 
 @pytest.mark.parametrize("method", ["im2col", "winograd"])
@@ -173,3 +174,10 @@ def test_chunks_without_a_backend_take_the_default_size():
         assert engine.chunks_of(0, 300) == [(0, 0)]
     finally:
         set_im2col_limit(before)
+
+
+def test_unknown_image_sizes_give_unknown_output_sizes(numpy_backend):
+    x = gn.Input("x", shape=(None, 2, None, 9))
+    y = ops.conv2d(x, gn.Constant(np.ones((3, 2, 3, 3))), stride=2, padding=1)
+    assert y.shape == (None, 3, None, 5)
+    assert gn.Graph(y).run({x: np.ones((1, 2, 7, 9))}).shape == (1, 3, 4, 5)
