@@ -295,3 +295,19 @@ def test_an_optimizer_state_that_does_not_fit_names_the_file(tmp_path):
     _rewrite_arrays(path, shrink)
     assert _load_error(tmp_path, path).startswith(f"{path}: optimizer state does not fit: "
                                                   "optimizer slot velocity.0 has shape ")
+
+
+def test_a_version_1_checkpoint_resumes_from_a_fresh_epoch_and_its_own_generator_state(tmp_path,
+                                                                                        backend):
+    """Converted at an epoch's end: no loss summed yet, and the generator state it carried
+    (written for version 1's draws) is not restored."""
+    x, y = blobs(48)
+    _trainer(tmp_path / "a", dropout=0.5, opt=UnkeyedSGD).fit(x, y, epochs=1)
+    path = _rewrite(tmp_path / "a" / CHECKPOINT, _as_version_1)
+    assert read_npz(path)[1].get("rng")  # the state is in the file
+    resumed = _trainer(tmp_path / "b", dropout=0.5, opt=UnkeyedSGD)
+    backend.uniform((5,), "float32")
+    before = backend.rng_state()
+    resumed.load_checkpoint(path)
+    assert resumed.state.loss_sum == 0.0 and resumed.state.sample == 0
+    assert backend.rng_state() == before
