@@ -1,0 +1,139 @@
+"""graphnet.io's .npz reader in the cases the mutation run of io.py found untested.
+
+(Issue 25; see docs/testing.md, "Mutation testing".) What each refused dtype is called, .npy
+headers of format 2.0, and every limit at its exact edge: the member count, the inflated
+bytes, the metadata's depth and the compression ratio of a zip bomb.
+"""
+from __future__ import annotations
+
+import io as pyio
+import json
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphnet import io
+from graphnet.io import CheckpointError, read_npz
+
+META = {"format": io.FORMAT, "version": io.VERSION}
+
+
+def _npy(arr: np.ndarray, version=(1, 0)) -> bytes:
+    buf = pyio.BytesIO()
+    np.lib.format.write_array(buf, arr, version=version, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _npz(path: Path, arrays: dict, meta: dict = META, version=(1, 0),
+         compression=zipfile.ZIP_STORED) -> Path:
+    """An .npz written member by member, whatever the arrays' dtypes (np.savez's layout)."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for key, arr in arrays.items():
+            zf.writestr(f"{key}.npy", _npy(np.asarray(arr), version))
+        raw = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        zf.writestr("__meta__.npy", _npy(raw))
+    return path
+
+
+def _refusal(path: Path, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as err:
+        read_npz(path, **kwargs)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("arr,what", [
+    (np.zeros(2, np.complex64), "complex numbers (graphnet stores real arrays only)"),
+    (np.array(["ab"]), "strings"),
+    (np.array([b"ab"]), "bytes"),
+    (np.zeros(2, dtype=[("a", "<i4")]), "structured records"),
+    (np.zeros(2, "datetime64[s]"), None),
+])
+def test_each_refused_dtype_is_named_for_what_it_holds(tmp_path, arr, what):
+    path = _npz(tmp_path / "x.npz", {"w": arr})
+    tail = (f": {what}" if what else "") + "; only real numbers are read"
+    assert _refusal(path) == f"{path}: array 'w' has dtype {arr.dtype}{tail}"
+
+
+def test_pickled_objects_are_refused_before_anything_is_unpickled(tmp_path):
+    path = _npz(tmp_path / "x.npz", {"w": np.array([{"a": 1}], dtype=object)})
+    assert _refusal(path) == (f"{path}: array 'w' holds pickled Python objects, which graphnet "
+                              "never loads (allow_pickle is off)")
+
+
+def test_npy_format_2_headers_are_read(tmp_path):
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.arange(3)}
+    got, meta = read_npz(_npz(tmp_path / "x.npz", arrays, version=(2, 0)))
+    assert meta == META and sorted(got) == ["n", "w"]
+    for key, arr in arrays.items():
+        assert got[key].dtype == arr.dtype and np.array_equal(got[key], arr)
+
+
+def test_npy_format_3_is_refused_by_name(tmp_path):
+    path = _npz(tmp_path / "x.npz", {"w": np.zeros(2)}, version=(3, 0))
+    assert _refusal(path) == (f"{path}: array 'w' has .npy format version (3, 0), which "
+                              "graphnet does not read")
+
+
+def test_the_member_count_limit_is_inclusive(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "MAX_NPZ_MEMBERS", 3)
+    read_npz(_npz(tmp_path / "ok.npz", {"a": np.zeros(1), "b": np.zeros(1)}))  # 3 members
+    path = _npz(tmp_path / "over.npz", {"a": np.zeros(1), "b": np.zeros(1), "c": np.zeros(1)})
+    assert _refusal(path) == f"{path}: holds 4 members, more than the 3 a checkpoint may have"
+
+
+def test_the_inflated_bytes_limit_is_inclusive(tmp_path):
+    path = _npz(tmp_path / "x.npz", {"w": np.zeros(50_000)}, compression=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as zf:
+        declared = sum(i.file_size for i in zf.infolist())
+    assert path.stat().st_size < declared - 1
+    read_npz(path, max_bytes=declared)
+    assert _refusal(path, max_bytes=declared - 1) == (
+        f"{path}: its arrays declare {declared} bytes once inflated, more than the "
+        f"{declared - 1} allowed: refused (a zip bomb?)")
+
+
+def _nested(depth: int) -> dict:
+    meta, inner = dict(META), None
+    node = meta
+    for _ in range(depth - 1):
+        inner = {}
+        node["x"] = inner
+        node = inner
+    return meta
+
+
+def test_metadata_may_nest_exactly_the_limit_deep(tmp_path):
+    assert io._depth(_nested(io.MAX_META_DEPTH)) == io.MAX_META_DEPTH
+    assert io._depth([[], [[1]]]) == 3 and io._depth(5) == 0
+    read_npz(_npz(tmp_path / "ok.npz", {}, meta=_nested(io.MAX_META_DEPTH)))
+    path = _npz(tmp_path / "deep.npz", {}, meta=_nested(io.MAX_META_DEPTH + 1))
+    assert _refusal(path) == (f"{path}: checkpoint metadata is nested more than "
+                              f"{io.MAX_META_DEPTH} levels deep")
+
+
+def _claiming(path: Path, size: int) -> int:
+    """Rewrite the central directory so that member ``w.npy`` claims ``size`` bytes; return
+    its compressed size."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        compressed = zf.getinfo("w.npy").compress_size
+    at = [m.start() for m in re.finditer(b"PK\x01\x02", data)
+          if data[m.start() + 46:m.start() + 51] == b"w.npy"][0]
+    data[at + 24:at + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+    return compressed
+
+
+def test_a_member_claiming_more_than_1100_to_1_plus_a_mebibyte_is_a_zip_bomb(tmp_path):
+    edge = _npz(tmp_path / "edge.npz", {"w": np.zeros(1000)}, compression=zipfile.ZIP_DEFLATED)
+    over = _npz(tmp_path / "over.npz", {"w": np.zeros(1000)}, compression=zipfile.ZIP_DEFLATED)
+    c = _claiming(edge, 0)
+    _claiming(edge, 1100 * c + 2**20)
+    _claiming(over, 1100 * c + 2**20 + 1)
+    assert "zip bomb" not in _refusal(edge)  # allowed by the ratio, refused for other reasons
+    assert _refusal(over) == (f"{over}: member 'w.npy' claims {1100 * c + 2**20 + 1} bytes from "
+                              f"{c} compressed: refused (a zip bomb?)")
