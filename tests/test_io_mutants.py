@@ -137,3 +137,17 @@ def test_a_member_claiming_more_than_1100_to_1_plus_a_mebibyte_is_a_zip_bomb(tmp
     assert "zip bomb" not in _refusal(edge)  # allowed by the ratio, refused for other reasons
     assert _refusal(over) == (f"{over}: member 'w.npy' claims {1100 * c + 2**20 + 1} bytes from "
                               f"{c} compressed: refused (a zip bomb?)")
+
+
+def test_a_fortran_ordered_array_keeps_its_values(tmp_path):
+    arr = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4))
+    assert np.lib.format.header_data_from_array_1_0(arr)["fortran_order"]
+    got, _ = read_npz(_npz(tmp_path / "x.npz", {"w": arr}))
+    assert np.array_equal(got["w"], arr)
+
+
+def test_a_member_that_is_not_an_array_is_named(tmp_path):
+    path = _npz(tmp_path / "x.npz", {"w": np.zeros(2)})
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("notes.txt", b"hello")
+    assert _refusal(path) == f"{path}: holds 'notes.txt', which is not a .npy array"
