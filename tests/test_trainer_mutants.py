@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from graphnet import optim
+from graphnet.errors import ArgumentTypeError
 from graphnet.training import CHECKPOINT, DivergenceError, Trainer, TrainingInterrupted, fit
+from graphnet.training.strategy import SingleProcess
 
 from helpers import blobs, interrupt_at_batch, tiny_model
 
@@ -293,3 +295,62 @@ def test_an_augment_with_an_unreadable_signature_gets_the_batch_only():
     x, y = blobs(N)
     t = _trainer(augment=_Unreadable())
     assert t.fit(x, y, epochs=1).epoch == [1]
+
+
+# --- found by the 2026-12-07 (session 9) mutation run -------------------------------------
+def test_the_documented_defaults():
+    model = tiny_model(layers=(8, 10), seed=3)
+    t = Trainer(model, optim.SGD(model.parameters(), lr=LR))
+    assert (t.batch_size, t.eval_every, t.checkpoint_dir, t.progress, t.eval_subset,
+            t.curve_subset, t.check_every) == (128, None, None, True, 10000, 2000, 25)
+
+
+class _RecordingStrategy(SingleProcess):
+    def attach(self, trainer: Any) -> None:
+        self.attached = trainer
+        super().attach(trainer)
+
+
+class _FakeWorld:
+    """What ``Trainer(distributed=...)`` needs of a World: ``data_parallel()``."""
+
+    def __init__(self) -> None:
+        self.made = _RecordingStrategy()
+
+    def data_parallel(self) -> Any:
+        return self.made
+
+
+def test_the_strategy_is_attached_to_its_trainer():
+    strategy = _RecordingStrategy()
+    t = _trainer(strategy=strategy)
+    assert t.strategy is strategy and strategy.attached is t
+
+
+def test_distributed_world_is_deprecated_for_its_data_parallel_strategy():
+    model = tiny_model(layers=(8, 10), seed=3)
+    world = _FakeWorld()
+    with pytest.warns(DeprecationWarning) as caught:
+        t = Trainer(model, optim.SGD(model.parameters(), lr=LR), distributed=world)
+    assert [str(w.message) for w in caught] == [
+        "Trainer(distributed=world) is deprecated: pass "
+        "strategy=graphnet.distributed.DataParallel(world)"]
+    assert t.strategy is world.made and world.made.attached is t
+    mine = _RecordingStrategy()
+    with pytest.warns(DeprecationWarning):
+        t = Trainer(model, optim.SGD(model.parameters(), lr=LR), distributed=_FakeWorld(),
+                    strategy=mine)
+    assert t.strategy is mine  # an explicit strategy wins
+
+
+def test_a_world_without_data_parallel_is_named_by_its_type():
+    model = tiny_model(layers=(8, 10), seed=3)
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            ArgumentTypeError, match=r"^distributed: expected a graphnet.distributed.World, "
+                                     r"got int$"):
+        Trainer(model, optim.SGD(model.parameters(), lr=LR), distributed=3)
+
+
+def test_a_model_lacking_members_is_told_which_comma_separated():
+    with pytest.raises(TypeError, match=r"got object, which lacks backend, train_graph, inputs,"):
+        Trainer(object(), optim.SGD(tiny_model(layers=(8, 10)).parameters(), lr=LR))
