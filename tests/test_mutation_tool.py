@@ -188,3 +188,19 @@ def test_scores_count_each_verdict_of_package_and_example_modules(tmp_path):
     # killed 2 (exit 1 and a crash), survived 1, no tests 1, timeout 1, not run 1: 2 / 4
     assert table[2:] == ["| examples/mnist/b.py | 6 | 2 | 1 | 1 | 1 | 1 | 50% |",
                          "| graphnet/a.py | 6 | 2 | 1 | 1 | 1 | 1 | 50% |"]
+
+
+def test_replay_mutants_chooses_by_verdict_and_name():
+    from tools import replay_mutants
+    meta = {"m.f__mutmut_1": 1, "m.f__mutmut_2": 0, "m.f__mutmut_3": None, "m.g__mutmut_1": 33}
+    assert replay_mutants.chosen(meta, False, False, None) == ["m.f__mutmut_2", "m.f__mutmut_3",
+                                                               "m.g__mutmut_1"]
+    assert replay_mutants.chosen(meta, False, True, None) == ["m.f__mutmut_2", "m.g__mutmut_1"]
+    assert replay_mutants.chosen(meta, True, False, {"f__mutmut_1"}) == ["m.f__mutmut_1"]
+
+
+def test_replay_mutants_refuses_a_module_without_verdicts(tmp_path, capsys):
+    from tools import replay_mutants
+    with pytest.raises(SystemExit):
+        replay_mutants.main(["graphnet/io.py", "tests/test_io_mutants.py", "--copy", str(tmp_path)])
+    assert "no verdicts at" in capsys.readouterr().err
