@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io as pyio
 import json
+import os
+import stat
 import re
 import struct
 import zipfile
@@ -151,3 +153,48 @@ def test_a_member_that_is_not_an_array_is_named(tmp_path):
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("notes.txt", b"hello")
     assert _refusal(path) == f"{path}: holds 'notes.txt', which is not a .npy array"
+
+
+def test_atomic_write_makes_missing_folders_and_verifies_a_temp_file_beside_the_target(tmp_path):
+    target = tmp_path / "new" / "deeper" / "m.npz"
+    seen = []
+
+    def verify(tmp: Path) -> None:
+        seen.append(tmp)
+        assert tmp.read_bytes() == b"abcdef"  # flushed before it is verified
+
+    io.atomic_write(target, [b"abc", b"def"], verify)  # byte chunks
+    assert target.read_bytes() == b"abcdef"
+    (tmp,) = seen
+    assert tmp.parent == target.parent and tmp.name.startswith("m.npz.")
+    assert tmp.name.endswith(".tmp") and not tmp.exists()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({**META, "kind": "model", "model": [1]}, "a model file needs a 'model' entry (dict), got [1]"),
+    ({**META, "model": "mlp"}, "the 'model' entry must be a dict, got str"),
+])
+def test_malformed_model_entries_are_named(tmp_path, meta, message):
+    path = _npz(tmp_path / "x.npz", {}, meta=meta)
+    assert _refusal(path) == f"{path}: {message}"
+
+
+def test_the_metadata_size_limit_is_inclusive(tmp_path, monkeypatch):
+    raw = json.dumps(META).encode()
+    monkeypatch.setattr(io, "MAX_META_BYTES", len(raw))
+    read_npz(_npz(tmp_path / "ok.npz", {}))
+    path = _npz(tmp_path / "big.npz", {}, meta={**META, "x": 1})
+    assert _refusal(path) == (f"{path}: checkpoint metadata is malformed (expected at most "
+                              f"{len(raw)} bytes of JSON)")
+
+
+@pytest.mark.parametrize("name,reason", [("file.npz/inside.npz", "Not a directory"),
+                                         ("nul\0byte.npz", "embedded null byte")])
+def test_an_unreadable_path_says_why_in_words(tmp_path, name, reason):
+    (tmp_path / "file.npz").write_bytes(b"x")
+    path = f"{tmp_path}/{name}"
+    assert _refusal(Path(path) if "\0" not in name else path) == \
+        f"{path}: cannot be read: {reason}"
