@@ -354,3 +354,13 @@ def test_a_world_without_data_parallel_is_named_by_its_type():
 def test_a_model_lacking_members_is_told_which_comma_separated():
     with pytest.raises(TypeError, match=r"got object, which lacks backend, train_graph, inputs,"):
         Trainer(object(), optim.SGD(tiny_model(layers=(8, 10)).parameters(), lr=LR))
+
+
+def test_a_larger_batch_after_replan_gets_larger_buffers():
+    x, y = blobs(N)
+    t = _trainer()
+    t.fit(x, y, epochs=1)
+    t.replan(batch_size=2 * BATCH)
+    t.fit(x, y, epochs=2)
+    assert t.history.epoch == [1, 2] and t.state.batches_seen == 3 + 2  # 48 in 16s, then in 32 + 16
+    assert t._buffers[0].shape[0] >= 2 * BATCH
