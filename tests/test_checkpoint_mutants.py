@@ -148,13 +148,16 @@ def test_checkpoint_position_reads_where_the_run_stands(tmp_path):
     assert checkpoint_position(_written(tmp_path)) == (1, 0, 48)
 
 
-def test_checkpoint_position_refuses_a_saved_model(tmp_path):
+@pytest.mark.parametrize("read", [checkpoint_position,
+                                  lambda p: _trainer(p.parent / "t").load_checkpoint(p)],
+                         ids=["checkpoint_position", "load_checkpoint"])
+def test_a_saved_model_is_refused_as_a_checkpoint_saying_what_it_is(tmp_path, read):
     model = tiny_model(layers=(8, 10))
     model.fit_preprocessing(blobs(16)[0])
     model.save(tmp_path / "m.npz")
     with pytest.raises(CheckpointError,
-                       match=f"^{tmp_path / 'm.npz'}: is a saved model, not a training checkpoint"):
-        checkpoint_position(tmp_path / "m.npz")
+                       match=f"^{tmp_path / 'm.npz'}: is a saved model, not a training checkpoint$"):
+        read(tmp_path / "m.npz")
 
 
 def test_checkpoint_position_names_the_file_of_a_newer_version(tmp_path):
@@ -245,15 +248,6 @@ def test_a_keyed_run_leaves_the_backend_generator_alone_on_resume(tmp_path, back
     before = backend.rng_state()
     resumed.load_checkpoint(tmp_path / "a" / CHECKPOINT)
     assert backend.rng_state() == before
-
-
-def test_loading_a_saved_model_as_a_checkpoint_says_what_it_is(tmp_path):
-    model = tiny_model(layers=(8, 10))
-    model.fit_preprocessing(blobs(16)[0])
-    model.save(tmp_path / "m.npz")
-    with pytest.raises(CheckpointError,
-                       match=f"^{tmp_path / 'm.npz'}: is a saved model, not a training checkpoint$"):
-        _trainer(tmp_path / "t").load_checkpoint(tmp_path / "m.npz")
 
 
 def test_another_architecture_is_named_both_ways(tmp_path):

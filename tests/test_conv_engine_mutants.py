@@ -22,13 +22,18 @@ from test_conv_reference import _feed_and_grads, _operands
 from test_conv_winograd import algorithm
 
 
+def _case(seed: int, x_shape: tuple, w_shape: tuple, padding: int) -> tuple:
+    """Operands, the reference output, an upstream gradient and the reference gradients."""
+    x, w, b = _operands(np.random.default_rng(seed), x_shape, w_shape)
+    y = reference_conv2d(x, w, b, 1, padding)
+    g = np.random.default_rng(seed + 1).standard_normal(y.shape)
+    return x, w, b, y, g, reference_conv2d_grads(x, w, g, 1, padding)
+
+
 @pytest.mark.parametrize("plan", ["step", "reference"])
 @pytest.mark.parametrize("method", ["im2col", "winograd"])
 def test_a_float32_conv_gives_float32_output_and_gradients(backend, plan, method):
-    x, w, b = _operands(np.random.default_rng(1), (3, 2, 7, 8), (4, 2, 3, 3))
-    y = reference_conv2d(x, w, b, 1, 1)
-    g = np.random.default_rng(2).standard_normal(y.shape)
-    want = reference_conv2d_grads(x, w, g, 1, 1)
+    x, w, b, y, g, want = _case(1, (3, 2, 7, 8), (4, 2, 3, 3), 1)
     with algorithm(method):
         out, grads, _ = _feed_and_grads(lambda *n: ops.conv2d(*n, padding=1), [x, w, b], g,
                                         "float32", plan=plan)
@@ -68,10 +73,7 @@ def test_operands_of_two_dtypes_compute_in_float64(numpy_backend, x_dtype, w_dty
 @pytest.mark.parametrize("method", ["im2col", "winograd"])
 @pytest.mark.parametrize("wanted", ["x", "w"])
 def test_the_gradient_of_one_operand_alone(backend, method, wanted):
-    x, w, b = _operands(np.random.default_rng(4), (2, 3, 6, 7), (2, 3, 3, 3))
-    y = reference_conv2d(x, w, b, 1, 0)
-    g = np.random.default_rng(5).standard_normal(y.shape)
-    gx, gw, _ = reference_conv2d_grads(x, w, g, 1, 0)
+    x, w, b, y, g, (gx, gw, _) = _case(4, (2, 3, 6, 7), (2, 3, 3, 3), 0)
     be = gn.backend()
     with gn.default_dtype("float64"), algorithm(method):
         xi, wi = gn.Input("x", shape=x.shape), gn.Input("w", shape=w.shape)
