@@ -198,3 +198,45 @@ def test_an_unreadable_path_says_why_in_words(tmp_path, name, reason):
     path = f"{tmp_path}/{name}"
     assert _refusal(Path(path) if "\0" not in name else path) == \
         f"{path}: cannot be read: {reason}"
+
+
+def test_a_path_of_path_max_bytes_is_refused_showing_its_ends(tmp_path):
+    limit = io.PATH_MAX
+    fine = "a/" * ((limit - 2) // 2) + "b"  # limit - 1 bytes, short components
+    assert len(fine) == limit - 1 and io.check_path(fine, "--out") == Path(fine)
+    long = fine + "c"
+    with pytest.raises(io.ArgumentError) as err:
+        io.check_path(long, "--out")
+    assert str(err.value) == (f"--out: the path is {limit} bytes long, more than the {limit - 1} "
+                              f"a path may have: {long[:60] + '...' + long[-15:]!r}")
+
+
+@pytest.mark.parametrize("length", [80, 81])
+def test_a_path_is_shown_whole_up_to_80_characters(length):
+    text = "x" * (length - 1) + "\0"
+    shown = text if length <= 80 else text[:60] + "..." + text[-15:]
+    with pytest.raises(io.ArgumentError) as err:
+        io.check_path(text, "--model")
+    assert str(err.value) == (f"--model: {shown!r} is not a file path (empty, or holds a NUL "
+                              "byte)")
+
+
+def test_metadata_that_is_missing_malformed_or_not_json_is_named(tmp_path):
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("w.npy", _npy(np.zeros(2)))
+    assert _refusal(path) == f"{path}: not a graphnet checkpoint (no metadata)"
+    for raw in (np.zeros(4, np.int32), np.zeros((2, 2), np.uint8)):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("__meta__.npy", _npy(raw))
+        assert _refusal(path).startswith(f"{path}: checkpoint metadata is malformed (expected")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__meta__.npy", _npy(np.frombuffer(b"{not json", np.uint8)))
+    assert _refusal(path) == (f"{path}: checkpoint metadata is corrupted: JSONDecodeError: "
+                              "Expecting property name enclosed in double quotes: line 1 "
+                              "column 2 (char 1)")
+
+
+def test_a_kind_that_is_not_a_string_has_no_required_entries(tmp_path):
+    _, meta = read_npz(_npz(tmp_path / "x.npz", {}, meta={**META, "kind": ["model"]}))
+    assert meta["kind"] == ["model"]  # the callers compare kind with "checkpoint" or "model"
