@@ -364,3 +364,10 @@ def test_a_larger_batch_after_replan_gets_larger_buffers():
     t.fit(x, y, epochs=2)
     assert t.history.epoch == [1, 2] and t.state.batches_seen == 3 + 2  # 48 in 16s, then in 32 + 16
     assert t._buffers[0].shape[0] >= 2 * BATCH
+
+
+def test_an_epochs_training_accuracy_is_the_models_on_the_first_eval_subset_images():
+    x, y = blobs(N)
+    t = _trainer(eval_subset=20)
+    t.fit(x, y, epochs=1)
+    assert t.history.train_accuracy == [t.model.evaluate(x[:20], y[:20])["accuracy"]]
