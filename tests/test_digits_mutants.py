@@ -314,6 +314,18 @@ def test_the_digit_is_scaled_to_255_cropped_and_centred_by_its_centre_of_mass():
     assert got[top + 5, left + 1] == 126 and got[top, left + 7] == 26 and got[top + 10, left + 5] == 0
 
 
+def test_a_digit_wider_than_tall_is_placed_the_same_way_turned():
+    """The exact picture turned a quarter (transposed): its ink box is 8x20, its long side
+    the width; the result is the first one transposed."""
+    img, patch = _exact_picture()
+    rows, cols = np.mgrid[:20, :8]
+    cy, cx = (patch * rows).sum() / patch.sum(), (patch * cols).sum() / patch.sum()
+    top, left = round(14 - cy), round(14 - cx)
+    want = np.zeros((28, 28))
+    want[top:top + 20, left:left + 8] = patch
+    assert digits.to_mnist(img.T).tolist() == np.rint(want.T).astype(np.uint8).tolist()
+
+
 def test_the_same_digit_on_white_paper_is_the_same():
     img, _ = _exact_picture()
     img[img == 20] = 21  # off the exact tenth: no rounding at the boundary
@@ -390,6 +402,15 @@ def test_the_centre_is_kept_wholly_inside_the_field(mass_row, want_top):
     got = digits.centre_in_field(patch)
     assert got.dtype == np.uint8 and got.shape == (28, 28)
     assert np.argwhere(got).tolist() == [[want_top + mass_row, c] for c in (13, 14, 15)]
+
+
+@pytest.mark.parametrize("mass_col, want_left", [(0, 8), (19, 0)])
+def test_the_centre_is_kept_wholly_inside_the_field_across(mass_col, want_left):
+    patch = np.zeros((3, 20))
+    patch[:, mass_col] = 255
+    patch[0, :] = np.where(np.arange(20) == mass_col, 255, 1e-9)  # the patch is 20 wide
+    got = digits.centre_in_field(patch)
+    assert np.argwhere(got).tolist() == [[r, want_left + mass_col] for r in (13, 14, 15)]
 
 
 def test_centre_in_field_places_a_lopsided_patch_by_rows_and_columns():
