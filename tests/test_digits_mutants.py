@@ -161,6 +161,9 @@ def test_sixteen_bit_grey_is_scaled_by_65535():
     got = digits.grey_levels(img)
     assert got.dtype == np.float64
     assert_close(got, np.array([[0.0, 100.0, 255.0]]), rtol=0, atol=1e-12)
+    grey = Image.fromarray(np.array([[0, 257 * 100, 257 * 200]], np.uint16))  # no full white
+    assert grey.mode == "I;16"
+    assert_close(digits.grey_levels(grey), np.array([[0.0, 100.0, 200.0]]), rtol=0, atol=1e-12)
 
 
 def test_thirty_two_bit_grey_is_scaled_by_its_maximum_when_above_255_and_clipped_at_0():
@@ -331,6 +334,8 @@ def test_the_same_digit_on_white_paper_is_the_same():
     img[img == 20] = 21  # off the exact tenth: no rounding at the boundary
     light = 255 - img
     assert digits.to_mnist(light).tolist() == digits.to_mnist(img).tolist()
+    # as 8-bit grey levels (as a decoded file gives them), white paper reads the same
+    assert digits.to_mnist(light.astype(np.uint8)).tolist() == digits.to_mnist(img).tolist()
 
 
 def test_a_resampled_digit_keeps_its_strokes_bright_and_the_rest_dark():
