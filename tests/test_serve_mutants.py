@@ -141,9 +141,16 @@ def _hold(port: int) -> socket.socket | None:
 
 
 @pytest.mark.parametrize("args, port", [([], 8000), (["--port", "65535"], 65535)])
-def test_a_port_in_use_is_one_error_line_and_exit_2(model_path, capsys, args, port):
+def test_a_port_in_use_is_one_error_line_and_exit_2(model_path, monkeypatch, capsys, args,
+                                                     port):
     """The default port is 8000 and 65535 is a port: both are tried, and taken (here by the
     test) they give one line naming the address and the system's reason."""
+    real = serve.make_server
+
+    def must_fail(*a, **k):
+        real(*a, **k).server_close()
+        raise AssertionError(f"listening, not refused: make_server{a}")
+    monkeypatch.setattr(serve, "make_server", must_fail)
     held = _hold(port)
     try:
         assert serve.main(["--model", model_path, "--quiet", *args]) == 2
