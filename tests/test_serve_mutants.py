@@ -65,7 +65,9 @@ class Main:
         self.server = self.made[0] if self.made else None
 
     def get(self, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection(host, self.server.server_address[1], timeout=30)
+        time.sleep(0.05)
+        assert self.thread.is_alive(), "serve.main ended without serving"
+        conn = http.client.HTTPConnection(host, self.server.server_address[1], timeout=10)
         try:
             conn.request("GET", path)
             res = conn.getresponse()
@@ -74,8 +76,10 @@ class Main:
             conn.close()
 
     def stop(self) -> int:
-        if self.server is not None:
-            self.server.shutdown()
+        if self.server is not None and self.thread.is_alive():
+            self.server.shutdown()  # (waits for serve_forever: only while main runs)
+        elif self.server is not None:
+            self.server.server_close()
         self.thread.join(30)
         assert "code" in self.result, "serve.main did not return"
         return self.result["code"]
