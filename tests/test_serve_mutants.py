@@ -206,12 +206,12 @@ def test_listening_on_every_address_warns_and_logs_each_request(model_path, monk
 
 def test_an_ipv6_address_is_printed_in_brackets(model_path, monkeypatch, capsys):
     try:
-        socket.socket(socket.AF_INET6).close()
-    except OSError:
-        pytest.skip("no IPv6 here")
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"cannot listen on ::1 here: {exc}")
     running = Main(monkeypatch, ["--model", model_path, "--host", "::1", "--port", "0", "--quiet"])
-    if running.server is None:
-        pytest.skip(f"cannot listen on ::1 here: {capsys.readouterr().err}")
+    assert running.server is not None, capsys.readouterr().err
     port = running.server.server_address[1]
     try:
         assert running.get("/api/map", host="::1")[0] == 200
@@ -378,3 +378,39 @@ def test_the_map_and_answers_give_labels_and_pixels_as_integers(model_path):
     assert '"labels":[0,1,2,3,4,5,6,7,8,9,0,1]' in text
     pixels = json.loads(serve._json_bytes(answer))["neighbours"][0]["pixels"]
     assert len(pixels) == 784 and all(type(v) is int for v in pixels)
+
+
+def _reply(server, request: bytes) -> tuple[str, dict, bytes]:
+    """Status line, headers (as sent) and body of the one answer to raw ``request``."""
+    reply = _raw(server, request)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, dict(ln.split(": ", 1) for ln in lines), body
+
+
+def test_http_servers_own_refusals_are_json_and_close_the_connection(digit_map):
+    """An unknown method: 405 with the methods allowed, a JSON message, its length, and the
+    connection closed (a second request sent behind it gets no answer). A request line that
+    cannot be parsed: 400, no Allow. A HEAD refused: the headers only."""
+    server = serve.make_server(digit_map, "127.0.0.1", 0, quiet=True)
+    thread = _serving(server)
+    try:
+        reply = _raw(server, b"BREW / HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+                             b"GET /api/map HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
+        assert reply.count(b"HTTP/1.") == 1, reply[:300]
+        status, headers, body = _reply(server, b"BREW / HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
+        assert status.split(" ", 1)[1] == "405 Method Not Allowed"
+        assert json.loads(body) == {"error": "BREW is not supported"}
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Content-Length"] == str(len(body))
+        assert headers["Connection"] == "close" and headers["Allow"] == "GET, HEAD, POST"
+        status, headers, body = _reply(server, b"GET / HTTP/1.1 extra words\r\n\r\n")
+        assert status.split(" ", 2)[1] == "400" and "Allow" not in headers
+        assert json.loads(body)["error"].startswith("Bad request")
+        assert headers["Content-Length"] == str(len(body)) and headers["Connection"] == "close"
+        long_header = b"HEAD / HTTP/1.1\r\nHost: {HOST}\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n"
+        status, headers, body = _reply(server, long_header)
+        assert status.split(" ", 2)[1] == "431" and body == b""
+        assert int(headers["Content-Length"]) > 0  # the length GET would have had
+    finally:
+        _stop(server, thread)
