@@ -414,3 +414,86 @@ def test_http_servers_own_refusals_are_json_and_close_the_connection(digit_map):
         assert int(headers["Content-Length"]) > 0  # the length GET would have had
     finally:
         _stop(server, thread)
+
+
+def _overflowing(path) -> str:
+    from test_predict_doors import model_file
+    return str(model_file(path, overflow=True))
+
+
+def test_what_the_map_and_a_drawing_answer_hold(digit_map, tmp_path):
+    """The map's points to 4 decimals; a neighbour's keys; a blank drawing (422) and
+    probabilities that overflow (500) named as the client reads them."""
+    points = np.array(digit_map.map_json()["points"])
+    assert np.abs(points * 1e4 - np.round(points * 1e4)).max() < 1e-6
+    assert np.abs(points - digit_map.projection.points).max() > 1e-7  # rounded indeed
+    with gn.use_backend("numpy"):
+        answer = digit_map.predict(np.kron(np.eye(4), np.ones((10, 10))) * 255)
+        assert set(answer["neighbours"][0]) == {"index", "label", "pixels"}
+        assert answer["neighbours"][0]["label"] == int(digit_map.labels[answer["neighbours"][0]
+                                                                        ["index"]])
+        with pytest.raises(serve.RequestError) as err:
+            digit_map.predict(np.zeros((30, 30)))
+        assert err.value.status == 422 and err.value.message.startswith("the drawing: is blank")
+        hot = serve.DigitMap(nn.load(_overflowing(tmp_path / "hot.npz")), digit_map.images[:3],
+                             digit_map.labels[:3])
+        with pytest.raises(serve.RequestError) as err:
+            hot.predict(np.kron(np.eye(4), np.ones((10, 10))) * 255)
+    assert err.value.status == 500
+    assert err.value.message == ("the model's probabilities hold NaN or inf: its weights "
+                                 "overflow on this drawing")
+
+
+def test_a_network_without_hidden_layer_says_why_it_has_no_map(tmp_path):
+    path = tmp_path / "m.npz"
+    with gn.use_backend("numpy"):
+        gn.seed(0)
+        nn.Classifier(nn.MLP([10], 784, "tanh"), (784,)).save(path)
+        dm = serve.DigitMap(nn.load(path), np.zeros((3, 28, 28), np.uint8), np.arange(3))
+    assert dm.map_json() == {"available": False, "reason": "this network has no hidden layer"}
+
+
+def test_equally_near_test_images_are_listed_by_index(model_path):
+    """Test images that are the drawing itself, scattered among others: all at distance 0,
+    the eight shown are the first eight of them."""
+    rng = np.random.default_rng(0)
+    drawing = np.kron(np.eye(4), np.ones((10, 10))) * 255
+    other = rng.integers(0, 256, (28, 28))
+    same = rng.integers(0, 2, 60).astype(bool)
+    images = np.where(same[:, None, None], serve.digits.to_mnist(drawing), other)
+    with gn.use_backend("numpy"):
+        answer = serve.DigitMap(nn.load(model_path), images, same).predict(drawing)
+    assert [n["index"] for n in answer["neighbours"]] == [int(i) for i in np.flatnonzero(same)[:8]]
+
+
+def test_paths_with_queries_and_methods_per_path(digit_map):
+    server = serve.make_server(digit_map, "127.0.0.1", 0, quiet=True)
+    thread = _serving(server)
+    host, port = server.server_address[:2]
+
+    def ask(method: str, path: str) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(host, port, timeout=20)
+        try:
+            conn.request(method, path, body=b"{}" if method == "POST" else None,
+                         headers={"Content-Type": "application/json"})
+            res = conn.getresponse()
+            body = res.read()
+            return res.status, json.loads(body) if res.getheader("Content-Type") == \
+                "application/json" else {}
+        finally:
+            conn.close()
+    try:
+        assert ask("GET", "/api/map?x=1")[0] == 200
+        assert ask("GET", "/api/map?a?b")[0] == 200
+        assert ask("GET", "/static/app.js?v=2")[0] == 200
+        assert ask("GET", "/1234567app.js")[0] == 404  # as long as "/static/", but not it
+        assert ask("GET", "/api/predict") == (405, {"error": "use POST for /api/predict"})
+        assert ask("POST", "/api/predict?x=1?y")[0] == 422  # reached: "{}" has no drawing
+        for path in ("/api/map", "/static/app.js", "/", "/api/map?x"):
+            status, answer = ask("POST", path)
+            assert status == 405, path
+            assert answer == {"error": f"cannot POST to {path.split('?')[0]}; POST drawings "
+                                       "to /api/predict"}
+        assert ask("POST", "/static/nope.js")[0] == 404
+    finally:
+        _stop(server, thread)
