@@ -292,8 +292,9 @@ def test_head_answers_the_headers_of_get_without_the_body(digit_map):
         reply = _raw(server, b"HEAD / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.split(b" ", 2)[1] == b"200" and body == b""
-        assert f"Content-Length: {len(page)}".encode() in head.split(b"\r\n")
-        assert b"Content-Type: text/html; charset=utf-8" in head.split(b"\r\n")
+        lines = [ln.lower() for ln in head.split(b"\r\n")]  # (HTTP ignores the names' case)
+        assert f"content-length: {len(page)}".encode() in lines
+        assert b"content-type: text/html; charset=utf-8" in lines
     finally:
         _stop(server, thread)
 
@@ -381,11 +382,12 @@ def test_the_map_and_answers_give_labels_and_pixels_as_integers(model_path):
 
 
 def _reply(server, request: bytes) -> tuple[str, dict, bytes]:
-    """Status line, headers (as sent) and body of the one answer to raw ``request``."""
+    """Status line, headers (names in lower case: HTTP ignores their case) and body of the
+    one answer to raw ``request``."""
     reply = _raw(server, request)
     head, _, body = reply.partition(b"\r\n\r\n")
     status, *lines = head.decode("latin-1").split("\r\n")
-    return status, dict(ln.split(": ", 1) for ln in lines), body
+    return status, {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines)}, body
 
 
 def test_http_servers_own_refusals_are_json_and_close_the_connection(digit_map):
@@ -401,17 +403,17 @@ def test_http_servers_own_refusals_are_json_and_close_the_connection(digit_map):
         status, headers, body = _reply(server, b"BREW / HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
         assert status.split(" ", 1)[1] == "405 Method Not Allowed"
         assert json.loads(body) == {"error": "BREW is not supported"}
-        assert headers["Content-Type"] == "application/json"
-        assert headers["Content-Length"] == str(len(body))
-        assert headers["Connection"] == "close" and headers["Allow"] == "GET, HEAD, POST"
+        assert headers["content-type"] == "application/json"
+        assert headers["content-length"] == str(len(body))
+        assert headers["connection"] == "close" and headers["allow"] == "GET, HEAD, POST"
         status, headers, body = _reply(server, b"GET / HTTP/1.1 extra words\r\n\r\n")
-        assert status.split(" ", 2)[1] == "400" and "Allow" not in headers
+        assert status.split(" ", 2)[1] == "400" and "allow" not in headers
         assert json.loads(body)["error"].startswith("Bad request")
-        assert headers["Content-Length"] == str(len(body)) and headers["Connection"] == "close"
+        assert headers["content-length"] == str(len(body)) and headers["connection"] == "close"
         long_header = b"HEAD / HTTP/1.1\r\nHost: {HOST}\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n"
         status, headers, body = _reply(server, long_header)
         assert status.split(" ", 2)[1] == "431" and body == b""
-        assert int(headers["Content-Length"]) > 0  # the length GET would have had
+        assert int(headers["content-length"]) > 0  # the length GET would have had
     finally:
         _stop(server, thread)
 
