@@ -403,7 +403,7 @@ def test_http_servers_own_refusals_are_json_and_close_the_connection(digit_map):
         status, headers, body = _reply(server, b"BREW / HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
         assert status.split(" ", 1)[1] == "405 Method Not Allowed"
         assert json.loads(body) == {"error": "BREW is not supported"}
-        assert headers["content-type"] == "application/json"
+        assert headers["content-type"].lower() == "application/json"  # (media types too)
         assert headers["content-length"] == str(len(body))
         assert headers["connection"] == "close" and headers["allow"] == "GET, HEAD, POST"
         status, headers, body = _reply(server, b"GET / HTTP/1.1 extra words\r\n\r\n")
@@ -498,4 +498,44 @@ def test_paths_with_queries_and_methods_per_path(digit_map):
                                        "to /api/predict"}
         assert ask("POST", "/static/nope.js")[0] == 404
     finally:
+        _stop(server, thread)
+
+
+def test_answers_carry_no_store_allow_where_refused_and_close_where_the_request_was_bad(
+        digit_map, monkeypatch):
+    server = serve.make_server(digit_map, "127.0.0.1", 0, quiet=True)
+    thread = _serving(server)
+    host, port = server.server_address[:2]
+    try:
+        status, headers, body = _reply(server, b"GET /api/predict HTTP/1.1\r\nHost: {HOST}\r\n"
+                                               b"Connection: close\r\n\r\n")
+        assert status.split(" ", 2)[1] == "405" and headers["allow"] == "GET, HEAD, POST"
+        assert headers["cache-control"] == "no-store"
+        assert headers["content-type"].lower() == "application/json"
+        assert json.loads(body) == {"error": "use POST for /api/predict"}
+        status, headers, _ = _reply(server, b"GET /nope HTTP/1.1\r\nHost: {HOST}\r\n"
+                                            b"Connection: close\r\n\r\n")
+        assert status.split(" ", 2)[1] == "404" and "allow" not in headers
+        assert headers["cache-control"] == "no-store"
+        status, headers, body = _reply(server, b"GET / HTTP/1.1\r\nHost: evil.example:" +
+                                       str(port).encode() + b"\r\n\r\n")
+        assert status.split(" ", 2)[1] == "421" and headers["connection"] == "close"
+        assert json.loads(body) == {"error": f"Host 'evil.example:{port}' does not name this "
+                                             f"server; use http://127.0.0.1:{port}/"}
+        status, headers, body = _reply(server, b"GET / HTTP/1.1\r\n\r\n")
+        assert status.split(" ", 2)[1] == "400" and headers["connection"] == "close"
+        assert json.loads(body) == {"error": "expected one Host header, got 0"}
+
+        def broken(grey):
+            raise RuntimeError("boom")
+        monkeypatch.setattr(digit_map, "predict", broken)
+        with redirect_stderr(io.StringIO()) as err:  # the traceback goes to the log
+            status, headers, body = _reply(
+                server, b"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
+                        b"application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert status.split(" ", 2)[1] == "500"
+        assert headers["content-type"].lower() == "application/json"
+        assert json.loads(body) == {"error": "internal error: RuntimeError: boom"}
+    finally:
+        monkeypatch.undo()
         _stop(server, thread)
