@@ -532,7 +532,8 @@ def test_answers_carry_no_store_allow_where_refused_and_close_where_the_request_
         with redirect_stderr(io.StringIO()) as err:  # the traceback goes to the log
             status, headers, body = _reply(
                 server, b"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
-                        b"application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                        b"application/json\r\nContent-Length: 24\r\nConnection: close\r\n\r\n"
+                        b'{"pixels": [[0, 255]]}  ')
         assert status.split(" ", 2)[1] == "500"
         assert headers["content-type"].lower() == "application/json"
         assert json.loads(body) == {"error": "internal error: RuntimeError: boom"}
