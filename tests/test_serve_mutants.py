@@ -540,3 +540,26 @@ def test_answers_carry_no_store_allow_where_refused_and_close_where_the_request_
     finally:
         monkeypatch.undo()
         _stop(server, thread)
+
+
+def test_a_server_on_every_address_answers_the_address_the_client_reached(digit_map):
+    """Bound to 0.0.0.0 and reached at 127.0.0.2 (another loopback address): a Host naming
+    the address reached is this server; another is not."""
+    server = serve.make_server(digit_map, "0.0.0.0", 0, quiet=True)
+    thread = _serving(server)
+    port = server.server_address[1]
+    try:
+        def status(host: str) -> int:
+            with socket.create_connection(("127.0.0.2", port), timeout=20) as sock:
+                sock.sendall(f"GET /api/map HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                reply = b"".join(iter(lambda: sock.recv(65536), b""))
+            return int(reply.split(b" ", 2)[1])
+        try:
+            reached = status("127.0.0.2")
+        except OSError as exc:
+            pytest.skip(f"127.0.0.2 cannot be reached here: {exc}")
+        assert reached == 200
+        assert status("127.0.0.3") == 421
+    finally:
+        _stop(server, thread)
