@@ -480,7 +480,7 @@ def test_paths_with_queries_and_methods_per_path(digit_map):
                          headers={"Content-Type": "application/json"})
             res = conn.getresponse()
             body = res.read()
-            return res.status, json.loads(body) if res.getheader("Content-Type") == \
+            return res.status, json.loads(body) if res.getheader("Content-Type").lower() == \
                 "application/json" else {}
         finally:
             conn.close()
