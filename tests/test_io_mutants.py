@@ -240,3 +240,18 @@ def test_metadata_that_is_missing_malformed_or_not_json_is_named(tmp_path):
 def test_a_kind_that_is_not_a_string_has_no_required_entries(tmp_path):
     _, meta = read_npz(_npz(tmp_path / "x.npz", {}, meta={**META, "kind": ["model"]}))
     assert meta["kind"] == ["model"]  # the callers compare kind with "checkpoint" or "model"
+
+
+def test_bytes_that_are_not_a_zip_are_named_unreadable(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    assert _refusal(path) == (f"{path}: not a readable .npz checkpoint (truncated or "
+                              "corrupted?): BadZipFile: File is not a zip file")
+
+
+def test_a_path_component_over_name_max_is_shown_by_its_first_30_characters():
+    part = "n" * 40 + "m" * (io.NAME_MAX - 39)
+    with pytest.raises(io.ArgumentError) as err:
+        io.check_path(f"runs/{part}/model.npz", "--out")
+    assert f"has a component of {io.NAME_MAX + 1} bytes ('{'n' * 30}'...), more than the " \
+           f"{io.NAME_MAX} a file name may have" in str(err.value)
