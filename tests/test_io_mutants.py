@@ -255,3 +255,22 @@ def test_a_path_component_over_name_max_is_shown_by_its_first_30_characters():
         io.check_path(f"runs/{part}/model.npz", "--out")
     assert f"has a component of {io.NAME_MAX + 1} bytes ('{'n' * 30}'...), more than the " \
            f"{io.NAME_MAX} a file name may have" in str(err.value)
+
+
+def test_read_json_file_names_bad_json_its_depth_limit_and_raises_the_callers_error(tmp_path):
+    class Mine(ValueError):
+        pass
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(Mine) as err:
+        io.read_json_file(bad, error=Mine)
+    assert str(err.value) == (f"{bad}: not valid JSON: JSONDecodeError: Expecting property name "
+                              "enclosed in double quotes: line 1 column 2 (char 1)")
+    with pytest.raises(Mine, match="cannot be read: no such file"):
+        io.read_json_file(tmp_path / "missing.json", error=Mine)
+    edge, deep = tmp_path / "edge.json", tmp_path / "deep.json"
+    edge.write_text("[" * io.MAX_META_DEPTH + "]" * io.MAX_META_DEPTH)
+    deep.write_text("[" * (io.MAX_META_DEPTH + 1) + "]" * (io.MAX_META_DEPTH + 1))
+    assert io._depth(io.read_json_file(edge)) == io.MAX_META_DEPTH
+    with pytest.raises(CheckpointError, match=f"JSON nested more than {io.MAX_META_DEPTH} levels"):
+        io.read_json_file(deep)
