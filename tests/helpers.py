@@ -45,3 +45,16 @@ def interrupt_at_batch(k: int):
             os.kill(os.getpid(), signal.SIGINT)
         return xb
     return hook
+
+
+def help_lines(main, prog: str, monkeypatch, capsys) -> list[str]:
+    """The lines a CLI's ``main(["--help"])`` prints as ``prog`` on a terminal 200 columns wide."""
+    import sys
+
+    import pytest
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", [prog])
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out.splitlines()

@@ -16,17 +16,12 @@ import graphnet as gn
 from graphnet import nn
 
 from examples.mnist import digits, predict
+from helpers import help_lines
 from test_predict_doors import digit_png, model_file, run_predict
 
 
 def _help(monkeypatch, capsys) -> list[str]:
-    """The lines ``predict.py --help`` prints on a terminal 200 columns wide."""
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["predict.py"])
-    with pytest.raises(SystemExit) as stop:
-        predict.main(["--help"])
-    assert stop.value.code == 0
-    return capsys.readouterr().out.splitlines()
+    return help_lines(predict.main, "predict.py", monkeypatch, capsys)
 
 
 def test_help_names_every_argument_and_keeps_the_description_as_written(monkeypatch, capsys):

@@ -24,6 +24,7 @@ import graphnet as gn
 from graphnet import nn
 
 from examples.mnist import serve
+from helpers import help_lines
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +87,7 @@ class Main:
 
 
 def _help(monkeypatch, capsys) -> list[str]:
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["serve.py"])
-    with pytest.raises(SystemExit) as stop:
-        serve.main(["--help"])
-    assert stop.value.code == 0
-    return capsys.readouterr().out.splitlines()
+    return help_lines(serve.main, "serve.py", monkeypatch, capsys)
 
 
 def test_help_names_every_option_and_keeps_the_description_as_written(monkeypatch, capsys):
